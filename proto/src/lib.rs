@@ -1,0 +1,22 @@
+//! Switchboard's signaling protocol v1, sans IO.
+//!
+//! This crate owns everything the signaling Worker decides: the wire types
+//! ([`wire`]), the limits and rate limiter ([`limits`]), the room state machine
+//! ([`room`]), JWT verification ([`auth`]) and ICE-server issuing ([`ice`]).
+//! Nothing here reads a clock, opens a socket or draws random numbers: time
+//! arrives as a [`Millis`] value and fresh identities arrive from the caller,
+//! so the same code runs natively under unit tests and inside the wasm Worker.
+//! docs/PROTOCOL.md is the prose version of this crate.
+
+pub mod auth;
+pub mod ice;
+pub mod limits;
+pub mod room;
+pub mod types;
+pub mod wire;
+
+pub use types::{ConnId, Meta, Millis, PeerId, ResumeToken, RoomName, Seq};
+pub use wire::ErrorCode;
+
+/// The protocol version spoken by this crate, sent in `welcome.v`.
+pub const PROTOCOL_VERSION: u32 = 1;

@@ -1,0 +1,516 @@
+//! Protocol v1 frames: parsing what clients send, serializing what the server sends.
+//!
+//! Every frame is one JSON text object with a `type`. Client bytes are untrusted:
+//! parsing never panics and every refusal is an [`ErrorCode`] the client can act on.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::types::{PeerId, Seq};
+
+/// The exact ping text that the runtime answers with [`PONG`] without waking the room.
+pub const PING: &str = r#"{"type":"ping"}"#;
+/// The answer to [`PING`].
+pub const PONG: &str = r#"{"type":"pong"}"#;
+
+/// Stable, snake_case error codes carried by `error` frames and HTTP error bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ErrorCode {
+    /// The frame is not valid JSON.
+    BadJson,
+    /// The frame is JSON but not a valid frame of its type (missing or mistyped field).
+    InvalidFrame,
+    /// The frame's `type` is not one the server knows.
+    UnknownType,
+    /// Binary WebSocket frames are not part of protocol v1.
+    UnsupportedFrame,
+    /// The frame exceeds the size limit.
+    PayloadTooLarge,
+    /// The addressed peer is not in the room.
+    UnknownPeer,
+    /// The peer sent frames faster than its rate limit.
+    RateLimited,
+    /// The room is at capacity.
+    RoomFull,
+    /// Authentication is required or the token is invalid.
+    Unauthorized,
+    /// A resume token was wrong or expired, or the requested frames are gone.
+    ResumeFailed,
+    /// An away peer's queue is full; the frame was not accepted.
+    QueueFull,
+    /// The room name does not match `[A-Za-z0-9_-]{1,64}`.
+    InvalidRoom,
+    /// The `meta` given at join is not JSON or exceeds 1 KiB.
+    InvalidMeta,
+    /// A query parameter is malformed.
+    BadRequest,
+    /// The HTTP path is not served.
+    NotFound,
+    /// The HTTP method is not allowed on this path.
+    MethodNotAllowed,
+    /// The room endpoint needs a WebSocket upgrade.
+    UpgradeRequired,
+    /// The server failed; the client did nothing wrong.
+    Internal,
+}
+
+impl ErrorCode {
+    /// Every code, for documentation and stats.
+    pub const ALL: [ErrorCode; 18] = [
+        ErrorCode::BadJson,
+        ErrorCode::InvalidFrame,
+        ErrorCode::UnknownType,
+        ErrorCode::UnsupportedFrame,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::UnknownPeer,
+        ErrorCode::RateLimited,
+        ErrorCode::RoomFull,
+        ErrorCode::Unauthorized,
+        ErrorCode::ResumeFailed,
+        ErrorCode::QueueFull,
+        ErrorCode::InvalidRoom,
+        ErrorCode::InvalidMeta,
+        ErrorCode::BadRequest,
+        ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::UpgradeRequired,
+        ErrorCode::Internal,
+    ];
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadJson => "bad_json",
+            ErrorCode::InvalidFrame => "invalid_frame",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::UnsupportedFrame => "unsupported_frame",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::UnknownPeer => "unknown_peer",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::RoomFull => "room_full",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::ResumeFailed => "resume_failed",
+            ErrorCode::QueueFull => "queue_full",
+            ErrorCode::InvalidRoom => "invalid_room",
+            ErrorCode::InvalidMeta => "invalid_meta",
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::UpgradeRequired => "upgrade_required",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// The HTTP status used when this code answers an HTTP request.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::NotFound | ErrorCode::UnknownPeer => 404,
+            ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::UpgradeRequired => 426,
+            ErrorCode::RateLimited => 429,
+            ErrorCode::RoomFull | ErrorCode::QueueFull => 503,
+            ErrorCode::Internal => 500,
+            _ => 400,
+        }
+    }
+}
+
+/// Why a peer left, as told to the others in `peer-left`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaveReason {
+    /// The peer sent `leave`.
+    Leave,
+    /// The peer stopped answering heartbeats, or dropped and did not resume in time.
+    Timeout,
+    /// The peer closed its socket normally and did not resume in time.
+    Closed,
+}
+
+impl LeaveReason {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaveReason::Leave => "leave",
+            LeaveReason::Timeout => "timeout",
+            LeaveReason::Closed => "closed",
+        }
+    }
+
+    /// Decodes [`LeaveReason::as_str`].
+    pub fn parse(s: &str) -> Option<LeaveReason> {
+        match s {
+            "leave" => Some(LeaveReason::Leave),
+            "timeout" => Some(LeaveReason::Timeout),
+            "closed" => Some(LeaveReason::Closed),
+            _ => None,
+        }
+    }
+}
+
+/// A frame a client sent, borrowed from the text it came in.
+#[derive(Debug)]
+pub enum ClientFrame<'a> {
+    /// `{"type":"signal","to":…,"payload":…}`: to one peer.
+    Signal {
+        /// The addressee.
+        to: PeerId,
+        /// Passed through untouched.
+        payload: &'a RawValue,
+    },
+    /// `{"type":"broadcast","payload":…}`: to every other peer, as `signal`.
+    Broadcast {
+        /// Passed through untouched.
+        payload: &'a RawValue,
+    },
+    /// `{"type":"relay","to":…,"data":…}`: data over the WebSocket, the last rung.
+    Relay {
+        /// The addressee.
+        to: PeerId,
+        /// Passed through untouched.
+        data: &'a RawValue,
+    },
+    /// `{"type":"ack","seq":n}`: frames up to `seq` were processed.
+    Ack {
+        /// Highest processed sequence number.
+        seq: Seq,
+    },
+    /// `{"type":"leave"}`: the peer is gone for good.
+    Leave,
+    /// `{"type":"ping"}` that was not byte-identical to [`PING`].
+    Ping,
+}
+
+/// A refused client frame: the code and a human-readable reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameError {
+    /// The stable code.
+    pub code: ErrorCode,
+    /// What was wrong, for humans.
+    pub message: Cow<'static, str>,
+}
+
+impl FrameError {
+    /// A refusal with a fixed message.
+    pub fn new(code: ErrorCode, message: &'static str) -> FrameError {
+        FrameError {
+            code,
+            message: Cow::Borrowed(message),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawFrame<'a> {
+    #[serde(rename = "type", borrow)]
+    ty: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    to: Option<&'a RawValue>,
+    #[serde(borrow)]
+    payload: Option<&'a RawValue>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+    #[serde(borrow)]
+    seq: Option<&'a RawValue>,
+}
+
+/// Parses one client text frame. Size and rate limits are checked by the caller first.
+pub fn parse_client_frame(text: &str) -> Result<ClientFrame<'_>, FrameError> {
+    // Syntax first, so malformed JSON and a wrongly shaped frame get different codes.
+    let _: &RawValue = serde_json::from_str(text)
+        .map_err(|_| FrameError::new(ErrorCode::BadJson, "frame is not valid JSON"))?;
+    let raw: RawFrame<'_> = serde_json::from_str(text).map_err(|_| {
+        FrameError::new(
+            ErrorCode::InvalidFrame,
+            "frame must be a JSON object with a string `type`",
+        )
+    })?;
+    let Some(ty) = raw.ty else {
+        return Err(FrameError::new(
+            ErrorCode::InvalidFrame,
+            "frame has no `type`",
+        ));
+    };
+    match ty.as_ref() {
+        "signal" => Ok(ClientFrame::Signal {
+            to: peer_field(raw.to)?,
+            payload: required(raw.payload, "`signal` needs a non-null `payload`")?,
+        }),
+        "broadcast" => Ok(ClientFrame::Broadcast {
+            payload: required(raw.payload, "`broadcast` needs a non-null `payload`")?,
+        }),
+        "relay" => Ok(ClientFrame::Relay {
+            to: peer_field(raw.to)?,
+            data: required(raw.data, "`relay` needs a non-null `data`")?,
+        }),
+        "ack" => {
+            let seq = raw
+                .seq
+                .and_then(|v| serde_json::from_str::<u64>(v.get()).ok())
+                .ok_or_else(|| {
+                    FrameError::new(ErrorCode::InvalidFrame, "`ack` needs an integer `seq` >= 0")
+                })?;
+            Ok(ClientFrame::Ack { seq: Seq(seq) })
+        }
+        "leave" => Ok(ClientFrame::Leave),
+        "ping" => Ok(ClientFrame::Ping),
+        _ => Err(FrameError::new(
+            ErrorCode::UnknownType,
+            "unknown frame `type`; expected signal, broadcast, relay, ack, leave or ping",
+        )),
+    }
+}
+
+fn required<'a>(v: Option<&'a RawValue>, why: &'static str) -> Result<&'a RawValue, FrameError> {
+    v.ok_or_else(|| FrameError::new(ErrorCode::InvalidFrame, why))
+}
+
+fn peer_field(v: Option<&RawValue>) -> Result<PeerId, FrameError> {
+    v.and_then(|v| serde_json::from_str::<Cow<'_, str>>(v.get()).ok())
+        .and_then(|s| PeerId::parse(&s))
+        .ok_or_else(|| FrameError::new(ErrorCode::InvalidFrame, "`to` must be a peer id string"))
+}
+
+/// A peer as listed in `welcome.peers` and `peer-joined`.
+#[derive(Debug, Serialize)]
+pub struct PeerInfo<'a> {
+    /// The peer's id.
+    pub peer_id: &'a PeerId,
+    /// The peer's meta.
+    pub meta: &'a RawValue,
+}
+
+/// A frame the server sends. Serialized with [`ServerFrame::to_json`].
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum ServerFrame<'a> {
+    /// First frame on every accepted socket.
+    Welcome {
+        /// Protocol version.
+        v: u32,
+        /// This peer's id.
+        peer_id: &'a PeerId,
+        /// The secret for `?resume=`.
+        resume_token: &'a str,
+        /// The room's name.
+        room: &'a str,
+        /// The other peers present.
+        peers: Vec<PeerInfo<'a>>,
+        /// RTCPeerConnection `iceServers`.
+        ice_servers: &'a [crate::ice::IceServer],
+        /// Ping period the client should use.
+        heartbeat_ms: u64,
+        /// Whether this continues an earlier session.
+        resumed: bool,
+    },
+    /// A peer joined (or came back after being reported gone).
+    PeerJoined {
+        /// Recipient sequence number.
+        seq: u64,
+        /// The peer.
+        peer_id: &'a PeerId,
+        /// Its meta.
+        meta: &'a RawValue,
+    },
+    /// A peer left.
+    PeerLeft {
+        /// Recipient sequence number.
+        seq: u64,
+        /// The peer.
+        peer_id: &'a PeerId,
+        /// Why.
+        reason: LeaveReason,
+    },
+    /// A `signal` or `broadcast` from another peer.
+    Signal {
+        /// Recipient sequence number.
+        seq: u64,
+        /// The sender.
+        from: &'a PeerId,
+        /// Untouched payload.
+        payload: &'a RawValue,
+    },
+    /// Data relayed over the WebSocket.
+    Relay {
+        /// Recipient sequence number.
+        seq: u64,
+        /// The sender.
+        from: &'a PeerId,
+        /// Untouched data.
+        data: &'a RawValue,
+    },
+    /// A refused request.
+    Error {
+        /// Stable code.
+        code: &'static str,
+        /// Human-readable reason.
+        message: &'a str,
+    },
+    /// Answer to a ping.
+    Pong,
+}
+
+impl ServerFrame<'_> {
+    /// The JSON text of this frame.
+    pub fn to_json(&self) -> String {
+        // Serializing these plain structs into a String cannot fail; an empty
+        // object is sent rather than panicking if it ever did.
+        serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"))
+    }
+}
+
+/// The JSON text of an `error` frame.
+pub fn error_frame(code: ErrorCode, message: &str) -> String {
+    ServerFrame::Error {
+        code: code.as_str(),
+        message,
+    }
+    .to_json()
+}
+
+/// The body of an HTTP error: `{"error":{"code":…,"message":…}}`.
+pub fn http_error_body(code: ErrorCode, message: &str) -> String {
+    serde_json::json!({ "error": { "code": code.as_str(), "message": message } }).to_string()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)] // tests fail loudly on purpose
+mod tests {
+    use super::*;
+
+    fn code(text: &str) -> ErrorCode {
+        parse_client_frame(text).unwrap_err().code
+    }
+
+    #[test]
+    fn parses_every_client_frame() {
+        match parse_client_frame(r#"{"type":"signal","to":"ab12","payload":{"sdp":"v=0"}}"#)
+            .unwrap()
+        {
+            ClientFrame::Signal { to, payload } => {
+                assert_eq!(to.as_str(), "ab12");
+                assert_eq!(payload.get(), r#"{"sdp":"v=0"}"#);
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse_client_frame(r#"{"type":"broadcast","payload":[1, 2]}"#).unwrap() {
+            ClientFrame::Broadcast { payload } => assert_eq!(payload.get(), "[1, 2]"),
+            other => panic!("{other:?}"),
+        }
+        match parse_client_frame(r#"{"type":"relay","to":"x","data":"hi"}"#).unwrap() {
+            ClientFrame::Relay { to, data } => {
+                assert_eq!(to.as_str(), "x");
+                assert_eq!(data.get(), r#""hi""#);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse_client_frame(r#"{"type":"ack","seq":42}"#).unwrap(),
+            ClientFrame::Ack { seq: Seq(42) }
+        ));
+        assert!(matches!(
+            parse_client_frame(r#"{"type":"leave"}"#).unwrap(),
+            ClientFrame::Leave
+        ));
+        assert!(matches!(
+            parse_client_frame(r#"{ "type" : "ping" }"#).unwrap(),
+            ClientFrame::Ping
+        ));
+    }
+
+    #[test]
+    fn payload_passes_through_byte_for_byte() {
+        let text = r#"{"type":"signal","to":"p","payload":{"b":1,  "a":"\u00e9"}}"#;
+        match parse_client_frame(text).unwrap() {
+            ClientFrame::Signal { payload, .. } => {
+                assert_eq!(payload.get(), r#"{"b":1,  "a":"\u00e9"}"#)
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn refusals_have_distinct_codes() {
+        assert_eq!(code("{not json"), ErrorCode::BadJson);
+        assert_eq!(code(""), ErrorCode::BadJson);
+        assert_eq!(code("[1,2]"), ErrorCode::InvalidFrame);
+        assert_eq!(code(r#"{"to":"x"}"#), ErrorCode::InvalidFrame);
+        assert_eq!(code(r#"{"type":7}"#), ErrorCode::InvalidFrame);
+        assert_eq!(code(r#"{"type":"dance"}"#), ErrorCode::UnknownType);
+        assert_eq!(
+            code(r#"{"type":"signal","payload":1}"#),
+            ErrorCode::InvalidFrame
+        );
+        assert_eq!(
+            code(r#"{"type":"signal","to":5,"payload":1}"#),
+            ErrorCode::InvalidFrame
+        );
+        assert_eq!(
+            code(r#"{"type":"signal","to":"a b","payload":1}"#),
+            ErrorCode::InvalidFrame
+        );
+        assert_eq!(
+            code(r#"{"type":"signal","to":"a","payload":null}"#),
+            ErrorCode::InvalidFrame
+        );
+        assert_eq!(code(r#"{"type":"broadcast"}"#), ErrorCode::InvalidFrame);
+        assert_eq!(
+            code(r#"{"type":"relay","to":"a"}"#),
+            ErrorCode::InvalidFrame
+        );
+        assert_eq!(code(r#"{"type":"ack","seq":-1}"#), ErrorCode::InvalidFrame);
+        assert_eq!(code(r#"{"type":"ack","seq":"3"}"#), ErrorCode::InvalidFrame);
+    }
+
+    #[test]
+    fn server_frames_serialize_with_kebab_types() {
+        let p = PeerId::parse("p1").unwrap();
+        let payload = RawValue::from_string("{\"x\":1}".into()).unwrap();
+        let s = ServerFrame::Signal {
+            seq: 3,
+            from: &p,
+            payload: &payload,
+        }
+        .to_json();
+        assert_eq!(
+            s,
+            r#"{"type":"signal","seq":3,"from":"p1","payload":{"x":1}}"#
+        );
+        let left = ServerFrame::PeerLeft {
+            seq: 1,
+            peer_id: &p,
+            reason: LeaveReason::Timeout,
+        }
+        .to_json();
+        assert_eq!(
+            left,
+            r#"{"type":"peer-left","seq":1,"peer_id":"p1","reason":"timeout"}"#
+        );
+        assert_eq!(ServerFrame::Pong.to_json(), PONG);
+        assert_eq!(
+            error_frame(ErrorCode::RateLimited, "slow down"),
+            r#"{"type":"error","code":"rate_limited","message":"slow down"}"#
+        );
+        assert_eq!(
+            http_error_body(ErrorCode::InvalidRoom, "bad"),
+            r#"{"error":{"code":"invalid_room","message":"bad"}}"#
+        );
+    }
+
+    #[test]
+    fn error_codes_are_unique_snake_case() {
+        let mut names: Vec<_> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert!(
+            names
+                .iter()
+                .all(|n| n.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+        );
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ErrorCode::ALL.len());
+    }
+}
