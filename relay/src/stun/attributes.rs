@@ -147,7 +147,12 @@ impl ErrorCode {
 
 /// ERROR-CODE value: 21 reserved bits, class (hundreds), number, then the reason phrase.
 pub fn encode_error_code(code: ErrorCode) -> Vec<u8> {
-    let mut v = vec![0, 0, u8::try_from(code.0 / 100).unwrap_or(0), u8::try_from(code.0 % 100).unwrap_or(0)];
+    let mut v = vec![
+        0,
+        0,
+        u8::try_from(code.0 / 100).unwrap_or(0),
+        u8::try_from(code.0 % 100).unwrap_or(0),
+    ];
     v.extend_from_slice(code.reason().as_bytes());
     v
 }
@@ -234,7 +239,10 @@ const PORT_MASK: u16 = (MAGIC_COOKIE >> 16) as u16;
 
 /// Encodes an XOR-MAPPED/PEER/RELAYED-ADDRESS value.
 pub fn encode_xor_address(addr: SocketAddr, tid: &TransactionId) -> Vec<u8> {
-    encode_address(SocketAddr::new(xor_ip(addr.ip(), tid), addr.port() ^ PORT_MASK))
+    encode_address(SocketAddr::new(
+        xor_ip(addr.ip(), tid),
+        addr.port() ^ PORT_MASK,
+    ))
 }
 
 /// Decodes an XOR-MAPPED/PEER/RELAYED-ADDRESS value.
@@ -290,7 +298,10 @@ impl AddressFamily {
 }
 
 /// REQUESTED-ADDRESS-FAMILY: family byte then 3 reserved bytes.
-pub fn decode_address_family(v: &[u8], typ: AttributeType) -> Result<AddressFamily, AttributeError> {
+pub fn decode_address_family(
+    v: &[u8],
+    typ: AttributeType,
+) -> Result<AddressFamily, AttributeError> {
     match v {
         [FAMILY_V4, _, _, _] => Ok(AddressFamily::V4),
         [FAMILY_V6, _, _, _] => Ok(AddressFamily::V6),
@@ -347,7 +358,11 @@ mod tests {
 
     #[test]
     fn error_code_round_trips() {
-        for code in [ErrorCode::BAD_REQUEST, ErrorCode::STALE_NONCE, ErrorCode::INSUFFICIENT_CAPACITY] {
+        for code in [
+            ErrorCode::BAD_REQUEST,
+            ErrorCode::STALE_NONCE,
+            ErrorCode::INSUFFICIENT_CAPACITY,
+        ] {
             assert_eq!(decode_error_code(&encode_error_code(code)).unwrap(), code);
         }
         assert!(decode_error_code(&[0, 0, 9, 0]).is_err());
@@ -359,7 +374,10 @@ mod tests {
         let tid = TransactionId([0xAB; 12]);
         for a in ["192.0.2.1:32853", "[2001:db8::1]:3478"] {
             let a: SocketAddr = a.parse().unwrap();
-            assert_eq!(decode_xor_address(&encode_xor_address(a, &tid), &tid).unwrap(), a);
+            assert_eq!(
+                decode_xor_address(&encode_xor_address(a, &tid), &tid).unwrap(),
+                a
+            );
         }
         assert!(decode_xor_address(&[0, 3, 0, 0, 1, 2, 3, 4], &tid).is_err());
         assert!(decode_xor_address(&[0, 1, 0, 0, 1, 2, 3], &tid).is_err());
@@ -372,8 +390,14 @@ mod tests {
         assert!(decode_even_port(&[0x80]).unwrap());
         assert!(!decode_even_port(&[0]).unwrap());
         assert!(decode_even_port(&[]).is_err());
-        assert_eq!(decode_channel_number(&encode_channel_number(0x4001)).unwrap(), 0x4001);
-        assert_eq!(decode_unknown_attributes(&[0, 1, 0x80, 0]).unwrap(), vec![AttributeType(1), AttributeType(0x8000)]);
+        assert_eq!(
+            decode_channel_number(&encode_channel_number(0x4001)).unwrap(),
+            0x4001
+        );
+        assert_eq!(
+            decode_unknown_attributes(&[0, 1, 0x80, 0]).unwrap(),
+            vec![AttributeType(1), AttributeType(0x8000)]
+        );
         assert!(decode_unknown_attributes(&[0]).is_err());
         assert!(decode_text(&[0xFF], USERNAME).is_err());
         assert!(decode_text(&[b'a'; 600], USERNAME).is_err());

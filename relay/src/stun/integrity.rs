@@ -66,22 +66,33 @@ impl IntegrityKey {
 
 /// Feeds `prefix` to `mac` with the header's length field replaced by `adjusted_len`.
 fn feed(update: &mut impl FnMut(&[u8]), prefix: &[u8], adjusted_len: usize) {
-    let len = u16::try_from(adjusted_len).unwrap_or(u16::MAX).to_be_bytes();
+    let len = u16::try_from(adjusted_len)
+        .unwrap_or(u16::MAX)
+        .to_be_bytes();
     update(prefix.get(..2).unwrap_or_default());
     update(&len);
     update(prefix.get(4..).unwrap_or_default());
 }
 
 /// Computes the MAC over `prefix` (the message up to the integrity attribute).
-pub fn compute(kind: IntegrityKind, key: &IntegrityKey, prefix: &[u8], adjusted_len: usize) -> Vec<u8> {
+pub fn compute(
+    kind: IntegrityKind,
+    key: &IntegrityKey,
+    prefix: &[u8],
+    adjusted_len: usize,
+) -> Vec<u8> {
     match kind {
         IntegrityKind::Sha1 => {
-            let Ok(mut mac) = Hmac::<Sha1>::new_from_slice(&key.0) else { return Vec::new() };
+            let Ok(mut mac) = Hmac::<Sha1>::new_from_slice(&key.0) else {
+                return Vec::new();
+            };
             feed(&mut |b| mac.update(b), prefix, adjusted_len);
             mac.finalize().into_bytes().to_vec()
         }
         IntegrityKind::Sha256 => {
-            let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&key.0) else { return Vec::new() };
+            let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&key.0) else {
+                return Vec::new();
+            };
             feed(&mut |b| mac.update(b), prefix, adjusted_len);
             mac.finalize().into_bytes().to_vec()
         }
@@ -89,10 +100,18 @@ pub fn compute(kind: IntegrityKind, key: &IntegrityKey, prefix: &[u8], adjusted_
 }
 
 /// Verifies a received MAC in constant time.
-pub fn verify(kind: IntegrityKind, key: &IntegrityKey, prefix: &[u8], adjusted_len: usize, tag: &[u8]) -> bool {
+pub fn verify(
+    kind: IntegrityKind,
+    key: &IntegrityKey,
+    prefix: &[u8],
+    adjusted_len: usize,
+    tag: &[u8],
+) -> bool {
     match kind {
         IntegrityKind::Sha1 => {
-            let Ok(mut mac) = Hmac::<Sha1>::new_from_slice(&key.0) else { return false };
+            let Ok(mut mac) = Hmac::<Sha1>::new_from_slice(&key.0) else {
+                return false;
+            };
             feed(&mut |b| mac.update(b), prefix, adjusted_len);
             mac.verify_slice(tag).is_ok()
         }
@@ -101,7 +120,9 @@ pub fn verify(kind: IntegrityKind, key: &IntegrityKey, prefix: &[u8], adjusted_l
             if tag.len() < 16 {
                 return false;
             }
-            let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&key.0) else { return false };
+            let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&key.0) else {
+                return false;
+            };
             feed(&mut |b| mac.update(b), prefix, adjusted_len);
             mac.verify_truncated_left(tag).is_ok()
         }

@@ -87,7 +87,11 @@ impl MessageType {
             Class::Success => 0b10,
             Class::Error => 0b11,
         };
-        ((m & 0x0F80) << 2) | ((m & 0x0070) << 1) | (m & 0x000F) | ((c & 0b10) << 7) | ((c & 0b01) << 4)
+        ((m & 0x0F80) << 2)
+            | ((m & 0x0070) << 1)
+            | (m & 0x000F)
+            | ((c & 0b10) << 7)
+            | ((c & 0b01) << 4)
     }
 
     /// Inverse of [`MessageType::to_u16`]; `None` if the two top bits are not zero.
@@ -102,7 +106,10 @@ impl MessageType {
             0b10 => Class::Success,
             _ => Class::Error,
         };
-        Some(Self { method: Method(method), class })
+        Some(Self {
+            method: Method(method),
+            class,
+        })
     }
 }
 
@@ -196,7 +203,12 @@ impl<'a> Message<'a> {
             seen_fingerprint = typ == attr::FINGERPRINT;
             attributes.push(RawAttribute { typ, value, offset });
         }
-        Ok(Self { typ, transaction_id: TransactionId(tid), raw: bytes, attributes })
+        Ok(Self {
+            typ,
+            transaction_id: TransactionId(tid),
+            raw: bytes,
+            attributes,
+        })
     }
 
     /// The raw message bytes.
@@ -229,7 +241,9 @@ impl<'a> Message<'a> {
 
     /// Every value of attribute `typ` (CreatePermission may carry several XOR-PEER-ADDRESS).
     pub fn get_all(&self, typ: AttributeType) -> impl Iterator<Item = &'a [u8]> + '_ {
-        self.significant().filter(move |a| a.typ == typ).map(|a| a.value)
+        self.significant()
+            .filter(move |a| a.typ == typ)
+            .map(|a| a.value)
     }
 
     /// Comprehension-required attributes (type < 0x8000) not in `known` (RFC 8489 §6.3.1).
@@ -241,28 +255,46 @@ impl<'a> Message<'a> {
     }
 
     /// Decodes an XOR-encoded address attribute.
-    pub fn xor_address(&self, typ: AttributeType) -> Option<Result<std::net::SocketAddr, attr::AttributeError>> {
-        self.get(typ).map(|v| attr::decode_xor_address(v, &self.transaction_id))
+    pub fn xor_address(
+        &self,
+        typ: AttributeType,
+    ) -> Option<Result<std::net::SocketAddr, attr::AttributeError>> {
+        self.get(typ)
+            .map(|v| attr::decode_xor_address(v, &self.transaction_id))
     }
 
     /// Whether a FINGERPRINT attribute is present and last.
     pub fn has_fingerprint(&self) -> bool {
-        self.attributes.last().is_some_and(|a| a.typ == attr::FINGERPRINT)
+        self.attributes
+            .last()
+            .is_some_and(|a| a.typ == attr::FINGERPRINT)
     }
 
     /// Checks FINGERPRINT (RFC 8489 §14.7); `false` when absent or wrong.
     pub fn verify_fingerprint(&self) -> bool {
-        let Some(a) = self.attributes.last().filter(|a| a.typ == attr::FINGERPRINT) else {
+        let Some(a) = self
+            .attributes
+            .last()
+            .filter(|a| a.typ == attr::FINGERPRINT)
+        else {
             return false;
         };
-        let Some(prefix) = self.raw.get(..a.offset) else { return false };
+        let Some(prefix) = self.raw.get(..a.offset) else {
+            return false;
+        };
         a.value == integrity::fingerprint(prefix, a.offset + 8 - HEADER_LEN).to_be_bytes()
     }
 
     /// Which integrity attribute the message carries, preferring SHA-256 when both are present.
     pub fn integrity_kind(&self) -> Option<integrity::IntegrityKind> {
-        let sha256 = self.attributes.iter().any(|a| a.typ == attr::MESSAGE_INTEGRITY_SHA256);
-        let sha1 = self.attributes.iter().any(|a| a.typ == attr::MESSAGE_INTEGRITY);
+        let sha256 = self
+            .attributes
+            .iter()
+            .any(|a| a.typ == attr::MESSAGE_INTEGRITY_SHA256);
+        let sha1 = self
+            .attributes
+            .iter()
+            .any(|a| a.typ == attr::MESSAGE_INTEGRITY);
         match (sha256, sha1) {
             (true, _) => Some(integrity::IntegrityKind::Sha256),
             (false, true) => Some(integrity::IntegrityKind::Sha1),
@@ -281,8 +313,12 @@ impl<'a> Message<'a> {
             integrity::IntegrityKind::Sha1 => attr::MESSAGE_INTEGRITY,
             integrity::IntegrityKind::Sha256 => attr::MESSAGE_INTEGRITY_SHA256,
         };
-        let Some(a) = self.attributes.iter().find(|a| a.typ == typ) else { return false };
-        let Some(prefix) = self.raw.get(..a.offset) else { return false };
+        let Some(a) = self.attributes.iter().find(|a| a.typ == typ) else {
+            return false;
+        };
+        let Some(prefix) = self.raw.get(..a.offset) else {
+            return false;
+        };
         let adjusted_len = a.offset + 4 + kind.len() - HEADER_LEN;
         integrity::verify(kind, key, prefix, adjusted_len, a.value)
     }
@@ -308,7 +344,10 @@ impl MessageBuilder {
         buf.extend_from_slice(&[0, 0]);
         buf.extend_from_slice(&MAGIC_COOKIE.to_be_bytes());
         buf.extend_from_slice(&transaction_id.0);
-        Self { buf, transaction_id }
+        Self {
+            buf,
+            transaction_id,
+        }
     }
 
     /// The transaction id this message carries.
@@ -327,9 +366,11 @@ impl MessageBuilder {
     pub fn attr(&mut self, typ: AttributeType, value: &[u8]) -> &mut Self {
         let value = value.get(..usize::from(u16::MAX)).unwrap_or(value);
         self.buf.extend_from_slice(&typ.0.to_be_bytes());
-        self.buf.extend_from_slice(&u16::try_from(value.len()).unwrap_or(u16::MAX).to_be_bytes());
+        self.buf
+            .extend_from_slice(&u16::try_from(value.len()).unwrap_or(u16::MAX).to_be_bytes());
         self.buf.extend_from_slice(value);
-        self.buf.extend(std::iter::repeat_n(0, padding(value.len())));
+        self.buf
+            .extend(std::iter::repeat_n(0, padding(value.len())));
         self.set_len(self.buf.len() - HEADER_LEN);
         self
     }
@@ -388,39 +429,71 @@ impl MessageBuilder {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "tests use fixed, known-good inputs")]
+#[allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    reason = "tests use fixed, known-good inputs"
+)]
 mod tests {
     use super::*;
 
     #[test]
     fn message_type_round_trips() {
-        for m in [Method::BINDING, Method::ALLOCATE, Method::CHANNEL_BIND, Method(0xFFF)] {
-            for c in [Class::Request, Class::Indication, Class::Success, Class::Error] {
+        for m in [
+            Method::BINDING,
+            Method::ALLOCATE,
+            Method::CHANNEL_BIND,
+            Method(0xFFF),
+        ] {
+            for c in [
+                Class::Request,
+                Class::Indication,
+                Class::Success,
+                Class::Error,
+            ] {
                 let t = MessageType::new(m, c);
                 assert_eq!(MessageType::from_u16(t.to_u16()), Some(t));
             }
         }
-        assert_eq!(MessageType::new(Method::BINDING, Class::Success).to_u16(), 0x0101);
-        assert_eq!(MessageType::new(Method::ALLOCATE, Class::Error).to_u16(), 0x0113);
-        assert_eq!(MessageType::new(Method::SEND, Class::Indication).to_u16(), 0x0016);
+        assert_eq!(
+            MessageType::new(Method::BINDING, Class::Success).to_u16(),
+            0x0101
+        );
+        assert_eq!(
+            MessageType::new(Method::ALLOCATE, Class::Error).to_u16(),
+            0x0113
+        );
+        assert_eq!(
+            MessageType::new(Method::SEND, Class::Indication).to_u16(),
+            0x0016
+        );
     }
 
     #[test]
     fn truncated_and_garbage_inputs_are_errors() {
-        let good = MessageBuilder::new(MessageType::new(Method::BINDING, Class::Request), TransactionId([7; 12]))
-            .attr(attr::SOFTWARE, b"abc")
-            .fingerprint()
-            .finish();
+        let good = MessageBuilder::new(
+            MessageType::new(Method::BINDING, Class::Request),
+            TransactionId([7; 12]),
+        )
+        .attr(attr::SOFTWARE, b"abc")
+        .fingerprint()
+        .finish();
         assert!(Message::decode(&good).unwrap().verify_fingerprint());
         for n in 0..good.len() {
             assert!(Message::decode(&good[..n]).is_err(), "prefix {n}");
         }
         let mut longer = good.clone();
         longer.push(0);
-        assert_eq!(Message::decode(&longer).unwrap_err(), DecodeError::TrailingBytes);
+        assert_eq!(
+            Message::decode(&longer).unwrap_err(),
+            DecodeError::TrailingBytes
+        );
         let mut bad_cookie = good.clone();
         bad_cookie[4] ^= 1;
-        assert_eq!(Message::decode(&bad_cookie).unwrap_err(), DecodeError::NotStun);
+        assert_eq!(
+            Message::decode(&bad_cookie).unwrap_err(),
+            DecodeError::NotStun
+        );
         // Attribute length running past the body.
         let mut bad_attr = good;
         bad_attr[22] = 0xFF;
@@ -429,18 +502,27 @@ mod tests {
 
     #[test]
     fn attributes_after_fingerprint_are_rejected() {
-        let mut b = MessageBuilder::new(MessageType::new(Method::BINDING, Class::Request), TransactionId([1; 12]));
+        let mut b = MessageBuilder::new(
+            MessageType::new(Method::BINDING, Class::Request),
+            TransactionId([1; 12]),
+        );
         b.fingerprint().attr(attr::SOFTWARE, b"x");
-        assert_eq!(Message::decode(&b.finish()).unwrap_err(), DecodeError::BadLayout);
+        assert_eq!(
+            Message::decode(&b.finish()).unwrap_err(),
+            DecodeError::BadLayout
+        );
     }
 
     #[test]
     fn attributes_after_integrity_are_ignored() {
         let key = IntegrityKey::short_term("pw");
-        let msg = MessageBuilder::new(MessageType::new(Method::BINDING, Class::Request), TransactionId([1; 12]))
-            .integrity(integrity::IntegrityKind::Sha1, &key)
-            .attr(attr::USERNAME, b"late")
-            .finish();
+        let msg = MessageBuilder::new(
+            MessageType::new(Method::BINDING, Class::Request),
+            TransactionId([1; 12]),
+        )
+        .integrity(integrity::IntegrityKind::Sha1, &key)
+        .attr(attr::USERNAME, b"late")
+        .finish();
         let m = Message::decode(&msg).unwrap();
         assert_eq!(m.get(attr::USERNAME), None);
     }

@@ -1,5 +1,9 @@
 //! RFC 5769 test vectors: decoding, MESSAGE-INTEGRITY, FINGERPRINT and XOR-MAPPED-ADDRESS.
-#![allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "fixed RFC test vectors")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    reason = "fixed RFC test vectors"
+)]
 
 use std::net::SocketAddr;
 
@@ -9,7 +13,10 @@ use super::message::{Class, Message, MessageBuilder, MessageType, Method, Transa
 
 fn hex(s: &str) -> Vec<u8> {
     let s: String = s.split_whitespace().collect();
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
 }
 
 const PASSWORD: &str = "VOkJxbRl1RmTxUk/WvJxBt";
@@ -72,7 +79,10 @@ fn sample_request_is_rebuilt_byte_for_byte_but_padding() {
     let built = MessageBuilder::new(m.typ, m.transaction_id)
         .attr(attr::SOFTWARE, b"STUN test client")
         .attr(attr::PRIORITY, &[0x6e, 0x00, 0x01, 0xff])
-        .attr(attr::ICE_CONTROLLED, &[0x93, 0x2f, 0xf9, 0xb1, 0x51, 0x26, 0x3b, 0x36])
+        .attr(
+            attr::ICE_CONTROLLED,
+            &[0x93, 0x2f, 0xf9, 0xb1, 0x51, 0x26, 0x3b, 0x36],
+        )
         .attr(attr::USERNAME, b"evtj:h6vY")
         .integrity(IntegrityKind::Sha1, &IntegrityKey::short_term(PASSWORD))
         .fingerprint()
@@ -92,11 +102,16 @@ fn sample_ipv4_response_verifies_and_rebuilds() {
     let m = Message::decode(&bytes).unwrap();
     assert_eq!(m.typ, MessageType::new(Method::BINDING, Class::Success));
     let expected: SocketAddr = "192.0.2.1:32853".parse().unwrap();
-    assert_eq!(m.xor_address(attr::XOR_MAPPED_ADDRESS).unwrap().unwrap(), expected);
+    assert_eq!(
+        m.xor_address(attr::XOR_MAPPED_ADDRESS).unwrap().unwrap(),
+        expected
+    );
     assert!(m.verify_integrity(&IntegrityKey::short_term(PASSWORD)));
     assert!(m.verify_fingerprint());
     // The XOR-MAPPED-ADDRESS attribute we build is byte-identical to the vector's.
-    let built = MessageBuilder::new(m.typ, m.transaction_id).xor_address(attr::XOR_MAPPED_ADDRESS, expected).finish();
+    let built = MessageBuilder::new(m.typ, m.transaction_id)
+        .xor_address(attr::XOR_MAPPED_ADDRESS, expected)
+        .finish();
     assert_eq!(built[20..], bytes[36..48]);
 }
 
@@ -104,11 +119,18 @@ fn sample_ipv4_response_verifies_and_rebuilds() {
 fn sample_ipv6_response_verifies_and_rebuilds() {
     let bytes = sample_ipv6_response();
     let m = Message::decode(&bytes).unwrap();
-    let expected: SocketAddr = "[2001:db8:1234:5678:11:2233:4455:6677]:32853".parse().unwrap();
-    assert_eq!(m.xor_address(attr::XOR_MAPPED_ADDRESS).unwrap().unwrap(), expected);
+    let expected: SocketAddr = "[2001:db8:1234:5678:11:2233:4455:6677]:32853"
+        .parse()
+        .unwrap();
+    assert_eq!(
+        m.xor_address(attr::XOR_MAPPED_ADDRESS).unwrap().unwrap(),
+        expected
+    );
     assert!(m.verify_integrity(&IntegrityKey::short_term(PASSWORD)));
     assert!(m.verify_fingerprint());
-    let built = MessageBuilder::new(m.typ, m.transaction_id).xor_address(attr::XOR_MAPPED_ADDRESS, expected).finish();
+    let built = MessageBuilder::new(m.typ, m.transaction_id)
+        .xor_address(attr::XOR_MAPPED_ADDRESS, expected)
+        .finish();
     assert_eq!(built[20..], bytes[36..60]);
 }
 
@@ -124,18 +146,25 @@ fn sample_long_term_request_verifies() {
     let key = IntegrityKey::long_term(username, "example.org", "TheMatrIX");
     assert!(m.verify_integrity(&key));
     assert!(!m.has_fingerprint());
-    assert!(!m.verify_integrity(&IntegrityKey::long_term(username, "example.org", "thematrix")));
+    assert!(!m.verify_integrity(&IntegrityKey::long_term(
+        username,
+        "example.org",
+        "thematrix"
+    )));
 }
 
 #[test]
 fn sha256_integrity_round_trips() {
     let key = IntegrityKey::long_term("u", "r", "p");
-    let built = MessageBuilder::new(MessageType::new(Method::ALLOCATE, Class::Request), TransactionId([3; 12]))
-        .attr(attr::USERNAME, b"u")
-        .integrity(IntegrityKind::Sha1, &key)
-        .integrity(IntegrityKind::Sha256, &key)
-        .fingerprint()
-        .finish();
+    let built = MessageBuilder::new(
+        MessageType::new(Method::ALLOCATE, Class::Request),
+        TransactionId([3; 12]),
+    )
+    .attr(attr::USERNAME, b"u")
+    .integrity(IntegrityKind::Sha1, &key)
+    .integrity(IntegrityKind::Sha256, &key)
+    .fingerprint()
+    .finish();
     let m = Message::decode(&built).unwrap();
     assert_eq!(m.integrity_kind(), Some(IntegrityKind::Sha256));
     assert!(m.verify_integrity(&key));
@@ -144,7 +173,12 @@ fn sha256_integrity_round_trips() {
 
 #[test]
 fn every_prefix_and_bit_flip_of_the_vectors_is_handled() {
-    for v in [sample_request(), sample_ipv4_response(), sample_ipv6_response(), sample_long_term_request()] {
+    for v in [
+        sample_request(),
+        sample_ipv4_response(),
+        sample_ipv6_response(),
+        sample_long_term_request(),
+    ] {
         for n in 0..v.len() {
             let _ = Message::decode(&v[..n]);
         }

@@ -1,0 +1,130 @@
+//! Per-allocation state (RFC 8656 §2.2): permissions, channel bindings and a bandwidth budget.
+//! Kept small: a typical allocation is a few hundred bytes.
+
+use std::net::{IpAddr, SocketAddr};
+
+use super::auth::{CredentialTag, UserId};
+use super::policy::canonical;
+use super::types::{FiveTuple, Timestamp};
+use crate::stun::{ChannelNumber, TransactionId};
+
+/// Permission to exchange data with one peer IP address (RFC 8656 §9; ports are ignored).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Permission {
+    /// Peer IP (canonical: v4-mapped folded to v4).
+    pub ip: IpAddr,
+    /// When it lapses unless refreshed.
+    pub expires: Timestamp,
+}
+
+/// A channel number bound to a peer transport address (RFC 8656 §12).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChannelBinding {
+    /// Channel number.
+    pub number: ChannelNumber,
+    /// Peer transport address.
+    pub peer: SocketAddr,
+    /// When it lapses unless refreshed.
+    pub expires: Timestamp,
+}
+
+/// Token bucket limiting relayed bytes per second in both directions combined.
+#[derive(Clone, Copy, Debug)]
+pub struct Bandwidth {
+    tokens: u64,
+    last: Timestamp,
+}
+
+impl Bandwidth {
+    /// A full bucket.
+    pub fn new(rate: u64, now: Timestamp) -> Self {
+        Self { tokens: rate, last: now }
+    }
+
+    /// Spends `bytes` if available; `rate` 0 means unlimited. Burst is one second's worth.
+    pub fn take(&mut self, bytes: usize, rate: u64, now: Timestamp) -> bool {
+        if rate == 0 {
+            return true;
+        }
+        let elapsed = u64::try_from(now.since(self.last).as_millis()).unwrap_or(u64::MAX);
+        let refill = rate.saturating_mul(elapsed) / 1000;
+        if refill > 0 {
+            self.tokens = self.tokens.saturating_add(refill).min(rate);
+            self.last = now;
+        }
+        let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+        if self.tokens >= bytes {
+            self.tokens -= bytes;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// One TURN allocation.
+#[derive(Debug)]
+pub struct Allocation {
+    /// The client 5-tuple that owns it.
+    pub five_tuple: FiveTuple,
+    /// The relayed transport address as bound locally.
+    pub relay: SocketAddr,
+    /// Username that created it (RFC 8656 §5: later requests must use the same, else 441).
+    pub username: Box<str>,
+    /// Quota subject.
+    pub user: UserId,
+    /// Which accepted credential authenticated it.
+    pub credential: CredentialTag,
+    /// REST username expiry, enforced for the allocation's whole life.
+    pub credential_expires: Option<Timestamp>,
+    /// Set when the credential leaves the accepted set: the next request gets 401 and ends it.
+    pub revoked: bool,
+    /// Time-to-expiry deadline.
+    pub expires: Timestamp,
+    /// Transaction id of the Allocate, to answer retransmissions (RFC 8656 §7.2).
+    pub allocate_tid: TransactionId,
+    /// Installed permissions.
+    pub permissions: Vec<Permission>,
+    /// Bound channels.
+    pub channels: Vec<ChannelBinding>,
+    /// Bandwidth budget.
+    pub bandwidth: Bandwidth,
+}
+
+impl Allocation {
+    /// Whether a live permission covers `ip`.
+    pub fn permits(&self, ip: IpAddr, now: Timestamp) -> bool {
+        let ip = canonical(ip);
+        self.permissions.iter().any(|p| p.ip == ip && p.expires > now)
+    }
+
+    /// Installs or refreshes a permission; `false` if the table is full.
+    pub fn permit(&mut self, ip: IpAddr, expires: Timestamp, max: usize) -> bool {
+        let ip = canonical(ip);
+        if let Some(p) = self.permissions.iter_mut().find(|p| p.ip == ip) {
+            p.expires = expires;
+            return true;
+        }
+        if self.permissions.len() >= max {
+            return false;
+        }
+        self.permissions.push(Permission { ip, expires });
+        true
+    }
+
+    /// The live binding for a channel number.
+    pub fn channel(&self, number: ChannelNumber, now: Timestamp) -> Option<&ChannelBinding> {
+        self.channels.iter().find(|c| c.number == number && c.expires > now)
+    }
+
+    /// The live binding for a peer address.
+    pub fn channel_for_peer(&self, peer: SocketAddr, now: Timestamp) -> Option<&ChannelBinding> {
+        self.channels.iter().find(|c| c.peer == peer && c.expires > now)
+    }
+
+    /// Drops expired permissions and channels.
+    pub fn sweep(&mut self, now: Timestamp) {
+        self.permissions.retain(|p| p.expires > now);
+        self.channels.retain(|c| c.expires > now);
+    }
+}

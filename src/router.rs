@@ -1,0 +1,205 @@
+//! The Worker's HTTP surface: routing, authentication, ICE servers, and the
+//! hand-off of room requests to the room's Durable Object.
+
+use switchboard_proto::auth::{self, AuthError, Claims};
+use switchboard_proto::{ErrorCode, Meta, PeerId, RoomName, ice};
+use worker::{Env, Headers, Method, Request, RequestInit, Response, Result};
+
+use crate::config;
+use crate::http::{self, error, json, now};
+use crate::room::{H_LAST_SEQ, H_META, H_RESUME, H_ROOM};
+
+/// Routes one request.
+pub async fn handle(req: Request, env: &Env) -> Result<Response> {
+    let url = req.url()?;
+    let path = url.path().to_owned();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["healthz"] => json(200, r#"{"ok":true}"#),
+        ["v1", "ice-servers"] => {
+            if req.method() != Method::Get {
+                return error(ErrorCode::MethodNotAllowed, "use GET");
+            }
+            ice_servers(&req, env)
+        }
+        ["v1", "rooms", room] => {
+            let Some(room) = RoomName::parse(room) else {
+                return invalid_room();
+            };
+            if req.method() != Method::Get {
+                return error(
+                    ErrorCode::MethodNotAllowed,
+                    "use GET with Upgrade: websocket",
+                );
+            }
+            join(req, env, room).await
+        }
+        ["v1", "rooms", room, "stats"] => {
+            let Some(room) = RoomName::parse(room) else {
+                return invalid_room();
+            };
+            stats(req, env, room).await
+        }
+        _ => error(ErrorCode::NotFound, "no such endpoint"),
+    }
+}
+
+fn invalid_room() -> Result<Response> {
+    error(
+        ErrorCode::InvalidRoom,
+        "room names match [A-Za-z0-9_-]{1,64}",
+    )
+}
+
+fn query(req: &Request, key: &str) -> Result<Option<String>> {
+    Ok(req
+        .url()?
+        .query_pairs()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned()))
+}
+
+/// The token from `?token=` or `Authorization: Bearer`.
+fn presented_token(req: &Request) -> Result<Option<String>> {
+    if let Some(t) = query(req, "token")? {
+        return Ok(Some(t));
+    }
+    Ok(req
+        .headers()
+        .get("authorization")?
+        .and_then(|h| h.strip_prefix("Bearer ").map(|t| t.trim().to_owned())))
+}
+
+/// Verifies the caller when `JWT_SECRET` is set. `Ok(None)`: rooms are open.
+fn authenticate(
+    req: &Request,
+    env: &Env,
+    room: Option<&RoomName>,
+) -> Result<std::result::Result<Option<Claims>, AuthError>> {
+    let Some(secret) = config::jwt_secret(env) else {
+        return Ok(Ok(None));
+    };
+    let Some(token) = presented_token(req)? else {
+        return Ok(Err(AuthError::Missing));
+    };
+    let verified = auth::verify_jwt(&token, secret.as_bytes(), now()).and_then(|c| match room {
+        Some(r) if !c.admits(r.as_str()) => Err(AuthError::WrongRoom),
+        _ => Ok(c),
+    });
+    Ok(verified.map(Some))
+}
+
+fn unauthorized(e: AuthError, room: Option<&RoomName>) -> Result<Response> {
+    worker::console_log!(
+        "{}",
+        http::log_line(
+            "unauthorized",
+            room.map(RoomName::as_str),
+            None,
+            Some(e.message())
+        )
+    );
+    error(ErrorCode::Unauthorized, e.message())
+}
+
+fn ice_servers(req: &Request, env: &Env) -> Result<Response> {
+    let claims = match authenticate(req, env, None)? {
+        Ok(c) => c,
+        Err(e) => return unauthorized(e, None),
+    };
+    // The TURN username names the user when known, else a random id.
+    let user = match claims.and_then(|c| c.sub) {
+        Some(sub) => sub
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+            .take(64)
+            .collect(),
+        None => PeerId::from_random(http::random()?).to_string(),
+    };
+    let list = ice::ice_servers(&config::ice(env), &user, now());
+    let body = serde_json::json!({ "iceServers": list }).to_string();
+    json(200, &body)
+}
+
+async fn join(req: Request, env: &Env, room: RoomName) -> Result<Response> {
+    let upgrade = req.headers().get("upgrade")?.unwrap_or_default();
+    if !upgrade.eq_ignore_ascii_case("websocket") {
+        return error(
+            ErrorCode::UpgradeRequired,
+            "this endpoint needs Upgrade: websocket",
+        );
+    }
+    let claims = match authenticate(&req, env, Some(&room))? {
+        Ok(c) => c,
+        Err(e) => return unauthorized(e, Some(&room)),
+    };
+    let meta = match &claims {
+        Some(c) => match c.peer_meta() {
+            Ok(m) => m,
+            Err(e) => return unauthorized(e, Some(&room)),
+        },
+        None => match query(&req, "meta")? {
+            None => Meta::empty(),
+            Some(text) => match Meta::parse(&text) {
+                Ok(m) => m,
+                Err(_) => {
+                    return error(ErrorCode::InvalidMeta, "meta must be JSON of at most 1 KiB");
+                }
+            },
+        },
+    };
+    let headers = Headers::new();
+    headers.set("upgrade", "websocket")?;
+    headers.set(H_ROOM, room.as_str())?;
+    headers.set(H_META, meta.as_json())?;
+    if let Some(token) = query(&req, "resume")? {
+        // Tokens are hex; anything else cannot match and would only bloat a header.
+        let token: String = token
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(128)
+            .collect();
+        headers.set(H_RESUME, &token)?;
+        if let Some(n) = query(&req, "last_seq")? {
+            if n.parse::<u64>().is_err() {
+                return error(
+                    ErrorCode::BadRequest,
+                    "last_seq must be a non-negative integer",
+                );
+            }
+            headers.set(H_LAST_SEQ, &n)?;
+        }
+    }
+    forward(env, &room, "https://room/join", headers).await
+}
+
+async fn stats(req: Request, env: &Env, room: RoomName) -> Result<Response> {
+    let presented = req
+        .headers()
+        .get("authorization")?
+        .and_then(|h| h.strip_prefix("Bearer ").map(str::to_owned));
+    let allowed = match (config::admin_token(env), presented) {
+        (Some(expected), Some(given)) => http::secret_eq(&expected, given.trim()),
+        _ => false,
+    };
+    if !allowed {
+        return error(
+            ErrorCode::Unauthorized,
+            "stats need Authorization: Bearer <ADMIN_TOKEN>",
+        );
+    }
+    let headers = Headers::new();
+    headers.set(H_ROOM, room.as_str())?;
+    forward(env, &room, "https://room/stats", headers).await
+}
+
+async fn forward(env: &Env, room: &RoomName, url: &str, headers: Headers) -> Result<Response> {
+    let stub = env
+        .durable_object("ROOM")?
+        .id_from_name(room.as_str())?
+        .get_stub()?;
+    let mut init = RequestInit::new();
+    init.with_method(Method::Get).with_headers(headers);
+    let inner = Request::new_with_init(url, &init)?;
+    stub.fetch_with_request(inner).await
+}
