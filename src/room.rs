@@ -387,8 +387,9 @@ impl Room {
             }
         };
         if current.is_none_or(|at| at > want.0) {
-            let ms = i64::try_from(want.0).unwrap_or(i64::MAX);
-            storage.set_alarm(ms).await?;
+            // An absolute time: `set_alarm(i64)` would be read as an offset.
+            let at = js_sys::Date::new(&wasm_bindgen::JsValue::from_f64(want.0 as f64));
+            storage.set_alarm(worker::ScheduledTime::new(at)).await?;
             self.alarm_at.set(Some(Some(want.0)));
         }
         Ok(())

@@ -168,7 +168,7 @@ pub fn sign_jwt(claims: &serde_json::Value, secret: &[u8]) -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests fail loudly on purpose
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)] // tests fail loudly on purpose
 mod tests {
     use super::*;
     use serde_json::json;

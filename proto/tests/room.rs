@@ -572,7 +572,7 @@ fn away_peer_expires_after_the_window() {
     let left = h.take(a.conn);
     assert_eq!(left[0]["type"], "peer-left");
     assert_eq!(left[0]["reason"], "closed");
-    assert!(h.records.get(b.peer.as_str()).is_none());
+    assert!(!h.records.contains_key(b.peer.as_str()));
     let conn = h.join_with(
         "{}",
         Some(ResumeRequest {

@@ -1,1 +1,347 @@
-//! placeholder
+//! Harness for the end-to-end tests.
+//!
+//! `scripts/test.sh` builds the Worker once and starts two `wrangler dev`
+//! instances on workerd (one with rooms open, one with `JWT_SECRET` set), then
+//! runs these tests with their addresses in the environment. Tests wait on
+//! frames with deadlines, never on fixed sleeps.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)] // a failing harness step must fail the test loudly
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long any single expected event may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(15);
+
+/// Settings the harness started the Worker instances with.
+#[derive(Debug, Clone)]
+pub struct Env {
+    /// Base `http://127.0.0.1:PORT` of the instance with open rooms.
+    pub open: String,
+    /// Base URL of the instance that requires JWTs.
+    pub auth: String,
+    /// `JWT_SECRET` of the auth instance.
+    pub jwt_secret: String,
+    /// `TURN_SECRET` of both instances.
+    pub turn_secret: String,
+    /// `ADMIN_TOKEN` of both instances.
+    pub admin_token: String,
+    /// `HEARTBEAT_MS` of both instances.
+    pub heartbeat_ms: u64,
+    /// `RESUME_WINDOW_MS` of both instances.
+    pub resume_window_ms: u64,
+}
+
+fn var(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the end-to-end tests through scripts/test.sh, which starts wrangler dev")
+    })
+}
+
+/// The running instances, from the environment set by `scripts/test.sh`.
+pub fn env() -> Env {
+    Env {
+        open: var("SWITCHBOARD_URL"),
+        auth: var("SWITCHBOARD_AUTH_URL"),
+        jwt_secret: var("SWITCHBOARD_JWT_SECRET"),
+        turn_secret: var("SWITCHBOARD_TURN_SECRET"),
+        admin_token: var("SWITCHBOARD_ADMIN_TOKEN"),
+        heartbeat_ms: var("SWITCHBOARD_HEARTBEAT_MS").parse().unwrap(),
+        resume_window_ms: var("SWITCHBOARD_RESUME_WINDOW_MS").parse().unwrap(),
+    }
+}
+
+/// A room name no other test uses.
+pub fn unique_room(prefix: &str) -> String {
+    let mut b = [0u8; 6];
+    getrandom::fill(&mut b).unwrap();
+    let suffix: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{prefix}-{suffix}")
+}
+
+/// `ws://` form of an `http://` base URL.
+pub fn ws_url(base: &str, path_and_query: &str) -> String {
+    format!("{}{}", base.replacen("http://", "ws://", 1), path_and_query)
+}
+
+/// An HTTP response: status and body.
+#[derive(Debug)]
+pub struct HttpResponse {
+    /// Status code.
+    pub status: u16,
+    /// Body text.
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The body as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    /// The `error.code` of an error body.
+    pub fn error_code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+/// `GET url` with optional headers, never following redirects; statuses are not errors.
+pub fn http_get(url: &str, headers: &[(&str, &str)]) -> HttpResponse {
+    let mut req = ureq::get(url).config().http_status_as_error(false).build();
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let mut resp = req.call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = resp.status().as_u16();
+    let body = resp.body_mut().read_to_string().unwrap_or_default();
+    HttpResponse { status, body }
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// What a test can tell the writer task.
+enum Cmd {
+    Text(String),
+    Binary(Vec<u8>),
+    StopPinging,
+    /// Drop the TCP connection without a closing handshake.
+    Drop,
+}
+
+/// A signaling client: reads frames in order; a background task writes and pings.
+pub struct Client {
+    /// Frames received, `pong`s filtered out.
+    rx: mpsc::UnboundedReceiver<Result<Value, String>>,
+    tx: mpsc::UnboundedSender<Cmd>,
+    /// The `welcome` frame.
+    pub welcome: Value,
+    /// Highest `seq` received so far.
+    pub last_seq: u64,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("peer_id", &self.welcome["peer_id"])
+            .finish()
+    }
+}
+
+/// Connects and returns the raw stream (for HTTP-level assertions on the upgrade).
+pub async fn connect_raw(url: &str) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+    tokio_tungstenite::connect_async(url)
+        .await
+        .map(|(ws, _)| ws)
+}
+
+impl Client {
+    /// Joins `room` on `base` with an extra query string (e.g. `meta=…`), waiting for `welcome`.
+    pub async fn join(base: &str, room: &str, query: &str) -> Client {
+        let mut c = Client::connect(base, room, query).await;
+        let w = c.next().await;
+        assert_eq!(w["type"], "welcome", "first frame: {w}");
+        c.welcome = w;
+        c
+    }
+
+    /// Connects without waiting for any frame (`welcome` stays `null`).
+    pub async fn connect(base: &str, room: &str, query: &str) -> Client {
+        let sep = if query.is_empty() { "" } else { "?" };
+        let url = ws_url(base, &format!("/v1/rooms/{room}{sep}{query}"));
+        let ws = tokio::time::timeout(DEADLINE, connect_raw(&url))
+            .await
+            .unwrap_or_else(|_| panic!("connect {url}: timed out"))
+            .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+        let (rx, tx) = spawn_io(ws, Duration::from_millis(env().heartbeat_ms / 2));
+        Client {
+            rx,
+            tx,
+            welcome: Value::Null,
+            last_seq: 0,
+        }
+    }
+
+    /// This client's peer id.
+    pub fn peer_id(&self) -> String {
+        self.welcome["peer_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// This client's resume token.
+    pub fn resume_token(&self) -> String {
+        self.welcome["resume_token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// Sends a JSON frame.
+    pub fn send(&self, v: Value) {
+        self.send_text(&v.to_string());
+    }
+
+    /// Sends raw text.
+    pub fn send_text(&self, text: &str) {
+        let _ = self.tx.send(Cmd::Text(text.to_owned()));
+    }
+
+    /// Sends a binary frame.
+    pub fn send_binary(&self, bytes: Vec<u8>) {
+        let _ = self.tx.send(Cmd::Binary(bytes));
+    }
+
+    /// Stops the heartbeat, turning this client into a zombie.
+    pub fn stop_pinging(&self) {
+        let _ = self.tx.send(Cmd::StopPinging);
+    }
+
+    /// Drops the TCP connection abruptly (no close frame), as a network failure would.
+    pub fn drop_connection(self) {
+        let _ = self.tx.send(Cmd::Drop);
+    }
+
+    /// Sends `signal` to `to`.
+    pub fn signal(&self, to: &str, payload: Value) {
+        self.send(json!({"type":"signal","to":to,"payload":payload}));
+    }
+
+    /// The next frame, failing the test after [`DEADLINE`].
+    pub async fn next(&mut self) -> Value {
+        match tokio::time::timeout(DEADLINE, self.rx.recv()).await {
+            Err(_) => panic!("no frame within {DEADLINE:?}"),
+            Ok(None) => panic!("connection ended"),
+            Ok(Some(Err(closed))) => panic!("connection closed: {closed}"),
+            Ok(Some(Ok(v))) => {
+                if let Some(seq) = v.get("seq").and_then(Value::as_u64) {
+                    assert_eq!(
+                        seq,
+                        self.last_seq + 1,
+                        "seq must increase by exactly 1: {v}"
+                    );
+                    self.last_seq = seq;
+                }
+                v
+            }
+        }
+    }
+
+    /// The next frame, which must have `type` `ty`.
+    pub async fn expect(&mut self, ty: &str) -> Value {
+        let v = self.next().await;
+        assert_eq!(v["type"], ty, "expected a {ty} frame, got {v}");
+        v
+    }
+
+    /// The next frame, which must be an `error` with `code`.
+    pub async fn expect_error(&mut self, code: &str) -> Value {
+        let v = self.expect("error").await;
+        assert_eq!(v["code"], code, "{v}");
+        assert!(v.get("seq").is_none(), "error frames carry no seq: {v}");
+        v
+    }
+
+    /// Waits for the server to close the connection; returns the close code.
+    pub async fn expect_closed(&mut self) -> String {
+        match tokio::time::timeout(DEADLINE, self.rx.recv()).await {
+            Err(_) => panic!("connection not closed within {DEADLINE:?}"),
+            Ok(None) => "ended".into(),
+            Ok(Some(Err(closed))) => closed,
+            Ok(Some(Ok(v))) => panic!("expected close, got frame {v}"),
+        }
+    }
+}
+
+fn spawn_io(
+    ws: Ws,
+    ping_every: Duration,
+) -> (
+    mpsc::UnboundedReceiver<Result<Value, String>>,
+    mpsc::UnboundedSender<Cmd>,
+) {
+    let (frames_tx, frames_rx) = mpsc::unbounded_channel();
+    let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel::<Cmd>();
+    let (mut sink, mut stream) = ws.split();
+    let reader = tokio::spawn(async move {
+        while let Some(msg) = stream.next().await {
+            match msg {
+                Ok(Message::Text(t)) => {
+                    let v: Value = match serde_json::from_str(t.as_str()) {
+                        Ok(v) => v,
+                        Err(e) => {
+                            let _ = frames_tx.send(Err(format!("server sent non-JSON {t}: {e}")));
+                            return;
+                        }
+                    };
+                    if v["type"] == "pong" && v.as_object().is_some_and(|o| o.len() == 1) {
+                        continue;
+                    }
+                    let _ = frames_tx.send(Ok(v));
+                }
+                Ok(Message::Close(frame)) => {
+                    let code = frame
+                        .map(|f| u16::from(f.code).to_string())
+                        .unwrap_or_else(|| "no code".into());
+                    let _ = frames_tx.send(Err(format!("close {code}")));
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = frames_tx.send(Err(format!("error {e}")));
+                    return;
+                }
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let mut pinging = true;
+        let mut ticker = tokio::time::interval(ping_every);
+        loop {
+            tokio::select! {
+                cmd = cmd_rx.recv() => match cmd {
+                    Some(Cmd::Text(t)) => { if sink.send(Message::text(t)).await.is_err() { break; } }
+                    Some(Cmd::Binary(b)) => { if sink.send(Message::binary(b)).await.is_err() { break; } }
+                    Some(Cmd::StopPinging) => pinging = false,
+                    Some(Cmd::Drop) | None => {
+                        // Dropping both halves closes the TCP socket without a close frame.
+                        reader.abort();
+                        break;
+                    }
+                },
+                _ = ticker.tick() => {
+                    if pinging && sink.send(Message::text(r#"{"type":"ping"}"#)).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    (frames_rx, cmd_tx)
+}
+
+/// A WebSocket upgrade request sent as plain HTTP, to read a refusal's status and JSON body.
+pub fn upgrade_request(base: &str, path_and_query: &str) -> HttpResponse {
+    http_get(
+        &format!("{base}{path_and_query}"),
+        &[
+            ("upgrade", "websocket"),
+            ("connection", "Upgrade"),
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ],
+    )
+}

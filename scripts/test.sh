@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs every Switchboard test: lint, unit tests of the sans-IO cores, the wasm
+# build, and end-to-end tests against the Worker running on workerd through
+# `wrangler dev`. Installs what it needs first (scripts/install.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+bash scripts/install.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+export WRANGLER_SEND_METRICS=false CLOUDFLARE_CF_FETCH_ENABLED=false
+export CARGO_TERM_COLOR=never
+
+step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (workspace lints, -D warnings)"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "wasm release build of the Worker"
+bash scripts/build-worker.sh
+
+step "unit and integration tests (no Worker needed)"
+cargo test --workspace --exclude switchboard-tests
+
+step "end-to-end tests against wrangler dev"
+bash scripts/e2e.sh

@@ -1,0 +1,91 @@
+//! Every frame-level error is a typed `error` frame, and the same socket keeps working.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)] // tests fail loudly on purpose
+
+use std::time::Instant;
+
+use serde_json::json;
+use switchboard_tests::{Client, DEADLINE, env, unique_room};
+
+async fn pair() -> (Client, Client) {
+    let e = env();
+    let room = unique_room("errors");
+    let mut a = Client::join(&e.open, &room, "").await;
+    let b = Client::join(&e.open, &room, "").await;
+    a.expect("peer-joined").await;
+    (a, b)
+}
+
+/// Sends a signal from `a` to `b` and checks it arrives: the socket still works.
+async fn still_works(a: &Client, b: &mut Client, n: u32) {
+    a.signal(&b.peer_id(), json!({"n": n}));
+    let got = b.expect("signal").await;
+    assert_eq!(got["payload"]["n"], n);
+}
+
+#[tokio::test]
+async fn each_error_then_a_working_signal() {
+    let (mut a, mut b) = pair().await;
+    let big = format!(
+        r#"{{"type":"broadcast","payload":"{}"}}"#,
+        "x".repeat(70 * 1024)
+    );
+    let cases = [
+        ("{this is not json".to_owned(), "bad_json"),
+        (r#"{"type":"teleport"}"#.to_owned(), "unknown_type"),
+        (
+            r#"{"type":"signal","payload":{}}"#.to_owned(),
+            "invalid_frame",
+        ),
+        (
+            r#"{"type":"signal","to":"nobody","payload":{}}"#.to_owned(),
+            "unknown_peer",
+        ),
+        (big, "payload_too_large"),
+    ];
+    for (n, (text, code)) in (1..).zip(cases) {
+        a.send_text(&text);
+        let err = a.expect_error(code).await;
+        assert!(!err["message"].as_str().unwrap().is_empty());
+        still_works(&a, &mut b, n).await;
+    }
+    a.send_binary(vec![0, 159, 146, 150]);
+    a.expect_error("unsupported_frame").await;
+    still_works(&a, &mut b, 99).await;
+}
+
+#[tokio::test]
+async fn flooding_is_rate_limited_then_recovers() {
+    let (mut a, mut b) = pair().await;
+    // The default bucket holds 100 frames; 150 back to back must overflow it.
+    const SENT: usize = 150;
+    for i in 0..SENT {
+        a.signal(&b.peer_id(), json!({"flood": i}));
+    }
+    // Every frame is either delivered to b or refused to a: wait for all 150 answers.
+    let (mut delivered, mut refused) = (0, 0);
+    while delivered + refused < SENT {
+        tokio::select! {
+            f = b.next() => { assert!(f["payload"].get("flood").is_some(), "{f}"); delivered += 1; }
+            f = a.next() => { assert_eq!(f["code"], "rate_limited", "{f}"); refused += 1; }
+        }
+    }
+    assert!(refused > 0, "nothing was rate limited");
+    assert!(
+        delivered >= 100,
+        "the burst of 100 must pass, {delivered} did"
+    );
+    // The socket recovers as tokens refill (50/s). Each attempt is answered by
+    // a delivery or a refusal, so this waits on events, not on a timer.
+    let started = Instant::now();
+    loop {
+        a.signal(&b.peer_id(), json!({"after": true}));
+        tokio::select! {
+            f = b.next() => { assert_eq!(f["payload"]["after"], true); break; }
+            f = a.next() => assert_eq!(f["code"], "rate_limited", "{f}"),
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "never recovered from rate limiting"
+        );
+    }
+}

@@ -1,0 +1,48 @@
+//! Joining a room: `welcome`, presence of others, `peer-left` on leave.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)] // tests fail loudly on purpose
+
+use serde_json::json;
+use switchboard_tests::{Client, env, unique_room};
+
+#[tokio::test]
+async fn peers_see_each_other_join_and_leave() {
+    let e = env();
+    let room = unique_room("presence");
+    let meta = urlencode(r#"{"name":"Ann"}"#);
+    let mut a = Client::join(&e.open, &room, &format!("meta={meta}")).await;
+    assert_eq!(a.welcome["v"], 1);
+    assert_eq!(a.welcome["room"], room.as_str());
+    assert_eq!(a.welcome["resumed"], false);
+    assert_eq!(a.welcome["peers"], json!([]));
+    assert_eq!(a.welcome["heartbeat_ms"], e.heartbeat_ms);
+    assert!(a.welcome["resume_token"].as_str().unwrap().len() >= 32);
+    assert!(a.welcome["ice_servers"].is_array());
+
+    let mut b = Client::join(&e.open, &room, "").await;
+    assert_eq!(
+        b.welcome["peers"],
+        json!([{"peer_id": a.peer_id(), "meta": {"name":"Ann"}}])
+    );
+    let joined = a.expect("peer-joined").await;
+    assert_eq!(joined["peer_id"], b.peer_id().as_str());
+    assert_eq!(joined["meta"], json!({}));
+    assert_eq!(joined["seq"], 1);
+
+    b.send(json!({"type":"leave"}));
+    b.expect_closed().await;
+    let left = a.expect("peer-left").await;
+    assert_eq!(left["peer_id"], b.peer_id().as_str());
+    assert_eq!(left["reason"], "leave");
+    assert_eq!(left["seq"], 2);
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
