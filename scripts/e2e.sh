@@ -8,6 +8,7 @@ ROOT=$PWD
 export PATH="$HOME/.cargo/bin:$PATH"
 export WRANGLER_SEND_METRICS=false CLOUDFLARE_CF_FETCH_ENABLED=false
 cargo test -p switchboard-tests --no-run
+mkdir -p client/site   # the [assets] directory; the demo is built by scripts/test.sh
 WORK=$(mktemp -d /tmp/switchboard-test.XXXXXX)
 PGIDS=()
 cleanup() {

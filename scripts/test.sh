@@ -17,12 +17,26 @@ cargo fmt --all -- --check
 
 step "cargo clippy (workspace lints, -D warnings)"
 cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy -p switchboard --target wasm32-unknown-unknown -- -D warnings
 
 step "wasm release build of the Worker"
 bash scripts/build-worker.sh
+
+if [ -f client/package.json ]; then
+  step "client SDK: build and unit tests"
+  npm --prefix client ci --no-audit --no-fund --loglevel=error
+  npm --prefix client run build
+  npm --prefix client test
+fi
+mkdir -p client/site
 
 step "unit and integration tests (no Worker needed)"
 cargo test --workspace --exclude switchboard-tests
 
 step "end-to-end tests against wrangler dev"
 bash scripts/e2e.sh
+
+if [ -f tests/browser/run.sh ]; then
+  step "browser end-to-end tests (headless Chromium)"
+  bash tests/browser/run.sh
+fi

@@ -1,5 +1,10 @@
 //! HTTP-level refusals: every error body is `{"error":{"code":…,"message":…}}`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)] // tests fail loudly on purpose
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)] // tests fail loudly on purpose
 
 use switchboard_tests::{env, http_get, unique_room, upgrade_request};
 
@@ -18,7 +23,7 @@ fn health_and_http_errors() {
         ),
         ("/v1/rooms/lobby", 426, "upgrade_required"),
         ("/v1/nothing-here", 404, "not_found"),
-        ("/", 404, "not_found"),
+        ("/no-such-file.txt", 404, "not_found"),
     ];
     for (path, status, code) in cases {
         let r = http_get(&format!("{}{path}", e.open), &[]);
