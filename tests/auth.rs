@@ -1,6 +1,11 @@
 //! Authentication: with `JWT_SECRET` set, joining and `/v1/ice-servers` need a
 //! valid HS256 token; without it, rooms are open.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)] // tests fail loudly on purpose
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)] // tests fail loudly on purpose
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

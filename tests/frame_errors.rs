@@ -1,5 +1,10 @@
 //! Every frame-level error is a typed `error` frame, and the same socket keeps working.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)] // tests fail loudly on purpose
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)] // tests fail loudly on purpose
 
 use std::time::Instant;
 

@@ -1,7 +1,12 @@
 //! `/v1/ice-servers` and `welcome.ice_servers` hand out TURN REST credentials
 //! that the relay can verify: `username = "<expiry>:<user>"`,
 //! `credential = base64(HMAC-SHA1(TURN_SECRET, username))`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)] // tests fail loudly on purpose
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)] // tests fail loudly on purpose
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

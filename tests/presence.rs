@@ -1,5 +1,10 @@
 //! Joining a room: `welcome`, presence of others, `peer-left` on leave.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)] // tests fail loudly on purpose
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)] // tests fail loudly on purpose
 
 use serde_json::json;
 use switchboard_tests::{Client, env, unique_room};

@@ -1,6 +1,11 @@
 //! Resume: a peer whose TCP connection drops comes back with its token and
 //! receives exactly the frames it missed, in order, then live traffic.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)] // tests fail loudly on purpose
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)] // tests fail loudly on purpose
 
 use serde_json::json;
 use switchboard_tests::{Client, env, unique_room};

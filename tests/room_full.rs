@@ -1,6 +1,11 @@
 //! A room holds `MAX_PEERS` (64) peers; the next gets `room_full` and is closed,
 //! while the room keeps working for those inside.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)] // tests fail loudly on purpose
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)] // tests fail loudly on purpose
 
 use serde_json::json;
 use switchboard_tests::{Client, env, unique_room};

@@ -1,6 +1,11 @@
 //! Routing: a targeted `signal` reaches only its target; `broadcast` reaches
 //! everyone else; `relay` carries data over the WebSocket.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)] // tests fail loudly on purpose
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)] // tests fail loudly on purpose
 
 use serde_json::json;
 use switchboard_tests::{Client, env, unique_room};

@@ -1,5 +1,10 @@
 //! `GET /v1/rooms/{room}/stats` with the admin token reports the room's state.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)] // tests fail loudly on purpose
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)] // tests fail loudly on purpose
 
 use serde_json::json;
 use switchboard_tests::{Client, env, http_get, unique_room};

@@ -1,6 +1,11 @@
 //! A client that stops pinging is reaped after three missed heartbeats; the
 //! room sees `peer-left` `timeout` at once, and the zombie's socket is closed.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)] // tests fail loudly on purpose
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)] // tests fail loudly on purpose
 
 use switchboard_tests::{Client, env, unique_room};
 

@@ -92,7 +92,7 @@ fn garbage_never_panics_and_the_room_keeps_routing() {
     };
     let mut room = Room::new(cfg);
     let now = Millis(1_700_000_000_000);
-    let mut join = |room: &mut Room, conn: u64, id: u8| {
+    let join = |room: &mut Room, conn: u64, id: u8| {
         room.handle_join(
             Join {
                 conn: ConnId(conn),

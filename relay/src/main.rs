@@ -1,12 +1,111 @@
-//! The Switchboard relay node. The STUN/TURN server lands here (see README).
+//! The relay binary: configuration, logging, signals, then the event loop.
 
-use clap::Parser;
+use std::process::ExitCode;
+use std::sync::Arc;
 
-/// Switchboard relay: STUN/TURN server and server-side WebRTC peer.
-#[derive(Debug, Parser)]
-#[command(version, about)]
-struct Args {}
+use clap::Parser as _;
+use switchboard_relay::config::{Args, Config};
+use switchboard_relay::http::{self, Metrics};
+use switchboard_relay::net::{EventLoop, Listeners, RelayPorts};
+use switchboard_relay::turn::Server;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
 
-fn main() {
-    let _args = Args::parse();
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match Config::load(args.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // One thread: the event loop owns all packet-path state; metrics and signals are idle tasks.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args, config: Config) -> Result<(), String> {
+    let mut key = [0u8; 32];
+    getrandom::fill(&mut key).map_err(|e| format!("no randomness for the server key: {e}"))?;
+    let tls = config.tls().map_err(|e| e.to_string())?;
+    let server = Server::new(config.server_config(key), config.credentials.clone());
+    let relays = RelayPorts::new(config.relay_ips.clone(), config.port_range);
+    let metrics = Arc::new(Metrics::default());
+    if let Some(addr) = config.metrics_listen {
+        let listener = http::bind(addr)
+            .await
+            .map_err(|e| format!("metrics listener {addr}: {e}"))?;
+        info!(%addr, "metrics on /metrics, health on /healthz");
+        tokio::spawn(http::serve(listener, metrics.clone()));
+    }
+    let listeners = Listeners {
+        plain: config.listen.clone(),
+        tls: config.tls_listen.clone(),
+    };
+    let event_loop = EventLoop::bind(server, relays, &listeners, tls, metrics)
+        .await
+        .map_err(|e| format!("cannot listen: {e}"))?;
+    info!(relay_ips = ?config.relay_ips, realm = %config.realm, "relay ready");
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (creds_tx, creds_rx) = watch::channel(config.credentials.clone());
+    tokio::spawn(signals(args, shutdown_tx, creds_tx));
+    event_loop.run(shutdown_rx, creds_rx).await;
+    info!("stopped");
+    Ok(())
+}
+
+/// SIGTERM/SIGINT stop the loop; SIGHUP re-reads the configuration and swaps credentials in,
+/// which is how secrets are rotated without dropping allocations.
+async fn signals(
+    args: Args,
+    shutdown: watch::Sender<bool>,
+    credentials: watch::Sender<switchboard_relay::turn::Credentials>,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        warn!("cannot install signal handlers");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => match Config::load(args.clone()) {
+                Ok(c) => {
+                    let _ = credentials.send(c.credentials);
+                }
+                Err(e) => warn!("reload failed, keeping the old credentials: {e}"),
+            },
+        }
+    }
+    info!("signal received, shutting down");
+    let _ = shutdown.send(true);
 }

@@ -330,7 +330,7 @@ pub fn decode_reservation_token(v: &[u8]) -> Result<[u8; 8], AttributeError> {
 
 /// UNKNOWN-ATTRIBUTES: a list of 16-bit types.
 pub fn decode_unknown_attributes(v: &[u8]) -> Result<Vec<AttributeType>, AttributeError> {
-    if v.len() % 2 != 0 {
+    if !v.len().is_multiple_of(2) {
         return Err(AttributeError(UNKNOWN_ATTRIBUTES));
     }
     let mut r = Reader::new(v);

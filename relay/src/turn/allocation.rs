@@ -38,7 +38,10 @@ pub struct Bandwidth {
 impl Bandwidth {
     /// A full bucket.
     pub fn new(rate: u64, now: Timestamp) -> Self {
-        Self { tokens: rate, last: now }
+        Self {
+            tokens: rate,
+            last: now,
+        }
     }
 
     /// Spends `bytes` if available; `rate` 0 means unlimited. Burst is one second's worth.
@@ -95,7 +98,9 @@ impl Allocation {
     /// Whether a live permission covers `ip`.
     pub fn permits(&self, ip: IpAddr, now: Timestamp) -> bool {
         let ip = canonical(ip);
-        self.permissions.iter().any(|p| p.ip == ip && p.expires > now)
+        self.permissions
+            .iter()
+            .any(|p| p.ip == ip && p.expires > now)
     }
 
     /// Installs or refreshes a permission; `false` if the table is full.
@@ -114,12 +119,16 @@ impl Allocation {
 
     /// The live binding for a channel number.
     pub fn channel(&self, number: ChannelNumber, now: Timestamp) -> Option<&ChannelBinding> {
-        self.channels.iter().find(|c| c.number == number && c.expires > now)
+        self.channels
+            .iter()
+            .find(|c| c.number == number && c.expires > now)
     }
 
     /// The live binding for a peer address.
     pub fn channel_for_peer(&self, peer: SocketAddr, now: Timestamp) -> Option<&ChannelBinding> {
-        self.channels.iter().find(|c| c.peer == peer && c.expires > now)
+        self.channels
+            .iter()
+            .find(|c| c.peer == peer && c.expires > now)
     }
 
     /// Drops expired permissions and channels.

@@ -116,7 +116,9 @@ impl Credentials {
         if self.secrets.is_empty() {
             return Lookup::Unknown;
         }
-        let Some((expiry, id)) = parse_rest(username) else { return Lookup::Unknown };
+        let Some((expiry, id)) = parse_rest(username) else {
+            return Lookup::Unknown;
+        };
         if expiry <= now.as_secs() {
             return Lookup::Expired;
         }
@@ -128,8 +130,16 @@ impl Credentials {
                 tag: tag("secret", s),
             })
             .collect();
-        let user = UserId(if id.is_empty() { username.into() } else { id.into() });
-        Lookup::Keys { candidates, user, expires: Some(Timestamp::from_secs(expiry)) }
+        let user = UserId(if id.is_empty() {
+            username.into()
+        } else {
+            id.into()
+        });
+        Lookup::Keys {
+            candidates,
+            user,
+            expires: Some(Timestamp::from_secs(expiry)),
+        }
     }
 
     /// Whether the credential identified by `t` is still accepted.
@@ -158,7 +168,9 @@ pub struct NonceIssuer {
 
 impl fmt::Debug for NonceIssuer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("NonceIssuer").field("lifetime", &self.lifetime).finish_non_exhaustive()
+        f.debug_struct("NonceIssuer")
+            .field("lifetime", &self.lifetime)
+            .finish_non_exhaustive()
     }
 }
 
@@ -169,7 +181,9 @@ impl NonceIssuer {
     }
 
     fn mac(&self, expiry: u64, client: SocketAddr) -> String {
-        let Ok(mut mac) = Hmac::<Sha1>::new_from_slice(&self.key) else { return String::new() };
+        let Ok(mut mac) = Hmac::<Sha1>::new_from_slice(&self.key) else {
+            return String::new();
+        };
         mac.update(&expiry.to_be_bytes());
         mac.update(client.to_string().as_bytes());
         let out = mac.finalize().into_bytes();
@@ -178,34 +192,60 @@ impl NonceIssuer {
 
     /// A fresh nonce for `client`.
     pub fn mint(&self, client: SocketAddr, now: Timestamp) -> String {
-        let expiry = now.add(self.lifetime).as_secs();
+        let expiry = now.plus(self.lifetime).as_secs();
         format!("{expiry:010x}{}", self.mac(expiry, client))
     }
 
     /// Checks a nonce presented by `client`.
     pub fn check(&self, nonce: &[u8], client: SocketAddr, now: Timestamp) -> NonceCheck {
-        let Ok(nonce) = std::str::from_utf8(nonce) else { return NonceCheck::Stale };
-        let Some((hex_expiry, mac)) = nonce.split_at_checked(10) else { return NonceCheck::Stale };
-        let Ok(expiry) = u64::from_str_radix(hex_expiry, 16) else { return NonceCheck::Stale };
+        let Ok(nonce) = std::str::from_utf8(nonce) else {
+            return NonceCheck::Stale;
+        };
+        let Some((hex_expiry, mac)) = nonce.split_at_checked(10) else {
+            return NonceCheck::Stale;
+        };
+        let Ok(expiry) = u64::from_str_radix(hex_expiry, 16) else {
+            return NonceCheck::Stale;
+        };
         let expected = self.mac(expiry, client);
         // Constant-time enough: both are hex of a MAC; compare every byte.
         let same = expected.len() == mac.len()
-            && expected.bytes().zip(mac.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
-        if same && expiry > now.as_secs() { NonceCheck::Valid } else { NonceCheck::Stale }
+            && expected
+                .bytes()
+                .zip(mac.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        if same && expiry > now.as_secs() {
+            NonceCheck::Valid
+        } else {
+            NonceCheck::Stale
+        }
     }
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, reason = "tests use fixed, known-good inputs")]
+#[allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "tests use fixed, known-good inputs"
+)]
 mod tests {
     use super::*;
 
     #[test]
     fn rest_lookup_and_expiry() {
-        let c = Credentials { secrets: vec!["s1".into(), "s2".into()], users: HashMap::new() };
+        let c = Credentials {
+            secrets: vec!["s1".into(), "s2".into()],
+            users: HashMap::new(),
+        };
         let now = Timestamp::from_secs(1_000);
         match c.lookup("2000:alice", "r", now) {
-            Lookup::Keys { candidates, user, expires } => {
+            Lookup::Keys {
+                candidates,
+                user,
+                expires,
+            } => {
                 assert_eq!(candidates.len(), 2);
                 assert_eq!(user, UserId("alice".into()));
                 assert_eq!(expires, Some(Timestamp::from_secs(2000)));
@@ -225,7 +265,10 @@ mod tests {
     #[test]
     fn rest_password_matches_coturn_formula() {
         // base64(HMAC-SHA1("secret", "1:u")) computed independently with openssl.
-        assert_eq!(rest_password("secret", "1:u"), "KUHD1CkWw8p55pIgHmyFn2XyOzY=");
+        assert_eq!(
+            rest_password("secret", "1:u"),
+            "KUHD1CkWw8p55pIgHmyFn2XyOzY="
+        );
     }
 
     #[test]
@@ -237,7 +280,10 @@ mod tests {
         let nonce = n.mint(a, t0);
         assert_eq!(n.check(nonce.as_bytes(), a, t0), NonceCheck::Valid);
         assert_eq!(n.check(nonce.as_bytes(), b, t0), NonceCheck::Stale);
-        assert_eq!(n.check(nonce.as_bytes(), a, Timestamp::from_secs(160)), NonceCheck::Stale);
+        assert_eq!(
+            n.check(nonce.as_bytes(), a, Timestamp::from_secs(160)),
+            NonceCheck::Stale
+        );
         assert_eq!(n.check(b"garbage", a, t0), NonceCheck::Stale);
         assert_eq!(n.check(&[0xFF; 40], a, t0), NonceCheck::Stale);
     }

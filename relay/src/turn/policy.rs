@@ -31,7 +31,10 @@ impl FromStr for Cidr {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = || CidrError(s.to_owned());
         let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) => (a.parse::<IpAddr>().map_err(|_| err())?, Some(p.parse::<u8>().map_err(|_| err())?)),
+            Some((a, p)) => (
+                a.parse::<IpAddr>().map_err(|_| err())?,
+                Some(p.parse::<u8>().map_err(|_| err())?),
+            ),
             None => (s.parse::<IpAddr>().map_err(|_| err())?, None),
         };
         let max = if addr.is_ipv4() { 32 } else { 128 };
@@ -53,8 +56,15 @@ impl Cidr {
     /// Whether `ip` lies in this prefix (families must match; callers canonicalise v4-mapped).
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => prefix_match(u128::from(net.to_bits()), u128::from(ip.to_bits()), 32, self.prefix),
-            (IpAddr::V6(net), IpAddr::V6(ip)) => prefix_match(net.to_bits(), ip.to_bits(), 128, self.prefix),
+            (IpAddr::V4(net), IpAddr::V4(ip)) => prefix_match(
+                u128::from(net.to_bits()),
+                u128::from(ip.to_bits()),
+                32,
+                self.prefix,
+            ),
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                prefix_match(net.to_bits(), ip.to_bits(), 128, self.prefix)
+            }
             _ => false,
         }
     }
@@ -129,13 +139,25 @@ impl PeerPolicy {
                 if v4.is_loopback() {
                     return self.allow_loopback;
                 }
-                !DENIED_V4.iter().any(|(net, p)| Cidr { addr: IpAddr::V4(*net), prefix: *p }.contains(ip)) && !v4.is_broadcast()
+                !DENIED_V4.iter().any(|(net, p)| {
+                    Cidr {
+                        addr: IpAddr::V4(*net),
+                        prefix: *p,
+                    }
+                    .contains(ip)
+                }) && !v4.is_broadcast()
             }
             IpAddr::V6(v6) => {
                 if v6.is_loopback() {
                     return self.allow_loopback;
                 }
-                !DENIED_V6.iter().any(|(net, p)| Cidr { addr: IpAddr::V6(*net), prefix: *p }.contains(ip))
+                !DENIED_V6.iter().any(|(net, p)| {
+                    Cidr {
+                        addr: IpAddr::V6(*net),
+                        prefix: *p,
+                    }
+                    .contains(ip)
+                })
             }
         }
     }
@@ -154,21 +176,49 @@ mod tests {
     fn defaults_deny_special_ranges() {
         let p = PeerPolicy::default();
         for denied in [
-            "127.0.0.1", "10.1.2.3", "172.16.0.1", "172.31.255.255", "192.168.1.1", "169.254.169.254", "100.64.0.1",
-            "0.0.0.0", "224.0.0.1", "239.255.255.250", "255.255.255.255", "240.0.0.1", "::1", "::", "fe80::1",
-            "fc00::1", "fd12:3456::1", "ff02::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1", "64:ff9b::a00:1",
-            "2001:db8::1", "192.0.2.5",
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "224.0.0.1",
+            "239.255.255.250",
+            "255.255.255.255",
+            "240.0.0.1",
+            "::1",
+            "::",
+            "fe80::1",
+            "fc00::1",
+            "fd12:3456::1",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "64:ff9b::a00:1",
+            "2001:db8::1",
+            "192.0.2.5",
         ] {
             assert!(!p.is_allowed(ip(denied)), "{denied} should be denied");
         }
-        for allowed in ["8.8.8.8", "1.1.1.1", "172.32.0.1", "2606:4700::1111", "::ffff:8.8.8.8"] {
+        for allowed in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "172.32.0.1",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+        ] {
             assert!(p.is_allowed(ip(allowed)), "{allowed} should be allowed");
         }
     }
 
     #[test]
     fn explicit_allows() {
-        let p = PeerPolicy { allow_loopback: true, allowed: vec!["10.0.0.0/8".parse().unwrap()] };
+        let p = PeerPolicy {
+            allow_loopback: true,
+            allowed: vec!["10.0.0.0/8".parse().unwrap()],
+        };
         assert!(p.is_allowed(ip("127.0.0.1")));
         assert!(p.is_allowed(ip("::1")));
         assert!(p.is_allowed(ip("::ffff:127.0.0.2")));
