@@ -345,3 +345,98 @@ pub fn upgrade_request(base: &str, path_and_query: &str) -> HttpResponse {
         ],
     )
 }
+
+/// A `wrangler dev` instance owned by one test (for tests that restart the Worker).
+///
+/// It runs in its own process group and is stopped by group id, never by name.
+#[derive(Debug)]
+pub struct WorkerProcess {
+    child: std::process::Child,
+    /// Base URL, `http://127.0.0.1:PORT`.
+    pub base: String,
+}
+
+impl WorkerProcess {
+    /// Starts the already-built Worker on `port` with `persist` as its storage
+    /// directory and the harness's settings plus `vars`; waits until it serves.
+    pub async fn start(
+        port: u16,
+        inspector_port: u16,
+        persist: &std::path::Path,
+        vars: &[(&str, &str)],
+    ) -> WorkerProcess {
+        use std::os::unix::process::CommandExt;
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let e = env();
+        let env_file = persist.join("empty.env");
+        std::fs::create_dir_all(persist).unwrap();
+        std::fs::write(&env_file, "").unwrap();
+        let log = std::fs::File::create(persist.join("wrangler.log")).unwrap();
+        let mut cmd = std::process::Command::new(root.join("node_modules/.bin/wrangler"));
+        cmd.current_dir(&root)
+            .args([
+                "dev",
+                "--local",
+                "--ip",
+                "127.0.0.1",
+                "--show-interactive-dev-session=false",
+            ])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--inspector-port",
+                &inspector_port.to_string(),
+            ])
+            .arg("--persist-to")
+            .arg(persist.join("state"))
+            .arg("--env-file")
+            .arg(&env_file)
+            .args(["--var", &format!("HEARTBEAT_MS:{}", e.heartbeat_ms)])
+            .env("SWITCHBOARD_SKIP_BUILD", "1")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0);
+        for (k, v) in vars {
+            cmd.args(["--var", &format!("{k}:{v}")]);
+        }
+        let child = cmd.spawn().expect("start wrangler dev");
+        let base = format!("http://127.0.0.1:{port}");
+        let started = std::time::Instant::now();
+        loop {
+            let ok = ureq::get(&format!("{base}/healthz"))
+                .call()
+                .is_ok_and(|r| r.status().as_u16() == 200);
+            if ok {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(90),
+                "wrangler dev on {port} never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        WorkerProcess { child, base }
+    }
+
+    /// Stops the whole process group (wrangler, its proxy and workerd) and waits for it.
+    pub fn stop(mut self) {
+        self.kill_group();
+    }
+
+    fn kill_group(&mut self) {
+        let pgid = format!("-{}", self.child.id());
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &pgid])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.kill_group();
+        }
+    }
+}
