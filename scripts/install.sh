@@ -9,7 +9,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
 # Debian packages: Chromium for browser tests, coturn as TURN reference client/baseline.
-APT_PACKAGES=(chromium coturn curl ca-certificates pkg-config util-linux python3-venv)
+APT_PACKAGES=(chromium coturn curl ca-certificates pkg-config util-linux iproute2 python3-venv)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -48,5 +48,16 @@ fi
 # wrangler (workerd), esbuild and binaryen, pinned by package-lock.json.
 if [ ! -x node_modules/.bin/wrangler ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   say "npm ci"
-  npm ci --no-audit --no-fund --loglevel=error
+  PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error
+fi
+
+# aiortc, a second WebRTC stack for the relay's interop tests, in a venv.
+AIORTC_VERSION=1.16.0
+if [ ! -x .venv/bin/python ]; then
+  say "python3 -m venv .venv"
+  python3 -m venv .venv
+fi
+if ! .venv/bin/python -c "import aiortc, sys; sys.exit(aiortc.__version__ != '$AIORTC_VERSION')" 2>/dev/null; then
+  say "pip install aiortc==$AIORTC_VERSION"
+  .venv/bin/pip install -q "aiortc==$AIORTC_VERSION"
 fi

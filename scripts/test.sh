@@ -33,6 +33,10 @@ mkdir -p client/site
 step "unit and integration tests (no Worker needed)"
 cargo test --workspace --exclude switchboard-tests
 
+step "relay interop: headless Chromium and aiortc through our TURN server"
+cargo build --release -p switchboard-relay
+bash tests/interop/run.sh
+
 step "end-to-end tests against wrangler dev"
 bash scripts/e2e.sh
 
