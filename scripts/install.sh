@@ -9,7 +9,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
 # Debian packages: Chromium for browser tests, coturn as TURN reference client/baseline.
-APT_PACKAGES=(chromium coturn curl ca-certificates pkg-config util-linux iproute2 python3-venv)
+APT_PACKAGES=(chromium coturn openssl curl ca-certificates pkg-config util-linux iproute2 python3-venv)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -43,6 +43,13 @@ if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$WBG_VERSION
   say "cargo install wasm-bindgen-cli $WBG_VERSION"
   # Not --locked: one of its locked dependencies is no longer on the registry.
   cargo install wasm-bindgen-cli --version "$WBG_VERSION" --force
+fi
+
+# cargo-fuzz runs the parsers' fuzz targets (libFuzzer) in CI.
+CARGO_FUZZ_VERSION=0.13.2
+if [ "$(cargo fuzz --version 2>/dev/null | awk '{print $2}')" != "$CARGO_FUZZ_VERSION" ]; then
+  say "cargo install cargo-fuzz $CARGO_FUZZ_VERSION"
+  cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked
 fi
 
 # wrangler (workerd), esbuild and binaryen, pinned by package-lock.json.

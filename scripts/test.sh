@@ -37,10 +37,13 @@ step "relay interop: headless Chromium and aiortc through our TURN server"
 cargo build --release -p switchboard-relay
 bash tests/interop/run.sh
 
+step "fuzz: a short run of each parser (libFuzzer)"
+bash scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
+
 step "end-to-end tests against wrangler dev"
 bash scripts/e2e.sh
 
 if [ -f tests/browser/run.sh ]; then
   step "browser end-to-end tests (headless Chromium)"
-  bash tests/browser/run.sh
+  SWITCHBOARD_RELAY_BIN="$PWD/target/release/relay" bash tests/browser/run.sh
 fi

@@ -1,7 +1,12 @@
 //! The Worker restarts (as on a deploy or a Durable Object reset): every
 //! socket closes, and the peers resume from the room's SQLite storage with
 //! nothing lost, including frames queued for a peer that was already away.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)] // tests fail loudly on purpose
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)] // tests fail loudly on purpose
 
 use serde_json::json;
 use switchboard_tests::{Client, WorkerProcess, unique_room};

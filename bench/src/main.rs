@@ -56,6 +56,13 @@ struct Args {
     /// Hard time limit per phase.
     #[arg(long, default_value_t = 30)]
     max_seconds: u64,
+    /// Instead of relaying: create this many allocations, then report the
+    /// server's resident memory per allocation (needs `--server-pid`).
+    #[arg(long, default_value_t = 0)]
+    hold: usize,
+    /// Pid of the server process, to read its resident memory from /proc.
+    #[arg(long)]
+    server_pid: Option<u32>,
 }
 
 fn main() {
@@ -63,6 +70,9 @@ fn main() {
     if !args.server.ip().is_loopback() {
         eprintln!("turn-bench only targets loopback servers");
         std::process::exit(2);
+    }
+    if args.hold > 0 {
+        return hold(&args);
     }
     let payload = args.payload.max(16);
     let limit = Duration::from_secs(args.max_seconds);
@@ -131,6 +141,54 @@ fn main() {
         pct(0.99),
         micros.last().copied().unwrap_or(0),
     );
+}
+
+/// Creates `--hold` allocations and prints the server's resident memory per allocation.
+fn hold(args: &Args) {
+    let pid = args
+        .server_pid
+        .unwrap_or_else(|| fail("--hold needs --server-pid"));
+    let before = rss_kib(pid).unwrap_or_else(|| fail("cannot read the server's VmRSS"));
+    let started = Instant::now();
+    let limit = Duration::from_secs(args.max_seconds);
+    let (mut held, mut attempts) = (0usize, 0usize);
+    while held < args.hold && started.elapsed() < limit {
+        // The allocation outlives the client socket (until its lifetime ends),
+        // so sockets are opened and dropped one at a time. Sources spread over
+        // 127.0.0.0/16 so a reused ephemeral port rarely meets an existing
+        // allocation's 5-tuple; when it does (437), the next attempt moves on.
+        attempts += 1;
+        let source = std::net::Ipv4Addr::new(
+            127,
+            0,
+            (attempts / 250 % 250) as u8,
+            (attempts % 250 + 1) as u8,
+        );
+        match turn_client::allocate_only(args.server, source, &args.secret, &format!("hold{held}"))
+        {
+            Ok(()) => held += 1,
+            Err(e) if e.contains("437") && attempts < args.hold * 2 => {}
+            Err(e) => fail(&format!("allocation {held}: {e}")),
+        }
+    }
+    let after = rss_kib(pid).unwrap_or(before);
+    let per = (after.saturating_sub(before) * 1024) as f64 / held.max(1) as f64;
+    println!(
+        "| {} | {} | {:.1} | {} | {} | {:.0} |",
+        args.label,
+        held,
+        started.elapsed().as_secs_f64(),
+        before,
+        after,
+        per
+    );
+}
+
+/// Resident set size of `pid` in KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn fail(msg: &str) -> ! {

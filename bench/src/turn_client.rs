@@ -37,30 +37,7 @@ impl TurnClient {
         sock.set_read_timeout(Some(Duration::from_secs(2)))
             .map_err(|e| e.to_string())?;
         let echo = EchoPeer::start()?;
-        let expiry = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_err(|e| e.to_string())?
-            .as_secs()
-            + 3600;
-        let username = format!("{expiry}:{user}");
-        let password = turn_password(secret, &username);
-
-        // First Allocate without credentials: the 401 carries REALM and NONCE.
-        let tid = new_tid();
-        let mut b = MessageBuilder::new(MessageType::new(Method::ALLOCATE, Class::Request), tid);
-        b.attr(attr::REQUESTED_TRANSPORT, &UDP_TRANSPORT);
-        let resp = transact(&sock, server, &b.finish(), tid)?;
-        let msg = Message::decode(&resp).map_err(|e| e.to_string())?;
-        let realm = msg.get(attr::REALM).ok_or("401 without REALM")?;
-        let nonce = msg.get(attr::NONCE).ok_or("401 without NONCE")?.to_vec();
-        let realm = String::from_utf8_lossy(realm).into_owned();
-        let key = IntegrityKey::long_term(&username, &realm, &password);
-        let creds = Credentials {
-            username,
-            realm,
-            nonce,
-            key,
-        };
+        let creds = credentials(&sock, server, secret, user)?;
         let client = TurnClient { sock, server, echo };
 
         client.request(&creds, Method::ALLOCATE, |b| {
@@ -87,24 +64,7 @@ impl TurnClient {
         method: Method,
         add: impl Fn(&mut MessageBuilder),
     ) -> Result<(), String> {
-        let tid = new_tid();
-        let mut b = MessageBuilder::new(MessageType::new(method, Class::Request), tid);
-        add(&mut b);
-        b.attr(attr::USERNAME, c.username.as_bytes());
-        b.attr(attr::REALM, c.realm.as_bytes());
-        b.attr(attr::NONCE, &c.nonce);
-        b.integrity(IntegrityKind::Sha1, &c.key);
-        let resp = transact(&self.sock, self.server, &b.finish(), tid)?;
-        let msg = Message::decode(&resp).map_err(|e| e.to_string())?;
-        match msg.typ.class {
-            Class::Success => Ok(()),
-            _ => {
-                let code = msg
-                    .get(attr::ERROR_CODE)
-                    .and_then(|v| attr::decode_error_code(v).ok());
-                Err(format!("{method:?} refused: {code:?}"))
-            }
-        }
+        request(&self.sock, self.server, c, method, add)
     }
 
     /// Sends `packets` ChannelData messages keeping `window` in flight; returns (received, lost).
@@ -163,11 +123,8 @@ impl TurnClient {
                 .send_to(&frame, self.server)
                 .map_err(|e| e.to_string())?;
             // Skip stragglers from the throughput phase until this packet comes back.
-            loop {
-                let n = match self.sock.recv(&mut buf) {
-                    Ok(n) => n,
-                    Err(_) => break,
-                };
+            // A read timeout counts the packet as lost (no RTT recorded).
+            while let Ok(n) = self.sock.recv(&mut buf) {
                 let back = ChannelData::decode(&buf[..n])
                     .ok()
                     .and_then(|cd| cd.data.get(..8).map(<[u8]>::to_vec));
@@ -179,6 +136,22 @@ impl TurnClient {
         }
         Ok(rtts)
     }
+}
+
+/// One authenticated Allocate from a fresh socket on `source`, which is then closed.
+pub fn allocate_only(
+    server: SocketAddr,
+    source: std::net::Ipv4Addr,
+    secret: &str,
+    user: &str,
+) -> Result<(), String> {
+    let sock = UdpSocket::bind((source, 0)).map_err(|e| e.to_string())?;
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .map_err(|e| e.to_string())?;
+    let creds = credentials(&sock, server, secret, user)?;
+    request(&sock, server, &creds, Method::ALLOCATE, |b| {
+        b.attr(attr::REQUESTED_TRANSPORT, &UDP_TRANSPORT);
+    })
 }
 
 /// A UDP socket on loopback that sends every datagram back to its sender.
@@ -198,6 +171,65 @@ impl EchoPeer {
             }
         });
         Ok(EchoPeer { addr })
+    }
+}
+
+/// TURN REST credentials for `user`, completed with the REALM and NONCE of a first, unauthenticated Allocate.
+fn credentials(
+    sock: &UdpSocket,
+    server: SocketAddr,
+    secret: &str,
+    user: &str,
+) -> Result<Credentials, String> {
+    let expiry = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| e.to_string())?
+        .as_secs()
+        + 3600;
+    let username = format!("{expiry}:{user}");
+    let password = turn_password(secret, &username);
+    let tid = new_tid();
+    let mut b = MessageBuilder::new(MessageType::new(Method::ALLOCATE, Class::Request), tid);
+    b.attr(attr::REQUESTED_TRANSPORT, &UDP_TRANSPORT);
+    let resp = transact(sock, server, &b.finish(), tid)?;
+    let msg = Message::decode(&resp).map_err(|e| e.to_string())?;
+    let realm = msg.get(attr::REALM).ok_or("401 without REALM")?;
+    let nonce = msg.get(attr::NONCE).ok_or("401 without NONCE")?.to_vec();
+    let realm = String::from_utf8_lossy(realm).into_owned();
+    let key = IntegrityKey::long_term(&username, &realm, &password);
+    Ok(Credentials {
+        username,
+        realm,
+        nonce,
+        key,
+    })
+}
+
+/// One authenticated request; `Ok` on a success response.
+fn request(
+    sock: &UdpSocket,
+    server: SocketAddr,
+    c: &Credentials,
+    method: Method,
+    add: impl Fn(&mut MessageBuilder),
+) -> Result<(), String> {
+    let tid = new_tid();
+    let mut b = MessageBuilder::new(MessageType::new(method, Class::Request), tid);
+    add(&mut b);
+    b.attr(attr::USERNAME, c.username.as_bytes());
+    b.attr(attr::REALM, c.realm.as_bytes());
+    b.attr(attr::NONCE, &c.nonce);
+    b.integrity(IntegrityKind::Sha1, &c.key);
+    let resp = transact(sock, server, &b.finish(), tid)?;
+    let msg = Message::decode(&resp).map_err(|e| e.to_string())?;
+    match msg.typ.class {
+        Class::Success => Ok(()),
+        _ => {
+            let code = msg
+                .get(attr::ERROR_CODE)
+                .and_then(|v| attr::decode_error_code(v).ok());
+            Err(format!("{method:?} refused: {code:?}"))
+        }
     }
 }
 

@@ -91,7 +91,9 @@ async fn signals(
         signal(SignalKind::interrupt()),
         signal(SignalKind::hangup()),
     ) else {
-        warn!("cannot install signal handlers");
+        warn!("cannot install signal handlers; stop the relay with SIGKILL");
+        // Keep the senders alive: dropping them would read as a shutdown request.
+        std::future::pending::<()>().await;
         return;
     };
     loop {

@@ -8,6 +8,10 @@ use super::policy::canonical;
 use super::types::{FiveTuple, Timestamp};
 use crate::stun::{ChannelNumber, TransactionId};
 
+/// RFC 8656 §12: after a channel binding expires, its number and peer address must not be bound
+/// to anything else for 5 minutes, so late packets are not misdelivered.
+pub const CHANNEL_REBIND_HOLD: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Permission to exchange data with one peer IP address (RFC 8656 §9; ports are ignored).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Permission {
@@ -131,9 +135,12 @@ impl Allocation {
             .find(|c| c.peer == peer && c.expires > now)
     }
 
-    /// Drops expired permissions and channels.
+    /// Drops expired permissions, and channel bindings past their rebind hold.
     pub fn sweep(&mut self, now: Timestamp) {
         self.permissions.retain(|p| p.expires > now);
-        self.channels.retain(|c| c.expires > now);
+        // An expired binding stays as a tombstone so its number and peer cannot be rebound to
+        // something else for a while; data no longer flows on it.
+        self.channels
+            .retain(|c| c.expires.plus(CHANNEL_REBIND_HOLD) > now);
     }
 }

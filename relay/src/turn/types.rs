@@ -120,6 +120,10 @@ pub trait RelayAllocator {
     fn supports(&self, family: AddressFamily) -> bool;
     /// Binds a relay socket, returning its local address, or `None` when no port fits (508).
     fn allocate(&mut self, request: PortRequest) -> Option<SocketAddr>;
+    /// Whether relay sockets can be made to send with the DF bit set (else DONT-FRAGMENT is 420).
+    fn supports_dont_fragment(&self) -> bool;
+    /// Makes a relay socket send with DF set (RFC 8656 §7.2 DONT-FRAGMENT); `false` on failure.
+    fn set_dont_fragment(&mut self, relay: SocketAddr) -> bool;
     /// Closes a relay socket (allocation or reservation ended).
     fn release(&mut self, relay: SocketAddr);
 }

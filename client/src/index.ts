@@ -1,0 +1,390 @@
+/**
+ * The public API: `Switchboard.join(url, roomName, options)` resolves to a
+ * `Room`, which ties the signaling session (signaling.ts) to one `PeerLink`
+ * per remote peer (peer.ts) and keeps TURN credentials fresh.
+ */
+import { Clock, Timer, systemClock } from "./clock.js";
+import { Emitter } from "./emitter.js";
+import { SwitchboardError } from "./errors.js";
+import { isPath, type Path } from "./ladder.js";
+import { PeerLink, defaultLadderOptions, isInternalPayload, type LadderOptions, type LinkState, type PeerLinkHost } from "./peer.js";
+import type { IceServer, PeerLeftReason, SequencedFrame, WelcomeFrame } from "./protocol.js";
+import { SignalingConnection, type SignalingOptions, type SignalingState } from "./signaling.js";
+
+export { SwitchboardError } from "./errors.js";
+export type { ErrorCode, ServerErrorCode, ClientErrorCode } from "./errors.js";
+export type { Path } from "./ladder.js";
+export { PATHS, availablePaths, rtcConfiguration, startPath, lowerPath } from "./ladder.js";
+export type { LinkState, LadderOptions } from "./peer.js";
+export type { IceServer, PeerLeftReason } from "./protocol.js";
+export { SignalingConnection, backoffDelay } from "./signaling.js";
+export type { SignalingState, SignalingOptions, WebSocketLike, WebSocketFactory, BackoffOptions } from "./signaling.js";
+export type { Clock } from "./clock.js";
+
+export interface JoinOptions {
+  /** HS256 JWT, when the Worker requires one. */
+  token?: string;
+  /** Describes this peer to the others (JSON, at most 1 KiB). */
+  meta?: unknown;
+  /** Pin the pair to one rung ("p2p" | "turn" | "websocket"); `null`/absent lets the ladder choose. */
+  forcePath?: Path | null;
+  /** Ladder timing: `rungTimeoutMs`, `upgradeIntervalMs`, `iceGraceMs`, `maxDataChannelBuffer`. */
+  ladder?: Partial<LadderOptions>;
+  /** Signaling tuning: backoff, queue bounds, ack cadence, connect timeout; and injection points for tests. */
+  signaling?: Omit<SignalingOptions, "url" | "token" | "meta">;
+  /** Creates the RTCPeerConnection for a rung (defaults to `new RTCPeerConnection(config)`). */
+  createPeerConnection?: (config: RTCConfiguration) => RTCPeerConnection;
+  /** Used to refresh TURN credentials from `/v1/ice-servers`. */
+  fetch?: typeof fetch;
+}
+
+export interface PeerSummary {
+  peerId: string;
+  meta: unknown;
+  path: Path | null;
+  state: LinkState;
+}
+
+export interface RoomEvents {
+  /** A peer arrived after this client joined (those present at join are in `room.peers`). */
+  "peer-joined": { peerId: string; meta: unknown };
+  "peer-left": { peerId: string; reason: PeerLeftReason };
+  /** An app-level signal payload from a peer (SDK-internal `{"sb":"rtc"}` payloads never surface). */
+  signal: { from: string; payload: unknown };
+  /** The state of the pair's current rung. */
+  "connection-state": { peerId: string; state: LinkState; path: Path };
+  /** The pair moved to another rung of the ladder. */
+  path: { peerId: string; path: Path; previous: Path | null };
+  /** App data from a peer, whichever path it took. */
+  data: { from: string; data: unknown; via: "datachannel" | "relay" };
+  track: { peerId: string; track: MediaStreamTrack; streams: readonly MediaStream[] };
+  /** The signaling session: connecting, open (resumed or not), reconnecting (with the backoff delay), closed. */
+  "signaling-state": { state: SignalingState; attempt: number; delayMs?: number; reason?: string; resumed?: boolean };
+  error: SwitchboardError;
+}
+
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+const ROOM_NAME = /^[A-Za-z0-9_-]{1,64}$/;
+
+/** `http(s)://host[/prefix]` or `ws(s)://…` → `ws(s)://host[/prefix]/v1/rooms/<room>`. */
+export function roomUrl(base: string, roomName: string): string {
+  const url = new URL(base);
+  if (url.protocol === "http:") url.protocol = "ws:";
+  else if (url.protocol === "https:") url.protocol = "wss:";
+  const prefix = url.pathname.replace(/\/+$/, "");
+  url.pathname = `${prefix}/v1/rooms/${roomName}`;
+  url.search = "";
+  url.hash = "";
+  return url.toString();
+}
+
+/** Seconds since the epoch at which the TURN credentials in `iceServers` expire (username "<expiry>:<id>"). */
+export function turnExpiry(iceServers: readonly IceServer[]): number | null {
+  let earliest: number | null = null;
+  for (const server of iceServers) {
+    const match = /^(\d+):/.exec(server.username ?? "");
+    if (!match) continue;
+    const expiry = Number(match[1]);
+    if (earliest === null || expiry < earliest) earliest = expiry;
+  }
+  return earliest;
+}
+
+export class Room {
+  readonly roomName: string;
+  private readonly events: Emitter<RoomEvents>;
+  private readonly signaling: SignalingConnection;
+  private readonly links = new Map<string, PeerLink>();
+  private readonly tracks: Array<{ track: MediaStreamTrack; streams: MediaStream[] }> = [];
+  private readonly clock: Clock;
+  private readonly ladder: LadderOptions;
+  private readonly iceRefreshTimer: Timer;
+  private forced: Path | null;
+  private iceServersValue: IceServer[] = [];
+  private left = false;
+
+  /** Use `Switchboard.join`. */
+  constructor(
+    private readonly url: string,
+    roomName: string,
+    private readonly options: JoinOptions,
+  ) {
+    this.roomName = roomName;
+    this.clock = options.signaling?.clock ?? systemClock;
+    this.ladder = { ...defaultLadderOptions, ...options.ladder };
+    this.forced = options.forcePath ?? null;
+    this.iceRefreshTimer = new Timer(this.clock);
+    this.events = new Emitter<RoomEvents>((error, name) => {
+      const wrapped = new SwitchboardError("listener", `a "${String(name)}" listener threw`, { cause: error });
+      if (name !== "error" && this.events.listenerCount("error") > 0) this.events.emit("error", wrapped);
+      else console.error(wrapped);
+    });
+    const signalingOptions: SignalingOptions = { ...options.signaling, url: roomUrl(url, roomName) };
+    if (options.token !== undefined) signalingOptions.token = options.token;
+    if (options.meta !== undefined) signalingOptions.meta = options.meta;
+    this.signaling = new SignalingConnection(signalingOptions);
+    this.signaling.events.on("welcome", ({ frame, previousPeerId }) => this.onWelcome(frame, previousPeerId));
+    this.signaling.events.on("frame", (frame) => this.onFrame(frame));
+    this.signaling.events.on("error", (error) => this.emitError(error));
+    this.signaling.events.on("state", (event) => {
+      if (event.state === "open") return; // reported with `resumed` from onWelcome
+      if (event.state === "closed") this.onClosed();
+      this.events.emit("signaling-state", event);
+    });
+  }
+
+  /** @internal */
+  async connect(): Promise<void> {
+    await this.signaling.connect();
+  }
+
+  /** This client's `peer_id` (stable across resumes; new only if a resume failed). */
+  get peerId(): string {
+    return this.signaling.peerId ?? "";
+  }
+
+  get signalingState(): SignalingState {
+    return this.signaling.state;
+  }
+
+  /** The other peers present, with their current rung and its state. */
+  get peers(): PeerSummary[] {
+    return [...this.links.values()].map((link) => ({
+      peerId: link.peerId,
+      meta: link.meta,
+      path: link.path,
+      state: link.state,
+    }));
+  }
+
+  get iceServers(): readonly IceServer[] {
+    return this.iceServersValue;
+  }
+
+  on<K extends keyof RoomEvents>(name: K, listener: (event: RoomEvents[K]) => void): () => void {
+    return this.events.on(name, listener);
+  }
+  off<K extends keyof RoomEvents>(name: K, listener: (event: RoomEvents[K]) => void): void {
+    this.events.off(name, listener);
+  }
+  once<K extends keyof RoomEvents>(name: K, listener: (event: RoomEvents[K]) => void): () => void {
+    return this.events.once(name, listener);
+  }
+
+  /** The pair's current rung with `peerId`, or `null` for an unknown peer or before the pair agreed on one. */
+  path(peerId: string): Path | null {
+    return this.links.get(peerId)?.path ?? null;
+  }
+
+  connectionState(peerId: string): LinkState | null {
+    return this.links.get(peerId)?.state ?? null;
+  }
+
+  /** The pair's current RTCPeerConnection (none on the WebSocket rung), e.g. for `getStats()`. */
+  peerConnection(peerId: string): RTCPeerConnection | null {
+    return this.links.get(peerId)?.peerConnection ?? null;
+  }
+
+  /** The rung this client forces, or `null`. */
+  get forcedPath(): Path | null {
+    return this.forced;
+  }
+
+  /** Forces a rung for every pair (`null` lets the ladder choose again). */
+  forcePath(path: Path | null): void {
+    if (path !== null && !isPath(path)) throw new SwitchboardError("invalid_data", `unknown path ${String(path)}`);
+    if (path === this.forced) return;
+    this.forced = path;
+    for (const link of this.links.values()) link.forcedChanged();
+  }
+
+  /**
+   * Sends app data (any JSON value but `null`) to one peer or to all (`"*"`):
+   * over the pair's DataChannel when it is open, as `relay` frames otherwise.
+   * Rejects with `backpressure` when the bounded queues are full.
+   */
+  send(to: string, data: unknown): Promise<void> {
+    if (this.left) return Promise.reject(new SwitchboardError("closed", "the room was left"));
+    if (data === null || data === undefined) {
+      return Promise.reject(new SwitchboardError("invalid_data", "data must be a JSON value other than null"));
+    }
+    if (to === "*") return Promise.all([...this.links.values()].map((link) => link.send(data))).then(() => undefined);
+    const link = this.links.get(to);
+    if (!link) return Promise.reject(new SwitchboardError("unknown_peer", `no peer ${to} in the room`, { peerId: to }));
+    return link.send(data);
+  }
+
+  /** Sends an app-level signal payload (not `null`; `{"sb":"rtc"}` is reserved) to one peer or all (`"*"`). */
+  signal(to: string, payload: unknown): Promise<void> {
+    if (payload === null || payload === undefined || isInternalPayload(payload)) {
+      return Promise.reject(new SwitchboardError("invalid_data", "signal payloads must be non-null and not SDK-internal"));
+    }
+    return to === "*"
+      ? this.signaling.send({ type: "broadcast", payload })
+      : this.signaling.send({ type: "signal", to, payload });
+  }
+
+  /** Sends a local track to every peer, now and later, on every RTC rung. */
+  addTrack(track: MediaStreamTrack, ...streams: MediaStream[]): void {
+    this.tracks.push({ track, streams });
+    for (const link of this.links.values()) link.addTrack(track, streams);
+  }
+
+  /** Leaves for good: the others receive `peer-left` `leave`. */
+  leave(): void {
+    if (this.left) return;
+    this.signaling.leave();
+    this.onClosed();
+  }
+
+  /** Drops the signaling socket as a network failure would; the room reconnects and resumes. */
+  dropConnection(): void {
+    this.signaling.dropConnection();
+  }
+
+  private onClosed(): void {
+    this.left = true;
+    this.iceRefreshTimer.clear();
+    for (const link of this.links.values()) link.close();
+    this.links.clear();
+  }
+
+  private onWelcome(frame: WelcomeFrame, previousPeerId: string | undefined): void {
+    this.setIceServers(frame.ice_servers ?? []);
+    const present = new Map((frame.peers ?? []).map((peer) => [peer.peer_id, peer.meta] as const));
+    if (!frame.resumed && previousPeerId !== undefined) {
+      // A failed resume: the others now know this client under a new peer_id, so every pair starts over.
+      for (const peerId of [...this.links.keys()]) this.removePeer(peerId, "closed");
+    }
+    for (const peerId of [...this.links.keys()]) {
+      if (!present.has(peerId)) this.removePeer(peerId, "timeout");
+    }
+    const initial = previousPeerId === undefined;
+    for (const [peerId, meta] of present) {
+      if (!this.links.has(peerId)) this.addPeer(peerId, meta, !initial);
+    }
+    const event: RoomEvents["signaling-state"] = { state: "open", attempt: 0, resumed: frame.resumed };
+    this.events.emit("signaling-state", event);
+  }
+
+  private onFrame(frame: SequencedFrame): void {
+    switch (frame.type) {
+      case "peer-joined":
+        if (!this.links.has(frame.peer_id) && frame.peer_id !== this.peerId) this.addPeer(frame.peer_id, frame.meta, true);
+        return;
+      case "peer-left":
+        this.removePeer(frame.peer_id, frame.reason);
+        return;
+      case "relay":
+        this.events.emit("data", { from: frame.from, data: frame.data, via: "relay" });
+        return;
+      case "signal":
+        if (isInternalPayload(frame.payload)) {
+          let link = this.links.get(frame.from);
+          // A hello can overtake presence after a failed resume; it proves the peer is here.
+          if (!link && frame.payload.t === "hello" && frame.from !== this.peerId) link = this.addPeer(frame.from, {}, true);
+          link?.onPayload(frame.payload);
+        } else {
+          this.events.emit("signal", { from: frame.from, payload: frame.payload });
+        }
+        return;
+    }
+  }
+
+  private addPeer(peerId: string, meta: unknown, announce: boolean): PeerLink {
+    const link = new PeerLink(peerId, meta, this.linkHost());
+    this.links.set(peerId, link);
+    if (announce) this.events.emit("peer-joined", { peerId, meta });
+    link.sendHello();
+    return link;
+  }
+
+  private removePeer(peerId: string, reason: PeerLeftReason): void {
+    const link = this.links.get(peerId);
+    if (!link) return;
+    link.close();
+    this.links.delete(peerId);
+    this.events.emit("peer-left", { peerId, reason });
+  }
+
+  private linkHost(): PeerLinkHost {
+    const create = this.options.createPeerConnection ?? ((config: RTCConfiguration) => new RTCPeerConnection(config));
+    return {
+      localId: this.peerId,
+      clock: this.clock,
+      options: this.ladder,
+      rtcSupported: this.options.createPeerConnection !== undefined || typeof RTCPeerConnection !== "undefined",
+      iceServers: () => this.iceServersValue,
+      forced: () => this.forced,
+      localTracks: () => this.tracks,
+      sendSignal: (to, payload) => {
+        this.signaling.send({ type: "signal", to, payload }).catch((error: unknown) => this.emitError(error));
+      },
+      sendRelay: (to, data) => this.signaling.send({ type: "relay", to, data }),
+      createPeerConnection: create,
+      onPath: (peerId, path, previous) => this.events.emit("path", { peerId, path, previous }),
+      onState: (peerId, state, path) => this.events.emit("connection-state", { peerId, state, path }),
+      onData: (from, data, via) => this.events.emit("data", { from, data, via }),
+      onTrack: (peerId, track, streams) => this.events.emit("track", { peerId, track, streams }),
+      onError: (error) => this.emitError(error),
+    };
+  }
+
+  private setIceServers(iceServers: IceServer[]): void {
+    this.iceServersValue = iceServers;
+    for (const link of this.links.values()) link.updateIceServers();
+    this.scheduleIceRefresh();
+  }
+
+  /** TURN credentials expire (`username` "<expiry>:<id>"): fetch new ones when 80 % of their life has passed. */
+  private scheduleIceRefresh(): void {
+    this.iceRefreshTimer.clear();
+    const expiry = turnExpiry(this.iceServersValue);
+    if (expiry === null || this.left) return;
+    const dueMs = Math.max(1_000, (expiry * 1000 - this.clock.now()) * 0.8);
+    // Timers fire at once when given more than 2^31-1 ms; wait in steps for far-off expiries.
+    if (dueMs > MAX_TIMER_MS) this.iceRefreshTimer.set(MAX_TIMER_MS, () => this.scheduleIceRefresh());
+    else this.iceRefreshTimer.set(dueMs, () => void this.refreshIceServers());
+  }
+
+  private async refreshIceServers(): Promise<void> {
+    const doFetch = this.options.fetch ?? globalThis.fetch.bind(globalThis);
+    const url = new URL(roomUrl(this.url, this.roomName));
+    url.protocol = url.protocol === "wss:" ? "https:" : "http:";
+    url.pathname = url.pathname.replace(/\/v1\/rooms\/[^/]*$/, "/v1/ice-servers");
+    try {
+      const headers: Record<string, string> = {};
+      if (this.options.token !== undefined) headers.authorization = `Bearer ${this.options.token}`;
+      const response = await doFetch(url.toString(), { headers });
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      const body = (await response.json()) as { iceServers?: IceServer[] };
+      if (!Array.isArray(body.iceServers)) throw new Error("no iceServers in the answer");
+      if (!this.left) this.setIceServers(body.iceServers);
+    } catch (cause) {
+      this.emitError(new SwitchboardError("ice_servers", "could not refresh TURN credentials", { cause }));
+      // Keep trying while the old credentials may still be valid.
+      if (!this.left) this.iceRefreshTimer.set(30_000, () => void this.refreshIceServers());
+    }
+  }
+
+  private emitError(error: unknown): void {
+    const typed =
+      error instanceof SwitchboardError ? error : new SwitchboardError("internal", String(error), { cause: error });
+    if (this.events.listenerCount("error") > 0) this.events.emit("error", typed);
+    else console.warn(typed);
+  }
+}
+
+/** Joins `roomName` on the Switchboard Worker at `url` (http(s) or ws(s) base URL). */
+async function join(url: string, roomName: string, options: JoinOptions = {}): Promise<Room> {
+  if (!ROOM_NAME.test(roomName)) {
+    throw new SwitchboardError("invalid_data", "room names match [A-Za-z0-9_-]{1,64}");
+  }
+  const room = new Room(url, roomName, options);
+  await room.connect();
+  return room;
+}
+
+export const Switchboard = { join };
+export default Switchboard;

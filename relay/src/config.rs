@@ -1,0 +1,457 @@
+//! Configuration: one clap struct; every flag is also an environment variable (`RELAY_*`) and a
+//! key of the TOML file given by `--config`. Precedence: command line, then environment, then
+//! file, then the documented default.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::net::PortRange;
+use crate::turn::{Cidr, Credentials, PeerPolicy, ServerConfig};
+
+/// Switchboard relay: a STUN/TURN server (RFC 8489, RFC 8656).
+#[derive(Debug, Clone, Default, Parser)]
+#[command(version, about)]
+pub struct Args {
+    /// TOML file with any of the options below (keys are the long flag names).
+    #[arg(long, env = "RELAY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// UDP and TCP listen address; repeatable [default: 0.0.0.0:3478].
+    #[arg(long, env = "RELAY_LISTEN", value_name = "ADDR", value_delimiter = ',')]
+    pub listen: Vec<SocketAddr>,
+    /// TLS (TURN over TLS) listen address; repeatable. Needs --tls-cert and --tls-key.
+    #[arg(
+        long,
+        env = "RELAY_TLS_LISTEN",
+        value_name = "ADDR",
+        value_delimiter = ','
+    )]
+    pub tls_listen: Vec<SocketAddr>,
+    /// PEM certificate chain for --tls-listen.
+    #[arg(long, env = "RELAY_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-listen.
+    #[arg(long, env = "RELAY_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Authentication realm [default: switchboard].
+    #[arg(long, env = "RELAY_REALM")]
+    pub realm: Option<String>,
+    /// TURN REST shared secret; repeatable, all are accepted (rotation). Prefer the environment
+    /// or the config file: command lines are visible to other local users.
+    #[arg(
+        long,
+        env = "RELAY_SECRET",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub secret: Vec<String>,
+    /// Static user as NAME:PASSWORD; repeatable.
+    #[arg(
+        long,
+        env = "RELAY_USER",
+        value_name = "NAME:PASSWORD",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub user: Vec<String>,
+    /// Local IP to bind relayed sockets on, at most one per family [default: the listen IP, or
+    /// the IP of the default route].
+    #[arg(long, env = "RELAY_RELAY_IP", value_name = "IP", value_delimiter = ',')]
+    pub relay_ip: Vec<IpAddr>,
+    /// Public IP advertised in XOR-RELAYED-ADDRESS when the relay IP is behind 1:1 NAT.
+    #[arg(long, env = "RELAY_EXTERNAL_IP", value_name = "IP")]
+    pub external_ip: Option<IpAddr>,
+    /// Relayed port range [default: 49152-65535].
+    #[arg(long, env = "RELAY_PORT_RANGE", value_name = "LOW-HIGH")]
+    pub port_range: Option<PortRange>,
+    /// Allow relaying to loopback peers (tests, single-host setups).
+    #[arg(long, env = "RELAY_ALLOW_LOOPBACK_PEERS")]
+    pub allow_loopback_peers: bool,
+    /// Allow relaying to this prefix even if private or special-purpose; repeatable.
+    #[arg(
+        long,
+        env = "RELAY_ALLOW_PEER",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub allow_peer: Vec<Cidr>,
+    /// Total allocations [default: 10000]; more get 508.
+    #[arg(long, env = "RELAY_MAX_ALLOCATIONS")]
+    pub max_allocations: Option<usize>,
+    /// Allocations per user id [default: 32]; more get 486.
+    #[arg(long, env = "RELAY_MAX_ALLOCATIONS_PER_USER")]
+    pub max_allocations_per_user: Option<usize>,
+    /// Relayed bytes per second per allocation, both directions; 0 = unlimited [default: 10000000].
+    #[arg(
+        long,
+        env = "RELAY_BANDWIDTH_PER_ALLOCATION",
+        value_name = "BYTES_PER_SEC"
+    )]
+    pub bandwidth_per_allocation: Option<u64>,
+    /// Serve Prometheus `/metrics` and `/healthz` on this address [default: off].
+    #[arg(long, env = "RELAY_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// The TOML file: the same options, keyed by long flag name.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<Vec<SocketAddr>>,
+    tls_listen: Option<Vec<SocketAddr>>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    realm: Option<String>,
+    secret: Option<Vec<String>>,
+    user: Option<Vec<String>>,
+    relay_ip: Option<Vec<IpAddr>>,
+    external_ip: Option<IpAddr>,
+    port_range: Option<String>,
+    allow_loopback_peers: Option<bool>,
+    allow_peer: Option<Vec<String>>,
+    max_allocations: Option<usize>,
+    max_allocations_per_user: Option<usize>,
+    bandwidth_per_allocation: Option<u64>,
+    metrics_listen: Option<SocketAddr>,
+}
+
+/// A configuration problem, reported before anything is bound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The resolved configuration.
+#[derive(Clone)]
+pub struct Config {
+    /// UDP+TCP listen addresses.
+    pub listen: Vec<SocketAddr>,
+    /// TLS listen addresses.
+    pub tls_listen: Vec<SocketAddr>,
+    /// TLS certificate and key files.
+    pub tls_files: Option<(PathBuf, PathBuf)>,
+    /// Realm.
+    pub realm: String,
+    /// Accepted credentials.
+    pub credentials: Credentials,
+    /// Relay socket IPs.
+    pub relay_ips: Vec<IpAddr>,
+    /// Advertised relay IP.
+    pub external_ip: Option<IpAddr>,
+    /// Relay port range.
+    pub port_range: PortRange,
+    /// Peer policy.
+    pub peer_policy: PeerPolicy,
+    /// Total allocation cap.
+    pub max_allocations: usize,
+    /// Per-user allocation cap.
+    pub max_allocations_per_user: usize,
+    /// Per-allocation bandwidth cap in bytes/s.
+    pub bandwidth_per_allocation: u64,
+    /// Metrics endpoint.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never prints secrets or passwords, only how many there are.
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("tls_listen", &self.tls_listen)
+            .field("realm", &self.realm)
+            .field("credentials", &self.credentials)
+            .field("relay_ips", &self.relay_ips)
+            .field("external_ip", &self.external_ip)
+            .field("port_range", &self.port_range)
+            .field("peer_policy", &self.peer_policy)
+            .field("max_allocations", &self.max_allocations)
+            .field("max_allocations_per_user", &self.max_allocations_per_user)
+            .field("bandwidth_per_allocation", &self.bandwidth_per_allocation)
+            .field("metrics_listen", &self.metrics_listen)
+            .finish_non_exhaustive()
+    }
+}
+
+fn err(s: impl Into<String>) -> ConfigError {
+    ConfigError(s.into())
+}
+
+fn or_file<T>(cli: Vec<T>, file: Option<Vec<T>>) -> Vec<T> {
+    if cli.is_empty() {
+        file.unwrap_or_default()
+    } else {
+        cli
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
+    // toml's Display quotes the offending line, which may hold a secret: report the position only.
+    toml::from_str(&text).map_err(|e| {
+        let line = e.span().map_or(0, |s| {
+            text.get(..s.start)
+                .unwrap_or_default()
+                .lines()
+                .count()
+                .max(1)
+        });
+        err(format!("{}: line {line}: {}", path.display(), e.message()))
+    })
+}
+
+/// The local IP the default route would use; no packet is sent.
+fn default_route_ip() -> Option<IpAddr> {
+    let s = UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("192.0.2.1:9").ok()?;
+    s.local_addr()
+        .ok()
+        .map(|a| a.ip())
+        .filter(|ip| !ip.is_unspecified())
+}
+
+impl Config {
+    /// Resolves arguments, environment and the optional file into a checked configuration.
+    pub fn load(args: Args) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let mut listen = or_file(args.listen, file.listen);
+        if listen.is_empty() {
+            listen.push(SocketAddr::from(([0, 0, 0, 0], 3478)));
+        }
+        let tls_listen = or_file(args.tls_listen, file.tls_listen);
+        let tls_files = match (
+            args.tls_cert.or(file.tls_cert),
+            args.tls_key.or(file.tls_key),
+        ) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => return Err(err("--tls-cert and --tls-key go together")),
+        };
+        if !tls_listen.is_empty() && tls_files.is_none() {
+            return Err(err("--tls-listen needs --tls-cert and --tls-key"));
+        }
+        let realm = args
+            .realm
+            .or(file.realm)
+            .unwrap_or_else(|| "switchboard".to_owned());
+        let secrets: Vec<String> = or_file(args.secret, file.secret)
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect();
+        let mut users = HashMap::new();
+        for u in or_file(args.user, file.user) {
+            let (name, password) = u
+                .split_once(':')
+                .ok_or_else(|| err("--user takes NAME:PASSWORD"))?;
+            if name.is_empty() || password.is_empty() {
+                return Err(err("--user takes NAME:PASSWORD with both parts non-empty"));
+            }
+            users.insert(name.to_owned(), password.to_owned());
+        }
+        let credentials = Credentials { secrets, users };
+        if credentials.is_empty() {
+            return Err(err(
+                "no credentials configured: set --secret (RELAY_SECRET) or --user",
+            ));
+        }
+        let mut relay_ips = or_file(args.relay_ip, file.relay_ip);
+        if relay_ips.is_empty() {
+            let specific: Vec<IpAddr> = listen
+                .iter()
+                .map(|a| a.ip())
+                .filter(|ip| !ip.is_unspecified())
+                .collect();
+            match specific.first() {
+                Some(ip) => relay_ips.push(*ip),
+                None => relay_ips.push(
+                    default_route_ip()
+                        .ok_or_else(|| err("cannot pick a relay IP: set --relay-ip"))?,
+                ),
+            }
+        }
+        if relay_ips.iter().any(IpAddr::is_unspecified) {
+            return Err(err(
+                "--relay-ip must be a specific address (it is advertised to clients)",
+            ));
+        }
+        if relay_ips.iter().filter(|ip| ip.is_ipv4()).count() > 1
+            || relay_ips.iter().filter(|ip| ip.is_ipv6()).count() > 1
+        {
+            return Err(err(
+                "--relay-ip takes at most one IPv4 and one IPv6 address",
+            ));
+        }
+        let port_range = match (args.port_range, file.port_range) {
+            (Some(r), _) => r,
+            (None, Some(s)) => s.parse().map_err(err)?,
+            (None, None) => PortRange {
+                low: 49152,
+                high: 65535,
+            },
+        };
+        let allowed = if args.allow_peer.is_empty() {
+            file.allow_peer
+                .unwrap_or_default()
+                .iter()
+                .map(|s| s.parse::<Cidr>().map_err(|e| err(e.to_string())))
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            args.allow_peer
+        };
+        let peer_policy = PeerPolicy {
+            allow_loopback: args.allow_loopback_peers || file.allow_loopback_peers.unwrap_or(false),
+            allowed,
+        };
+        Ok(Self {
+            listen,
+            tls_listen,
+            tls_files,
+            realm,
+            credentials,
+            relay_ips,
+            external_ip: args.external_ip.or(file.external_ip),
+            port_range,
+            peer_policy,
+            max_allocations: args
+                .max_allocations
+                .or(file.max_allocations)
+                .unwrap_or(10_000),
+            max_allocations_per_user: args
+                .max_allocations_per_user
+                .or(file.max_allocations_per_user)
+                .unwrap_or(32),
+            bandwidth_per_allocation: args
+                .bandwidth_per_allocation
+                .or(file.bandwidth_per_allocation)
+                .unwrap_or(10_000_000),
+            metrics_listen: args.metrics_listen.or(file.metrics_listen),
+        })
+    }
+
+    /// The TURN core's configuration.
+    pub fn server_config(&self, secret_key: [u8; 32]) -> ServerConfig {
+        let mut c = ServerConfig::new(self.realm.clone(), secret_key);
+        c.external_ip = self.external_ip;
+        c.max_allocations = self.max_allocations;
+        c.max_allocations_per_user = self.max_allocations_per_user;
+        c.bandwidth_bytes_per_sec = self.bandwidth_per_allocation;
+        c.peer_policy = self.peer_policy.clone();
+        c
+    }
+
+    /// Builds the rustls configuration from the certificate and key files.
+    pub fn tls(&self) -> Result<Option<std::sync::Arc<rustls::ServerConfig>>, ConfigError> {
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let Some((cert, key)) = &self.tls_files else {
+            return Ok(None);
+        };
+        let certs = CertificateDer::pem_file_iter(cert)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| err(format!("{}: {e}", cert.display())))?;
+        let key = PrivateKeyDer::from_pem_file(key)
+            .map_err(|e| err(format!("{}: {e}", key.display())))?;
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
+            .map_err(|e| err(format!("TLS: {e}")))?;
+        Ok(Some(std::sync::Arc::new(config)))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests use fixed, known-good inputs")]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        Config::load(
+            Args::try_parse_from(std::iter::once("relay").chain(args.iter().copied())).unwrap(),
+        )
+    }
+
+    #[test]
+    fn defaults_and_required_credentials() {
+        assert!(parse(&["--listen", "127.0.0.1:3478"]).is_err());
+        let c = parse(&["--listen", "127.0.0.1:3478", "--secret", "s"]).unwrap();
+        assert_eq!(c.realm, "switchboard");
+        assert_eq!(c.relay_ips, vec!["127.0.0.1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            c.port_range,
+            PortRange {
+                low: 49152,
+                high: 65535
+            }
+        );
+        assert!(!c.peer_policy.allow_loopback);
+        assert!(!format!("{c:?}").contains("\"s\""), "secrets never printed");
+    }
+
+    #[test]
+    fn file_values_apply_and_flags_win() {
+        let dir = std::env::temp_dir().join(format!("relay-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("relay.toml");
+        std::fs::write(
+            &path,
+            "listen = [\"127.0.0.1:4000\"]\nrealm = \"file\"\nsecret = [\"a\", \"b\"]\nport-range = \"50000-50100\"\n\
+             allow-loopback-peers = true\nallow-peer = [\"10.0.0.0/8\"]\nmax-allocations = 5\n",
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let c = parse(&["--config", p]).unwrap();
+        assert_eq!(c.realm, "file");
+        assert_eq!(c.credentials.secrets, vec!["a", "b"]);
+        assert_eq!(
+            c.port_range,
+            PortRange {
+                low: 50000,
+                high: 50100
+            }
+        );
+        assert!(c.peer_policy.allow_loopback);
+        assert_eq!(c.max_allocations, 5);
+        let c = parse(&["--config", p, "--realm", "flag", "--secret", "c"]).unwrap();
+        assert_eq!(c.realm, "flag");
+        assert_eq!(c.credentials.secrets, vec!["c"]);
+        std::fs::write(&path, "bogus-key = 1\n").unwrap();
+        assert!(parse(&["--config", p]).is_err());
+        std::fs::write(&path, "secret = [\"hunter2\"\n").unwrap();
+        let e = parse(&["--config", p]).unwrap_err();
+        assert!(!e.0.contains("hunter2"), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        assert!(Args::try_parse_from(["relay", "--port-range", "5-1"]).is_err());
+        assert!(Args::try_parse_from(["relay", "--allow-peer", "10.0.0.0/99"]).is_err());
+        assert!(parse(&["--secret", "s", "--user", "nopassword"]).is_err());
+        assert!(parse(&["--secret", "s", "--tls-listen", "127.0.0.1:5349"]).is_err());
+        assert!(
+            parse(&[
+                "--secret",
+                "s",
+                "--listen",
+                "127.0.0.1:1",
+                "--relay-ip",
+                "0.0.0.0"
+            ])
+            .is_err()
+        );
+    }
+}

@@ -1,0 +1,268 @@
+//! Control plane: Prometheus text metrics on `/metrics` and liveness on `/healthz`.
+//!
+//! The event loop publishes counters into [`Metrics`] once a second (relaxed atomic stores, no
+//! lock on the packet path); this module only reads them.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::turn::Stats;
+
+/// Counters and gauges shared between the event loop (writer) and the HTTP endpoint (reader).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    allocations: AtomicU64,
+    allocations_created: AtomicU64,
+    tcp_connections: AtomicU64,
+    packets_to_peer: AtomicU64,
+    bytes_to_peer: AtomicU64,
+    packets_to_client: AtomicU64,
+    bytes_to_client: AtomicU64,
+    auth_failures: [AtomicU64; 7],
+    denied_peers: AtomicU64,
+    quota_rejections: AtomicU64,
+    dropped_no_permission: AtomicU64,
+    dropped_rate_limited: AtomicU64,
+    malformed: AtomicU64,
+    send_errors: AtomicU64,
+}
+
+/// Label values of `switchboard_relay_auth_failures_total`, in [`Metrics::auth_failures`] order.
+const AUTH_REASONS: [&str; 7] = [
+    "missing_integrity",
+    "stale_nonce",
+    "wrong_realm",
+    "unknown_user",
+    "expired",
+    "bad_integrity",
+    "wrong_credentials",
+];
+
+impl Metrics {
+    /// Copies the core's counters and the shell's gauges.
+    pub fn publish(
+        &self,
+        stats: &Stats,
+        allocations: usize,
+        tcp_connections: usize,
+        send_errors: u64,
+    ) {
+        let set = |a: &AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
+        set(&self.allocations, allocations as u64);
+        set(&self.tcp_connections, tcp_connections as u64);
+        set(&self.allocations_created, stats.allocations_created);
+        set(&self.packets_to_peer, stats.packets_to_peer);
+        set(&self.bytes_to_peer, stats.bytes_to_peer);
+        set(&self.packets_to_client, stats.packets_to_client);
+        set(&self.bytes_to_client, stats.bytes_to_client);
+        let f = stats.auth_failures;
+        let reasons = [
+            f.missing_integrity,
+            f.stale_nonce,
+            f.wrong_realm,
+            f.unknown_user,
+            f.expired,
+            f.bad_integrity,
+            f.wrong_credentials,
+        ];
+        for (a, v) in self.auth_failures.iter().zip(reasons) {
+            set(a, v);
+        }
+        set(&self.denied_peers, stats.denied_peers);
+        set(&self.quota_rejections, stats.quota_rejections);
+        set(&self.dropped_no_permission, stats.dropped_no_permission);
+        set(&self.dropped_rate_limited, stats.dropped_rate_limited);
+        set(&self.malformed, stats.malformed);
+        set(&self.send_errors, send_errors);
+    }
+
+    /// Prometheus text exposition format 0.0.4.
+    pub fn render(&self) -> String {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut out = String::with_capacity(2048);
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+            let _ = writeln!(out, "# HELP switchboard_relay_{name} {help}");
+            let _ = writeln!(out, "# TYPE switchboard_relay_{name} {kind}");
+            for (labels, v) in samples {
+                let _ = writeln!(out, "switchboard_relay_{name}{labels} {v}");
+            }
+        };
+        metric(
+            "allocations",
+            "gauge",
+            "Live TURN allocations.",
+            &[("", get(&self.allocations))],
+        );
+        metric(
+            "allocations_created_total",
+            "counter",
+            "TURN allocations created.",
+            &[("", get(&self.allocations_created))],
+        );
+        metric(
+            "tcp_connections",
+            "gauge",
+            "Open client TCP/TLS connections.",
+            &[("", get(&self.tcp_connections))],
+        );
+        metric(
+            "relayed_packets_total",
+            "counter",
+            "Packets relayed, by direction (in = client to peer, out = peer to client).",
+            &[
+                (r#"{direction="in"}"#, get(&self.packets_to_peer)),
+                (r#"{direction="out"}"#, get(&self.packets_to_client)),
+            ],
+        );
+        metric(
+            "relayed_bytes_total",
+            "counter",
+            "Payload bytes relayed, by direction (in = client to peer, out = peer to client).",
+            &[
+                (r#"{direction="in"}"#, get(&self.bytes_to_peer)),
+                (r#"{direction="out"}"#, get(&self.bytes_to_client)),
+            ],
+        );
+        let labels: Vec<String> = AUTH_REASONS
+            .iter()
+            .map(|r| format!("{{reason=\"{r}\"}}"))
+            .collect();
+        let samples: Vec<(&str, u64)> = labels
+            .iter()
+            .map(String::as_str)
+            .zip(self.auth_failures.iter().map(get))
+            .collect();
+        metric(
+            "auth_failures_total",
+            "counter",
+            "Requests failing authentication, by reason.",
+            &samples,
+        );
+        metric(
+            "denied_peers_total",
+            "counter",
+            "Requests refused (403) by the peer address policy.",
+            &[("", get(&self.denied_peers))],
+        );
+        metric(
+            "quota_rejections_total",
+            "counter",
+            "Allocations refused by quota or capacity.",
+            &[("", get(&self.quota_rejections))],
+        );
+        metric(
+            "dropped_packets_total",
+            "counter",
+            "Data packets dropped, by reason.",
+            &[
+                (
+                    r#"{reason="no_permission"}"#,
+                    get(&self.dropped_no_permission),
+                ),
+                (
+                    r#"{reason="rate_limited"}"#,
+                    get(&self.dropped_rate_limited),
+                ),
+                (r#"{reason="malformed"}"#, get(&self.malformed)),
+                (r#"{reason="send_error"}"#, get(&self.send_errors)),
+            ],
+        );
+        out
+    }
+}
+
+/// Serves `/metrics` and `/healthz` until the task is dropped.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let metrics = metrics.clone();
+        // One short-lived task per scrape keeps a slow scraper from blocking others; this is the
+        // control plane, not the packet path.
+        tokio::spawn(async move {
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(5), answer(stream, &metrics))
+                    .await;
+        });
+    }
+}
+
+async fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 2048];
+    let mut used = 0;
+    // Read until the end of the request head; bodies are not expected.
+    while used < buf.len() {
+        let n = stream.read(buf.get_mut(used..).unwrap_or_default()).await?;
+        if n == 0 {
+            break;
+        }
+        used += n;
+        if buf
+            .get(..used)
+            .is_some_and(|b| b.windows(4).any(|w| w == b"\r\n\r\n"))
+        {
+            break;
+        }
+    }
+    let head = String::from_utf8_lossy(buf.get(..used).unwrap_or_default());
+    let mut parts = head.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (status, ctype, body) = match (method, path) {
+        ("GET", "/metrics") => (
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics.render(),
+        ),
+        ("GET", "/healthz") => ("200 OK", "text/plain; charset=utf-8", "ok\n".to_owned()),
+        ("GET", _) => (
+            "404 Not Found",
+            "text/plain; charset=utf-8",
+            "not found\n".to_owned(),
+        ),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain; charset=utf-8",
+            "method not allowed\n".to_owned(),
+        ),
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+/// Binds the metrics listener.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        let stats = Stats {
+            packets_to_peer: 3,
+            ..Stats::default()
+        };
+        m.publish(&stats, 2, 1, 0);
+        let text = m.render();
+        assert!(text.contains("switchboard_relay_allocations 2\n"));
+        assert!(text.contains("switchboard_relay_relayed_packets_total{direction=\"in\"} 3\n"));
+        assert!(text.contains("switchboard_relay_auth_failures_total{reason=\"stale_nonce\"} 0\n"));
+        assert!(
+            text.lines()
+                .all(|l| l.starts_with('#') || l.starts_with("switchboard_relay_"))
+        );
+    }
+}

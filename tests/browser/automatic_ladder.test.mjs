@@ -1,0 +1,52 @@
+// P2P and TURN are both blocked: Chromium runs without loopback ICE candidates
+// (so no host candidates exist on this loopback-only network) and the TURN
+// server in `iceServers` is unreachable. The pair walks the ladder by itself
+// (p2p → turn → websocket, one rung timeout each), both pages agree on every
+// rung, chat still arrives, and the page shows the WebSocket rung.
+import { test, after, before } from "node:test";
+import assert from "node:assert/strict";
+import { WranglerDev, chat, diagnostics, launchBrowser, openDemo, peerIdOf, uniqueRoom, waitForPath } from "./harness.mjs";
+
+let dev;
+let browser;
+before(async () => {
+  // Its own instance, so TURN points at a port where no relay answers whatever else runs.
+  dev = new WranglerDev({
+    port: 18820,
+    inspectorPort: 19820,
+    vars: { STUN_URLS: "stun:127.0.0.1:3", TURN_URLS: "turn:127.0.0.1:3?transport=udp" },
+  });
+  await dev.start();
+  browser = await launchBrowser({ loopbackCandidates: false });
+});
+after(async () => {
+  await browser?.close();
+  await dev?.dispose();
+});
+
+test("with P2P and TURN blocked the pair falls to the WebSocket rung and chat still arrives", async (t) => {
+  const room = uniqueRoom("ladder");
+  const query = { room, camera: "0", rung_timeout_ms: "3000" };
+  const a = await openDemo(browser, dev.url, { ...query, name: "alice" });
+  const b = await openDemo(browser, dev.url, { ...query, name: "bob" });
+  t.after(() => a.context().close());
+  t.after(() => b.context().close());
+  try {
+    const [idA, idB] = [await peerIdOf(a), await peerIdOf(b)];
+    await waitForPath(a, idB, "websocket", 30_000);
+    await waitForPath(b, idA, "websocket", 30_000);
+
+    const history = (page, peerId) =>
+      page.evaluate((id) => window.switchboardDemo.paths.filter((p) => p.peerId === id).map((p) => p.path), peerId);
+    assert.deepEqual(await history(a, idB), ["p2p", "turn", "websocket"]);
+    assert.deepEqual(await history(b, idA), ["p2p", "turn", "websocket"]);
+
+    assert.equal(await chat(a, b, "still here, from alice"), "relay");
+    assert.equal(await chat(b, a, "still here, from bob"), "relay");
+    assert.equal(await a.textContent(`#peers li[data-peer-id="${idB}"] .path`), "websocket");
+    assert.equal(await b.textContent(`#peers li[data-peer-id="${idA}"] .path`), "websocket");
+  } catch (error) {
+    error.message += `\n${await diagnostics([a, b], dev)}`;
+    throw error;
+  }
+});

@@ -1,0 +1,263 @@
+// Shared helpers for the browser tests: `wrangler dev` in its own process
+// group (so it can be killed and restarted mid-test), headless Debian
+// Chromium through playwright-core, and deadline-bounded waits.
+import { spawn } from "node:child_process";
+import { createRequire } from "node:module";
+import { mkdtempSync, writeFileSync, readFileSync, mkdirSync, existsSync, rmSync, openSync, closeSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+export const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
+export const ARTIFACTS = join(ROOT, "tests", "artifacts");
+const require = createRequire(join(ROOT, "client", "package.json"));
+const { chromium } = require("playwright-core");
+
+export const TURN_SECRET = "browser-test-turn-secret";
+const WRANGLER = join(ROOT, "node_modules", ".bin", "wrangler");
+
+/** Chromium flags from TESTING.md; `loopbackCandidates: false` leaves out the flag that lets ICE use 127.0.0.1. */
+export function chromiumArgs({ loopbackCandidates = true } = {}) {
+  const args = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+  ];
+  if (loopbackCandidates) args.push("--allow-loopback-in-peer-connection");
+  return args;
+}
+
+export async function launchBrowser(options = {}) {
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM_PATH ?? "/usr/bin/chromium",
+    headless: true,
+    args: chromiumArgs(options),
+  });
+}
+
+/** A unique room name per test, so tests sharing one Worker never see each other. */
+export function uniqueRoom(prefix) {
+  return `${prefix}-${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
+}
+
+/**
+ * A `wrangler dev` instance in its own process group. State persists in
+ * `persistDir` across `restart()`, so rooms (and their resume tokens) survive
+ * a kill, as they survive a deploy in production.
+ */
+export class WranglerDev {
+  constructor({ port, inspectorPort, vars = {} }) {
+    this.port = port;
+    this.inspectorPort = inspectorPort;
+    this.vars = {
+      HEARTBEAT_MS: "1000",
+      RESUME_WINDOW_MS: "60000",
+      STUN_URLS: "stun:127.0.0.1:3478",
+      TURN_URLS: "turn:127.0.0.1:3478?transport=udp",
+      TURN_SECRET,
+      ...vars,
+    };
+    this.work = mkdtempSync(join(tmpdir(), "switchboard-browser-"));
+    this.envFile = join(this.work, "empty.env");
+    writeFileSync(this.envFile, "");
+    this.logFile = join(this.work, "wrangler.log");
+    this.child = null;
+    this.url = `http://127.0.0.1:${port}`;
+  }
+
+  async start() {
+    const args = [
+      "dev", "--local", "--ip", "127.0.0.1", "--port", String(this.port),
+      "--inspector-port", String(this.inspectorPort), "--persist-to", join(this.work, "state"),
+      "--env-file", this.envFile, "--show-interactive-dev-session=false", "--log-level", "info",
+    ];
+    for (const [key, value] of Object.entries(this.vars)) args.push("--var", `${key}:${value}`);
+    const log = openSync(this.logFile, "a");
+    this.child = spawn(WRANGLER, args, {
+      cwd: ROOT,
+      detached: true, // its own process group: killing the group also stops workerd
+      stdio: ["ignore", log, log],
+      env: {
+        ...process.env,
+        SWITCHBOARD_SKIP_BUILD: "1",
+        WRANGLER_SEND_METRICS: "false",
+        CLOUDFLARE_CF_FETCH_ENABLED: "false",
+      },
+    });
+    closeSync(log); // the child holds its own copy
+    await waitFor(async () => {
+      try {
+        return (await fetch(`${this.url}/healthz`)).ok;
+      } catch {
+        return false;
+      }
+    }, { timeoutMs: 90_000, message: () => `wrangler dev did not become ready:\n${this.log()}` });
+  }
+
+  log() {
+    return existsSync(this.logFile) ? readFileSync(this.logFile, "utf8").split("\n").slice(-40).join("\n") : "";
+  }
+
+  /** Kills the whole process group and waits until the port stops answering. */
+  async stop() {
+    if (!this.child) return;
+    const pgid = this.child.pid;
+    const exited = new Promise((resolve) => this.child.once("exit", resolve));
+    try {
+      process.kill(-pgid, "SIGKILL");
+    } catch {
+      // Already gone.
+    }
+    await exited;
+    this.child = null;
+    await waitFor(async () => {
+      try {
+        await fetch(`${this.url}/healthz`);
+        return false;
+      } catch {
+        return true;
+      }
+    }, { timeoutMs: 10_000, message: "wrangler dev still answers after SIGKILL" });
+  }
+
+  async restart() {
+    await this.stop();
+    await this.start();
+  }
+
+  async dispose() {
+    await this.stop();
+    rmSync(this.work, { recursive: true, force: true });
+  }
+}
+
+/** The Worker for this run: the runner's shared instance (SWITCHBOARD_URL) or a fresh one. */
+export async function worker({ port, inspectorPort, vars } = {}) {
+  if (process.env.SWITCHBOARD_URL && !vars && !port) {
+    return { url: process.env.SWITCHBOARD_URL, dispose: async () => {} };
+  }
+  const dev = new WranglerDev({ port: port ?? 18900, inspectorPort: inspectorPort ?? 19900, vars });
+  await dev.start();
+  return dev;
+}
+
+/** Polls `predicate` until it is truthy or the deadline passes (then throws with `message`). */
+export async function waitFor(predicate, { timeoutMs = 20_000, intervalMs = 100, message = "condition" } = {}) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await predicate();
+    if (value) return value;
+    if (Date.now() > deadline) {
+      throw new Error(`timed out after ${timeoutMs} ms waiting for: ${typeof message === "function" ? message() : message}`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, intervalMs));
+  }
+}
+
+/** Opens the demo page in a fresh context and waits until it joined the room. */
+export async function openDemo(browser, baseUrl, query) {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const page = await context.newPage();
+  const consoleLines = [];
+  page.on("console", (msg) => consoleLines.push(`[${msg.type()}] ${msg.text()}`));
+  page.on("pageerror", (error) => consoleLines.push(`[pageerror] ${error.message}`));
+  page.consoleLines = consoleLines;
+  await page.goto(`${baseUrl}/?${new URLSearchParams(query)}`);
+  await page.waitForFunction(() => window.switchboardDemo?.room?.peerId, null, { timeout: 20_000 });
+  return page;
+}
+
+export const peerIdOf = (page) => page.evaluate(() => window.switchboardDemo.room.peerId);
+
+/** Waits until `page` sees `peerId` on `path` with a connected link. */
+export async function waitForPath(page, peerId, path, timeoutMs = 30_000) {
+  await page.waitForFunction(
+    ([id, want]) => {
+      const room = window.switchboardDemo.room;
+      return room.path(id) === want && room.connectionState(id) === "connected";
+    },
+    [peerId, path],
+    { timeout: timeoutMs },
+  );
+}
+
+/** Sends a chat message from `page` and waits until `other` received it; returns how it came. */
+export async function chat(page, other, text, timeoutMs = 15_000) {
+  await page.evaluate((t) => window.switchboardDemo.sendChat(t), text);
+  const handle = await other.waitForFunction(
+    (t) => window.switchboardDemo.messages.find((m) => m.text === t && m.via !== "self")?.via,
+    text,
+    { timeout: timeoutMs },
+  );
+  return handle.jsonValue();
+}
+
+/** The local candidate type of the selected ICE pair on `page`'s connection to `peerId`. */
+export function selectedCandidateType(page, peerId) {
+  return page.evaluate(async (id) => {
+    const pc = window.switchboardDemo.room.peerConnection(id);
+    if (!pc) return null;
+    const stats = await pc.getStats();
+    const byId = new Map();
+    let pairId = null;
+    stats.forEach((report) => {
+      byId.set(report.id, report);
+      if (report.type === "transport" && report.selectedCandidatePairId) pairId = report.selectedCandidatePairId;
+    });
+    const pair = pairId && byId.get(pairId);
+    const local = pair && byId.get(pair.localCandidateId);
+    return local ? local.candidateType : null;
+  }, peerId);
+}
+
+/** Waits until `page` decoded video frames from `peerId` (inbound-rtp video framesDecoded > 0). */
+export async function waitForDecodedVideo(page, peerId, timeoutMs = 30_000) {
+  return waitFor(
+    () =>
+      page.evaluate(async (id) => {
+        const pc = window.switchboardDemo.room.peerConnection(id);
+        if (!pc) return 0;
+        let frames = 0;
+        (await pc.getStats()).forEach((report) => {
+          if (report.type === "inbound-rtp" && report.kind === "video") frames = Math.max(frames, report.framesDecoded ?? 0);
+        });
+        return frames;
+      }, peerId),
+    { timeoutMs, intervalMs: 250, message: "inbound-rtp video framesDecoded > 0" },
+  );
+}
+
+export function artifactPath(name) {
+  mkdirSync(ARTIFACTS, { recursive: true });
+  return join(ARTIFACTS, name);
+}
+
+/** Logs, ladder history and errors of the pages, and the Worker's log, for a failing test's output. */
+export async function diagnostics(pages, dev) {
+  const lines = [];
+  for (const [i, page] of pages.entries()) {
+    const state = await page
+      .evaluate(() => {
+        const demo = window.switchboardDemo;
+        return JSON.stringify({
+          peerId: demo?.room?.peerId,
+          signaling: demo?.room?.signalingState,
+          peers: demo?.room?.peers,
+          paths: demo?.paths,
+          errors: demo?.errors,
+        });
+      })
+      .catch((error) => `unavailable: ${error.message}`);
+    lines.push(`page${i}: ${state}`);
+    lines.push(...(page.consoleLines ?? []).slice(-30).map((l) => `page${i}: ${l}`));
+  }
+  if (dev?.log) lines.push("--- wrangler dev ---", dev.log());
+  return lines.join("\n");
+}
