@@ -32,9 +32,10 @@ rustup component list --installed | grep -q '^clippy' || rustup component add cl
 
 # worker-build turns the crate into build/worker/shim.mjs.
 WORKER_BUILD_VERSION=0.8.7
-if [ "$(worker-build --version 2>/dev/null | awk '{print $2}')" != "$WORKER_BUILD_VERSION" ]; then
+# It prints its bare version ("0.8.7"); other tools print "name version".
+if [ "$(worker-build --version 2>/dev/null | awk '{print $NF}')" != "$WORKER_BUILD_VERSION" ]; then
   say "cargo install worker-build $WORKER_BUILD_VERSION"
-  cargo install worker-build --version "$WORKER_BUILD_VERSION" --locked
+  cargo install worker-build --version "$WORKER_BUILD_VERSION" --locked --force
 fi
 
 # The wasm-bindgen CLI must equal the library version in Cargo.lock exactly.

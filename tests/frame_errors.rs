@@ -9,14 +9,10 @@
 use std::time::Instant;
 
 use serde_json::json;
-use switchboard_tests::{Client, DEADLINE, env, unique_room};
+use switchboard_tests::{Client, DEADLINE, env, joined_pair};
 
 async fn pair() -> (Client, Client) {
-    let e = env();
-    let room = unique_room("errors");
-    let mut a = Client::join(&e.open, &room, "").await;
-    let b = Client::join(&e.open, &room, "").await;
-    a.expect("peer-joined").await;
+    let (_, a, b) = joined_pair(&env().open, "errors").await;
     (a, b)
 }
 

@@ -8,15 +8,12 @@
 )] // tests fail loudly on purpose
 
 use serde_json::json;
-use switchboard_tests::{Client, env, unique_room};
+use switchboard_tests::{Client, env, joined_pair, unique_room};
 
 #[tokio::test]
 async fn abrupt_drop_then_resume_loses_and_duplicates_nothing() {
     let e = env();
-    let room = unique_room("resume");
-    let mut a = Client::join(&e.open, &room, "").await;
-    let mut b = Client::join(&e.open, &room, "").await;
-    a.expect("peer-joined").await;
+    let (room, mut a, mut b) = joined_pair(&e.open, "resume").await;
     for n in 0..3 {
         a.signal(&b.peer_id(), json!({"n": n}));
         assert_eq!(b.expect("signal").await["payload"]["n"], n);
@@ -48,10 +45,7 @@ async fn abrupt_drop_then_resume_loses_and_duplicates_nothing() {
 #[tokio::test]
 async fn ack_releases_frames_for_good() {
     let e = env();
-    let room = unique_room("resume-ack");
-    let mut a = Client::join(&e.open, &room, "").await;
-    let mut b = Client::join(&e.open, &room, "").await;
-    a.expect("peer-joined").await;
+    let (room, mut a, mut b) = joined_pair(&e.open, "resume-ack").await;
     for n in 0..4 {
         a.signal(&b.peer_id(), json!({"n": n}));
         b.expect("signal").await;
@@ -105,10 +99,7 @@ async fn wrong_token_gets_resume_failed_then_a_fresh_join() {
 #[tokio::test]
 async fn window_expiry_tells_the_room_and_voids_the_token() {
     let e = env();
-    let room = unique_room("resume-expire");
-    let mut a = Client::join(&e.open, &room, "").await;
-    let b = Client::join(&e.open, &room, "").await;
-    a.expect("peer-joined").await;
+    let (room, mut a, b) = joined_pair(&e.open, "resume-expire").await;
     let (peer_id, token) = (b.peer_id(), b.resume_token());
     b.drop_connection();
     // Nothing is announced until RESUME_WINDOW_MS has passed; then peer-left timeout.

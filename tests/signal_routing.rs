@@ -8,15 +8,12 @@
 )] // tests fail loudly on purpose
 
 use serde_json::json;
-use switchboard_tests::{Client, env, unique_room};
+use switchboard_tests::{Client, env, joined_pair};
 
 #[tokio::test]
 async fn targeted_broadcast_and_relay() {
     let e = env();
-    let room = unique_room("routing");
-    let mut a = Client::join(&e.open, &room, "").await;
-    let mut b = Client::join(&e.open, &room, "").await;
-    a.expect("peer-joined").await;
+    let (room, mut a, mut b) = joined_pair(&e.open, "routing").await;
     let mut c = Client::join(&e.open, &room, "").await;
     a.expect("peer-joined").await;
     b.expect("peer-joined").await;

@@ -7,15 +7,12 @@
     clippy::panic
 )] // tests fail loudly on purpose
 
-use switchboard_tests::{Client, env, unique_room};
+use switchboard_tests::{Client, env, joined_pair};
 
 #[tokio::test]
 async fn silent_client_is_reaped() {
     let e = env();
-    let room = unique_room("zombie");
-    let mut a = Client::join(&e.open, &room, "").await;
-    let mut z = Client::join(&e.open, &room, "").await;
-    a.expect("peer-joined").await;
+    let (_, mut a, mut z) = joined_pair(&e.open, "zombie").await;
     z.stop_pinging();
     // a keeps pinging (auto-answered by the runtime) and must stay.
     let left = a.expect("peer-left").await;
@@ -28,10 +25,7 @@ async fn silent_client_is_reaped() {
 #[tokio::test]
 async fn reaped_zombie_resumes_and_reappears() {
     let e = env();
-    let room = unique_room("zombie-back");
-    let mut a = Client::join(&e.open, &room, "").await;
-    let mut z = Client::join(&e.open, &room, "").await;
-    a.expect("peer-joined").await;
+    let (room, mut a, mut z) = joined_pair(&e.open, "zombie-back").await;
     z.stop_pinging();
     a.expect("peer-left").await;
     z.expect_closed().await;

@@ -109,6 +109,16 @@ impl Harness {
         }
     }
 
+    /// A room with peers `a` and `b`; `a` has already seen `b` join.
+    fn pair() -> (Harness, Client, Client) {
+        let mut h = Harness::new();
+        let a = h.join(T0);
+        let b = h.join(T0);
+        let joined = h.take(a.conn);
+        assert_eq!(joined[0]["peer_id"], b.peer.as_str());
+        (h, a, b)
+    }
+
     fn fresh_ids(&mut self) -> (PeerId, ResumeToken) {
         let n = self.next_id;
         self.next_id += 1;
@@ -276,10 +286,7 @@ fn broadcast_and_relay() {
 
 #[test]
 fn every_frame_error_leaves_the_socket_working() {
-    let mut h = Harness::new();
-    let a = h.join(T0);
-    let b = h.join(T0);
-    h.take(a.conn);
+    let (mut h, a, b) = Harness::pair();
     let cases: Vec<(String, &str)> = vec![
         ("{oops".into(), "bad_json"),
         (r#"{"type":"teleport"}"#.into(), "unknown_type"),
@@ -310,10 +317,7 @@ fn every_frame_error_leaves_the_socket_working() {
 
 #[test]
 fn rate_limit_uses_injected_time() {
-    let mut h = Harness::new();
-    let a = h.join(T0);
-    let b = h.join(T0);
-    h.take(a.conn);
+    let (mut h, a, b) = Harness::pair();
     for i in 0..20 {
         h.send(&a, signal_to(&b.peer, json!(i)), T0);
     }
@@ -352,10 +356,7 @@ fn ping_that_reaches_the_room_gets_pong() {
 
 #[test]
 fn resume_replays_missed_frames_in_order_without_duplicates() {
-    let mut h = Harness::new();
-    let a = h.join(T0);
-    let b = h.join(T0);
-    h.take(a.conn);
+    let (mut h, a, b) = Harness::pair();
     h.send(&a, signal_to(&b.peer, json!(1)), T0);
     let got = h.take(b.conn);
     let last_seen = got[0]["seq"].as_u64().unwrap();
@@ -398,10 +399,7 @@ fn resume_replays_missed_frames_in_order_without_duplicates() {
 
 #[test]
 fn resume_survives_hibernation() {
-    let mut h = Harness::new();
-    let a = h.join(T0);
-    let b = h.join(T0);
-    h.take(a.conn);
+    let (mut h, a, b) = Harness::pair();
     h.room.handle_close(b.conn, false, T0);
     h.pump();
     h.send(&a, signal_to(&b.peer, json!("while away")), T0);
@@ -425,10 +423,7 @@ fn resume_survives_hibernation() {
 
 #[test]
 fn ack_trims_and_a_resume_from_before_the_floor_fails() {
-    let mut h = Harness::new();
-    let a = h.join(T0);
-    let b = h.join(T0);
-    h.take(a.conn);
+    let (mut h, a, b) = Harness::pair();
     for i in 0..3 {
         h.send(&a, signal_to(&b.peer, json!(i)), T0);
     }
@@ -504,10 +499,7 @@ fn resume_while_old_socket_lingers_replaces_it() {
 
 #[test]
 fn away_queue_is_bounded_with_queue_full() {
-    let mut h = Harness::new();
-    let a = h.join(T0);
-    let b = h.join(T0);
-    h.take(a.conn);
+    let (mut h, a, b) = Harness::pair();
     h.room.handle_close(b.conn, false, T0);
     h.pump();
     for i in 0..5 {
@@ -520,10 +512,7 @@ fn away_queue_is_bounded_with_queue_full() {
 
 #[test]
 fn zombie_is_reaped_announced_and_can_come_back() {
-    let mut h = Harness::new();
-    let a = h.join(T0);
-    let b = h.join(T0);
-    h.take(a.conn);
+    let (mut h, a, b) = Harness::pair();
     assert_eq!(h.room.poll_timeout(), Some(T0.plus(1000)));
     // a pings (auto-answered), b is silent.
     let t = T0.plus(3500);
@@ -558,10 +547,7 @@ fn zombie_is_reaped_announced_and_can_come_back() {
 
 #[test]
 fn away_peer_expires_after_the_window() {
-    let mut h = Harness::new();
-    let a = h.join(T0);
-    let b = h.join(T0);
-    h.take(a.conn);
+    let (mut h, a, b) = Harness::pair();
     h.room.handle_close(b.conn, true, T0);
     h.pump();
     assert_eq!(h.room.stats().peers_away, 1);
@@ -586,10 +572,7 @@ fn away_peer_expires_after_the_window() {
 
 #[test]
 fn leave_is_final() {
-    let mut h = Harness::new();
-    let a = h.join(T0);
-    let b = h.join(T0);
-    h.take(a.conn);
+    let (mut h, a, b) = Harness::pair();
     h.send(&b, json!({"type":"leave"}), T0);
     assert_eq!(h.closed.get(&b.conn.0), Some(&close_code::NORMAL));
     let left = h.take(a.conn);
@@ -619,10 +602,7 @@ fn unknown_sockets_are_closed_by_the_sweep() {
 
 #[test]
 fn connected_peer_queue_keeps_only_the_newest_frames() {
-    let mut h = Harness::new();
-    let a = h.join(T0);
-    let b = h.join(T0);
-    h.take(a.conn);
+    let (mut h, a, b) = Harness::pair();
     for i in 0..8 {
         h.send(&a, signal_to(&b.peer, json!(i)), T0);
     }

@@ -440,3 +440,14 @@ impl Drop for WorkerProcess {
         }
     }
 }
+
+/// Two clients in a fresh room whose name starts with `prefix`; the first has
+/// already seen the second's `peer-joined`.
+pub async fn joined_pair(base: &str, prefix: &str) -> (String, Client, Client) {
+    let room = unique_room(prefix);
+    let mut a = Client::join(base, &room, "").await;
+    let b = Client::join(base, &room, "").await;
+    let joined = a.expect("peer-joined").await;
+    assert_eq!(joined["peer_id"], b.peer_id().as_str());
+    (room, a, b)
+}
