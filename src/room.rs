@@ -23,14 +23,16 @@ use crate::config;
 use crate::ffi;
 use crate::http::{self, json, now};
 
-/// Internal header: the room name (set by the router, never by clients).
-pub const H_ROOM: &str = "x-switchboard-room";
-/// Internal header: the joining peer's meta JSON.
-pub const H_META: &str = "x-switchboard-meta";
-/// Internal header: the presented resume token.
-pub const H_RESUME: &str = "x-switchboard-resume";
-/// Internal header: the client's `last_seq`.
-pub const H_LAST_SEQ: &str = "x-switchboard-last-seq";
+// The router calls the object at `https://room.internal/{join,stats}` with these
+// query parameters; clients never reach the object directly.
+/// Internal query parameter: the room name.
+pub const Q_ROOM: &str = "room";
+/// Internal query parameter: the joining peer's meta JSON (validated by the router).
+pub const Q_META: &str = "meta";
+/// Internal query parameter: the presented resume token.
+pub const Q_RESUME: &str = "resume";
+/// Internal query parameter: the client's `last_seq`.
+pub const Q_LAST_SEQ: &str = "last_seq";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS peers (peer_id TEXT PRIMARY KEY, record TEXT NOT NULL);
@@ -95,16 +97,26 @@ impl DurableObject for Room {
 
     async fn fetch(&self, req: Request) -> Result<Response> {
         let path = req.path();
-        let Some(name) = req
-            .headers()
-            .get(H_ROOM)?
-            .as_deref()
-            .and_then(RoomName::parse)
-        else {
+        let url = req.url()?;
+        let param = |key: &str| {
+            url.query_pairs()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.into_owned())
+        };
+        let Some(name) = param(Q_ROOM).as_deref().and_then(RoomName::parse) else {
             return http::error(ErrorCode::BadRequest, "missing room");
         };
         match path.as_str() {
-            "/join" => self.join(&req, name).await,
+            "/join" => {
+                let meta = param(Q_META)
+                    .and_then(|m| Meta::parse(&m).ok())
+                    .unwrap_or_else(Meta::empty);
+                let resume = param(Q_RESUME).map(|token| ResumeRequest {
+                    token: ResumeToken::presented(&token),
+                    last_seq: param(Q_LAST_SEQ).and_then(|n| n.parse().ok()),
+                });
+                self.join(name, meta, resume).await
+            }
             "/stats" => {
                 let body = {
                     self.load(Some(&name), now())?;
@@ -174,22 +186,14 @@ impl DurableObject for Room {
 }
 
 impl Room {
-    async fn join(&self, req: &Request, name: RoomName) -> Result<Response> {
+    async fn join(
+        &self,
+        name: RoomName,
+        meta: Meta,
+        resume: Option<ResumeRequest>,
+    ) -> Result<Response> {
         let t = now();
         self.load(Some(&name), t)?;
-        let headers = req.headers();
-        let meta = headers
-            .get(H_META)?
-            .and_then(|m| Meta::parse(&m).ok())
-            .unwrap_or_else(Meta::empty);
-        let resume = headers.get(H_RESUME)?.map(|token| ResumeRequest {
-            token: ResumeToken::presented(&token),
-            last_seq: headers
-                .get(H_LAST_SEQ)
-                .ok()
-                .flatten()
-                .and_then(|n| n.parse().ok()),
-        });
         let pair = WebSocketPair::new()?;
         let conn = ConnId(u64::from_le_bytes(http::random()?));
         let tag = conn.tag();

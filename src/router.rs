@@ -3,11 +3,11 @@
 
 use switchboard_proto::auth::{self, AuthError, Claims};
 use switchboard_proto::{ErrorCode, Meta, PeerId, RoomName, ice};
-use worker::{Env, Headers, Method, Request, RequestInit, Response, Result};
+use worker::{Env, Headers, Method, Request, RequestInit, Response, Result, Url};
 
 use crate::config;
 use crate::http::{self, error, json, now};
-use crate::room::{H_LAST_SEQ, H_META, H_RESUME, H_ROOM};
+use crate::room::{Q_LAST_SEQ, Q_META, Q_RESUME, Q_ROOM};
 
 /// Routes one request.
 pub async fn handle(req: Request, env: &Env) -> Result<Response> {
@@ -148,18 +148,20 @@ async fn join(req: Request, env: &Env, room: RoomName) -> Result<Response> {
             },
         },
     };
-    let headers = Headers::new();
-    headers.set("upgrade", "websocket")?;
-    headers.set(H_ROOM, room.as_str())?;
-    headers.set(H_META, meta.as_json())?;
+    // Parameters travel to the room in the internal URL's query, which carries
+    // any UTF-8 (header values would refuse non-Latin-1 meta).
+    let mut internal = internal_url("join", &room)?;
+    internal
+        .query_pairs_mut()
+        .append_pair(Q_META, meta.as_json());
     if let Some(token) = query(&req, "resume")? {
-        // Tokens are hex; anything else cannot match and would only bloat a header.
+        // Tokens are hex; anything else cannot match and is dropped here.
         let token: String = token
             .chars()
             .filter(char::is_ascii_alphanumeric)
             .take(128)
             .collect();
-        headers.set(H_RESUME, &token)?;
+        internal.query_pairs_mut().append_pair(Q_RESUME, &token);
         if let Some(n) = query(&req, "last_seq")? {
             if n.parse::<u64>().is_err() {
                 return error(
@@ -167,10 +169,21 @@ async fn join(req: Request, env: &Env, room: RoomName) -> Result<Response> {
                     "last_seq must be a non-negative integer",
                 );
             }
-            headers.set(H_LAST_SEQ, &n)?;
+            internal.query_pairs_mut().append_pair(Q_LAST_SEQ, &n);
         }
     }
-    forward(env, &room, "https://room/join", headers).await
+    let headers = Headers::new();
+    headers.set("upgrade", "websocket")?;
+    forward(env, &room, internal, headers).await
+}
+
+/// `https://room.internal/{action}?room=…`: the request the room's object receives.
+fn internal_url(action: &str, room: &RoomName) -> Result<Url> {
+    let mut url = Url::parse("https://room.internal/")
+        .and_then(|u| u.join(action))
+        .map_err(|e| worker::Error::RustError(e.to_string()))?;
+    url.query_pairs_mut().append_pair(Q_ROOM, room.as_str());
+    Ok(url)
 }
 
 async fn stats(req: Request, env: &Env, room: RoomName) -> Result<Response> {
@@ -188,18 +201,16 @@ async fn stats(req: Request, env: &Env, room: RoomName) -> Result<Response> {
             "stats need Authorization: Bearer <ADMIN_TOKEN>",
         );
     }
-    let headers = Headers::new();
-    headers.set(H_ROOM, room.as_str())?;
-    forward(env, &room, "https://room/stats", headers).await
+    forward(env, &room, internal_url("stats", &room)?, Headers::new()).await
 }
 
-async fn forward(env: &Env, room: &RoomName, url: &str, headers: Headers) -> Result<Response> {
+async fn forward(env: &Env, room: &RoomName, url: Url, headers: Headers) -> Result<Response> {
     let stub = env
         .durable_object("ROOM")?
         .id_from_name(room.as_str())?
         .get_stub()?;
     let mut init = RequestInit::new();
     init.with_method(Method::Get).with_headers(headers);
-    let inner = Request::new_with_init(url, &init)?;
+    let inner = Request::new_with_init(url.as_str(), &init)?;
     stub.fetch_with_request(inner).await
 }

@@ -13,7 +13,8 @@ use switchboard_tests::{Client, env, unique_room};
 async fn peers_see_each_other_join_and_leave() {
     let e = env();
     let room = unique_room("presence");
-    let meta = urlencode(r#"{"name":"Ann"}"#);
+    // Meta is any JSON: non-ASCII text and whitespace must pass intact.
+    let meta = urlencode("{\"name\": \"Zoë 😀\",\n \"n\": 1}");
     let mut a = Client::join(&e.open, &room, &format!("meta={meta}")).await;
     assert_eq!(a.welcome["v"], 1);
     assert_eq!(a.welcome["room"], room.as_str());
@@ -26,7 +27,7 @@ async fn peers_see_each_other_join_and_leave() {
     let mut b = Client::join(&e.open, &room, "").await;
     assert_eq!(
         b.welcome["peers"],
-        json!([{"peer_id": a.peer_id(), "meta": {"name":"Ann"}}])
+        json!([{"peer_id": a.peer_id(), "meta": {"name":"Zoë 😀","n":1}}])
     );
     let joined = a.expect("peer-joined").await;
     assert_eq!(joined["peer_id"], b.peer_id().as_str());
