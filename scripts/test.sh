@@ -19,6 +19,9 @@ step "cargo clippy (workspace lints, -D warnings)"
 cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy -p switchboard --target wasm32-unknown-unknown -- -D warnings
 
+step "cargo doc (-D warnings)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps -q
+
 step "wasm release build of the Worker"
 bash scripts/build-worker.sh
 

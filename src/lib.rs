@@ -1,6 +1,6 @@
 //! The Switchboard signaling Worker.
 //!
-//! A thin shell around `switchboard-proto`: [`router`] answers HTTP (health,
+//! A thin shell around `switchboard-proto`: `router` answers HTTP (health,
 //! ICE servers, authentication) and hands each room's WebSockets to that room's
 //! Durable Object, [`room::Room`], which runs the sans-IO room state machine
 //! over the Hibernation API and SQLite storage.

@@ -1,4 +1,4 @@
-//! Long-term credentials (RFC 8489 §9.2) with TURN REST usernames ("<unix expiry>:<id>", password
+//! Long-term credentials (RFC 8489 §9.2) with TURN REST usernames (`"<unix expiry>:<id>"`, password
 //! = base64(HMAC-SHA1(secret, username))) and static users, plus stateless nonces.
 
 use std::collections::HashMap;
