@@ -1,8 +1,10 @@
 //! The IO shell: one event loop owns every socket and the TURN core. Sockets are watched through
 //! per-socket readiness futures in a single `FuturesUnordered`, so a wake-up names the socket that
-//! is ready and the loop drains it with non-blocking `try_recv_from` until it would block — no
-//! task per allocation and no lock on the packet path.
+//! is ready and the loop drains it in batches (`recvmmsg`) until it would block, then flushes what
+//! the core produced with one `sendmmsg` per socket — no task per allocation and no lock on the
+//! packet path.
 
+pub mod batch;
 pub mod bind;
 pub mod relay_ports;
 
@@ -27,8 +29,10 @@ use crate::http::Metrics;
 use crate::stun::channel_data::{Frame, next_frame};
 use crate::turn::{Credentials, Event, FiveTuple, Server, Timestamp, Transmit, Transport};
 
-/// Datagrams drained from one socket before other sockets get a turn.
+/// Stream reads, and batched UDP datagrams, taken from one socket before other sockets get a turn.
 const RECV_BATCH: usize = 64;
+/// `recvmmsg` calls per UDP wake-up: about [`RECV_BATCH`] datagrams.
+const RECV_CALLS: usize = RECV_BATCH.div_ceil(batch::BATCH);
 /// Stream bytes buffered for a slow TCP client before relayed data is dropped.
 const MAX_TCP_BACKLOG: usize = 1 << 20;
 /// RFC 8656 §5: a connection without an allocation is closed after a while.
@@ -102,10 +106,9 @@ struct Conn {
     last_activity: Instant,
 }
 
-/// A UDP listening socket: tokio for readiness and receiving, a duplicate for plain sends.
+/// A UDP listening socket: tokio for readiness; receives and sends are batched system calls.
 struct UdpListener {
     socket: Arc<UdpSocket>,
-    sender: std::net::UdpSocket,
     local: SocketAddr,
 }
 
@@ -136,7 +139,12 @@ pub struct EventLoop {
     ready: FuturesUnordered<ReadyFuture>,
     clock: Clock,
     metrics: Arc<Metrics>,
+    /// Stream read buffer.
     buf: Vec<u8>,
+    /// Datagram receive buffers, shared by every UDP socket (one is drained at a time).
+    rx: batch::Receiver,
+    /// Datagrams waiting for the end of the current batch.
+    outbox: batch::Outbox,
     send_errors: u64,
 }
 
@@ -161,13 +169,11 @@ impl EventLoop {
         let mut udp = Vec::new();
         let mut stream_listeners = Vec::new();
         for addr in &listeners.plain {
-            let sender = bind::udp(*addr)?;
-            let socket = UdpSocket::from_std(sender.try_clone()?)?;
+            let socket = UdpSocket::from_std(bind::udp(*addr)?)?;
             let local = socket.local_addr()?;
             info!(%local, "listening (UDP)");
             udp.push(UdpListener {
                 socket: Arc::new(socket),
-                sender,
                 local,
             });
             let listener = TcpListener::from_std(bind::tcp(*addr)?)?;
@@ -200,6 +206,8 @@ impl EventLoop {
             clock: Clock::default(),
             metrics,
             buf: vec![0; 65_536],
+            rx: batch::Receiver::new()?,
+            outbox: batch::Outbox::default(),
             send_errors: 0,
         };
         for i in 0..this.udp.len() {
@@ -288,6 +296,7 @@ impl EventLoop {
         let mut reloads_open = true;
         loop {
             self.after_input();
+            self.flush_udp();
             let now = self.clock.now();
             let sleep = self
                 .server
@@ -324,7 +333,12 @@ impl EventLoop {
         self.housekeeping();
     }
 
-    /// Sends what the core produced, watches new relay sockets, logs lifecycle events.
+    /// Sends the datagrams queued while handling input.
+    fn flush_udp(&mut self) {
+        self.send_errors += self.outbox.flush();
+    }
+
+    /// Queues or sends what the core produced, watches new relay sockets, logs lifecycle events.
     fn after_input(&mut self) {
         while let Some(t) = self.server.poll_transmit() {
             self.transmit(t);
@@ -402,24 +416,28 @@ impl EventLoop {
         let Some((socket, local)) = self.udp.get(i).map(|l| (l.socket.clone(), l.local)) else {
             return;
         };
-        for _ in 0..RECV_BATCH {
-            match socket.try_recv_from(&mut self.buf) {
-                Ok((n, from)) => {
-                    let now = self.clock.now();
-                    let ft = FiveTuple {
-                        client: from,
-                        server: local,
-                        transport: Transport::Udp,
-                    };
-                    let bytes = self.buf.get(..n).unwrap_or_default();
-                    self.server
-                        .handle_datagram(ft, bytes, now, &mut self.relays);
-                    self.after_input();
-                }
+        for _ in 0..RECV_CALLS {
+            let n = match self.rx.recv(&socket) {
+                Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 // ICMP errors surface here on Linux (e.g. connection refused): not fatal.
-                Err(e) => debug!(error = %e, "UDP receive error"),
+                Err(e) => {
+                    debug!(error = %e, "UDP receive error");
+                    continue;
+                }
+            };
+            let now = self.clock.now();
+            for (from, bytes) in self.rx.datagrams(n) {
+                let ft = FiveTuple {
+                    client: from,
+                    server: local,
+                    transport: Transport::Udp,
+                };
+                self.server
+                    .handle_datagram(ft, bytes, now, &mut self.relays);
             }
+            self.after_input();
+            self.flush_udp();
         }
         self.watch_udp(i);
     }
@@ -428,19 +446,23 @@ impl EventLoop {
         let Some(socket) = self.relays.sockets.get(&addr).map(|s| s.socket.clone()) else {
             return;
         };
-        for _ in 0..RECV_BATCH {
-            match socket.try_recv_from(&mut self.buf) {
-                Ok((n, peer)) => {
-                    let now = self.clock.now();
-                    let bytes = self.buf.get(..n).unwrap_or_default();
-                    self.server.handle_peer_datagram(addr, peer, bytes, now);
-                    while let Some(t) = self.server.poll_transmit() {
-                        self.transmit(t);
-                    }
-                }
+        for _ in 0..RECV_CALLS {
+            let n = match self.rx.recv(&socket) {
+                Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => debug!(error = %e, "relay receive error"),
+                Err(e) => {
+                    debug!(error = %e, "relay receive error");
+                    continue;
+                }
+            };
+            let now = self.clock.now();
+            for (peer, bytes) in self.rx.datagrams(n) {
+                self.server.handle_peer_datagram(addr, peer, bytes, now);
             }
+            while let Some(t) = self.server.poll_transmit() {
+                self.transmit(t);
+            }
+            self.flush_udp();
         }
         self.watch_relay(addr);
     }
@@ -451,13 +473,12 @@ impl EventLoop {
                 five_tuple,
                 payload,
             } => match five_tuple.transport {
-                Transport::Udp => {
-                    let socket = self.udp.iter().find(|l| l.local == five_tuple.server);
-                    if socket.is_none_or(|l| l.sender.send_to(&payload, five_tuple.client).is_err())
-                    {
-                        self.send_errors += 1;
-                    }
-                }
+                Transport::Udp => match self.udp.iter().find(|l| l.local == five_tuple.server) {
+                    Some(l) => self
+                        .outbox
+                        .push(l.socket.clone(), five_tuple.client, payload),
+                    None => self.send_errors += 1,
+                },
                 Transport::Tcp | Transport::Tls => {
                     let Some(id) = self.conn_by_tuple.get(&five_tuple).copied() else {
                         return;
@@ -469,12 +490,10 @@ impl EventLoop {
                 relay,
                 peer,
                 payload,
-            } => {
-                let socket = self.relays.sockets.get(&relay);
-                if socket.is_none_or(|s| s.sender.send_to(&payload, peer).is_err()) {
-                    self.send_errors += 1;
-                }
-            }
+            } => match self.relays.sockets.get(&relay) {
+                Some(s) => self.outbox.push(s.socket.clone(), peer, payload),
+                None => self.send_errors += 1,
+            },
         }
     }
 

@@ -39,11 +39,9 @@ impl std::str::FromStr for PortRange {
 /// One bound relay socket.
 #[derive(Debug)]
 pub struct RelaySocket {
-    /// The socket, for readiness and receiving.
+    /// The socket: tokio for readiness; receives and sends are batched system calls on its
+    /// descriptor (see [`super::batch`]), so one descriptor per allocation is enough.
     pub socket: Arc<UdpSocket>,
-    /// A duplicate of the same socket for sending: a plain non-blocking `sendto`, not gated by
-    /// tokio's cached write readiness (which a freshly bound socket lacks until the reactor runs).
-    pub sender: std::net::UdpSocket,
     /// Cancels the pending readiness future so the socket is closed at once on release.
     pub abort: Option<AbortHandle>,
 }
@@ -89,9 +87,6 @@ impl RelayPorts {
         if std_socket.set_nonblocking(true).is_err() {
             return false;
         }
-        let Ok(sender) = std_socket.try_clone() else {
-            return false;
-        };
         let Ok(socket) = UdpSocket::from_std(std_socket) else {
             return false;
         };
@@ -99,7 +94,6 @@ impl RelayPorts {
             addr,
             RelaySocket {
                 socket: Arc::new(socket),
-                sender,
                 abort: None,
             },
         );
@@ -173,9 +167,9 @@ impl RelayAllocator for RelayPorts {
         };
         // IP_PMTUDISC_DO: always set DF and never fragment locally (oversized sends fail).
         let result = if relay.is_ipv4() {
-            sockopt::set_ip_mtu_discover(&s.sender, sockopt::Ipv4PathMtuDiscovery::DO)
+            sockopt::set_ip_mtu_discover(&*s.socket, sockopt::Ipv4PathMtuDiscovery::DO)
         } else {
-            sockopt::set_ipv6_mtu_discover(&s.sender, sockopt::Ipv6PathMtuDiscovery::DO)
+            sockopt::set_ipv6_mtu_discover(&*s.socket, sockopt::Ipv6PathMtuDiscovery::DO)
         };
         result.is_ok()
     }

@@ -1,5 +1,6 @@
 //! Per-allocation state (RFC 8656 §2.2): permissions, channel bindings and a bandwidth budget.
-//! Kept small: a typical allocation is a few hundred bytes.
+//! Kept small: a typical allocation is a few hundred bytes (`cargo bench --bench
+//! allocation_state` measures it at 100,000 allocations).
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -69,6 +70,16 @@ impl Bandwidth {
     }
 }
 
+/// Pushes onto a table that usually holds one or two entries: capacity grows 1, 2, 4, ...
+/// instead of `Vec`'s first step to 4, which would cost every allocation with one peer a few
+/// hundred bytes of empty slots.
+fn push_small<T>(v: &mut Vec<T>, item: T) {
+    if v.len() == v.capacity() {
+        v.reserve_exact(v.len().max(1));
+    }
+    v.push(item);
+}
+
 /// One TURN allocation.
 #[derive(Debug)]
 pub struct Allocation {
@@ -117,8 +128,13 @@ impl Allocation {
         if self.permissions.len() >= max {
             return false;
         }
-        self.permissions.push(Permission { ip, expires });
+        push_small(&mut self.permissions, Permission { ip, expires });
         true
+    }
+
+    /// Adds a channel binding (the caller checked the number, the peer and the table size).
+    pub fn bind(&mut self, binding: ChannelBinding) {
+        push_small(&mut self.channels, binding);
     }
 
     /// The live binding for a channel number.

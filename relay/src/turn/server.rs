@@ -908,7 +908,7 @@ impl Server {
         }
         match by_number.and_then(|i| a.channels.get_mut(i)) {
             Some(c) => c.expires = channel_expires,
-            None => a.channels.push(ChannelBinding {
+            None => a.bind(ChannelBinding {
                 number,
                 peer,
                 expires: channel_expires,
