@@ -30,7 +30,7 @@ ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 start_servers() {
   RELAY_SECRET=$SECRET setsid "$ROOT/target/release/relay" --listen 127.0.0.1:35478 --realm bench \
     --allow-loopback-peers --port-range "$1" --metrics-listen 127.0.0.1:35490 \
-    --bandwidth-per-allocation 0 --max-allocations 20000 \
+    --bandwidth-per-allocation 0 --max-allocations 20000 --drain-timeout 0 \
     > "$WORK/relay.log" 2>&1 < /dev/null &
   RELAY_PID=$!
   PGIDS+=("$RELAY_PID")

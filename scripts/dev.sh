@@ -36,7 +36,7 @@ cleanup() { [ -n "$RELAY_PGID" ] && kill -TERM -- "-$RELAY_PGID" 2>/dev/null || 
 trap cleanup EXIT INT TERM
 RELAY_SECRET="$TURN_SECRET" setsid "$ROOT/target/release/relay" \
   --listen 127.0.0.1:3478 --realm switchboard --allow-loopback-peers \
-  --metrics-listen 127.0.0.1:9478 &
+  --metrics-listen 127.0.0.1:9478 --drain-timeout 0 &
 RELAY_PGID=$!
 echo "relay: STUN/TURN on 127.0.0.1:3478 (udp+tcp), metrics on http://127.0.0.1:9478/metrics"
 echo "worker: http://127.0.0.1:8787  (demo: open http://127.0.0.1:8787/?room=lobby in two tabs)"

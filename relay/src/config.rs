@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::Parser;
 use serde::Deserialize;
@@ -95,6 +96,11 @@ pub struct Args {
     /// Serve Prometheus `/metrics` and `/healthz` on this address [default: off].
     #[arg(long, env = "RELAY_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+    /// On SIGTERM/SIGINT, refuse new allocations and keep serving existing ones for at most this
+    /// long, exiting as soon as none remain; a second signal exits at once; 0 = exit at once
+    /// [default: 30].
+    #[arg(long, env = "RELAY_DRAIN_TIMEOUT", value_name = "SECONDS")]
+    pub drain_timeout: Option<u64>,
 }
 
 /// The TOML file: the same options, keyed by long flag name.
@@ -117,6 +123,7 @@ struct FileConfig {
     max_allocations_per_user: Option<usize>,
     bandwidth_per_allocation: Option<u64>,
     metrics_listen: Option<SocketAddr>,
+    drain_timeout: Option<u64>,
 }
 
 /// A configuration problem, reported before anything is bound.
@@ -160,6 +167,8 @@ pub struct Config {
     pub bandwidth_per_allocation: u64,
     /// Metrics endpoint.
     pub metrics_listen: Option<SocketAddr>,
+    /// Longest graceful drain after SIGTERM/SIGINT; zero exits at once.
+    pub drain_timeout: Duration,
 }
 
 impl fmt::Debug for Config {
@@ -178,6 +187,7 @@ impl fmt::Debug for Config {
             .field("max_allocations_per_user", &self.max_allocations_per_user)
             .field("bandwidth_per_allocation", &self.bandwidth_per_allocation)
             .field("metrics_listen", &self.metrics_listen)
+            .field("drain_timeout", &self.drain_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -338,6 +348,9 @@ impl Config {
                 .or(file.bandwidth_per_allocation)
                 .unwrap_or(10_000_000),
             metrics_listen: args.metrics_listen.or(file.metrics_listen),
+            drain_timeout: Duration::from_secs(
+                args.drain_timeout.or(file.drain_timeout).unwrap_or(30),
+            ),
         })
     }
 
@@ -398,6 +411,7 @@ mod tests {
             }
         );
         assert!(!c.peer_policy.allow_loopback);
+        assert_eq!(c.drain_timeout, Duration::from_secs(30));
         assert!(!format!("{c:?}").contains("\"s\""), "secrets never printed");
     }
 
@@ -409,7 +423,8 @@ mod tests {
         std::fs::write(
             &path,
             "listen = [\"127.0.0.1:4000\"]\nrealm = \"file\"\nsecret = [\"a\", \"b\"]\nport-range = \"50000-50100\"\n\
-             allow-loopback-peers = true\nallow-peer = [\"10.0.0.0/8\"]\nmax-allocations = 5\n",
+             allow-loopback-peers = true\nallow-peer = [\"10.0.0.0/8\"]\nmax-allocations = 5\n\
+             drain-timeout = 0\n",
         )
         .unwrap();
         let p = path.to_str().unwrap();
@@ -425,8 +440,20 @@ mod tests {
         );
         assert!(c.peer_policy.allow_loopback);
         assert_eq!(c.max_allocations, 5);
-        let c = parse(&["--config", p, "--realm", "flag", "--secret", "c"]).unwrap();
+        assert_eq!(c.drain_timeout, Duration::ZERO);
+        let c = parse(&[
+            "--config",
+            p,
+            "--realm",
+            "flag",
+            "--secret",
+            "c",
+            "--drain-timeout",
+            "5",
+        ])
+        .unwrap();
         assert_eq!(c.realm, "flag");
+        assert_eq!(c.drain_timeout, Duration::from_secs(5));
         assert_eq!(c.credentials.secrets, vec!["c"]);
         std::fs::write(&path, "bogus-key = 1\n").unwrap();
         assert!(parse(&["--config", p]).is_err());

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use clap::Parser as _;
 use switchboard_relay::config::{Args, Config};
 use switchboard_relay::http::{self, Metrics};
-use switchboard_relay::net::{EventLoop, Listeners, RelayPorts};
+use switchboard_relay::net::{EventLoop, Listeners, RelayPorts, Shutdown};
 use switchboard_relay::turn::Server;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -70,19 +70,22 @@ async fn run(args: Args, config: Config) -> Result<(), String> {
         .map_err(|e| format!("cannot listen: {e}"))?;
     info!(relay_ips = ?config.relay_ips, realm = %config.realm, "relay ready");
 
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (shutdown_tx, shutdown_rx) = watch::channel(Shutdown::Run);
     let (creds_tx, creds_rx) = watch::channel(config.credentials.clone());
     tokio::spawn(signals(args, shutdown_tx, creds_tx));
-    event_loop.run(shutdown_rx, creds_rx).await;
+    event_loop
+        .run(shutdown_rx, creds_rx, config.drain_timeout)
+        .await;
     info!("stopped");
     Ok(())
 }
 
-/// SIGTERM/SIGINT stop the loop; SIGHUP re-reads the configuration and swaps credentials in,
-/// which is how secrets are rotated without dropping allocations.
+/// The first SIGTERM/SIGINT starts a graceful drain, the second stops the loop at once; SIGHUP
+/// re-reads the configuration and swaps credentials in, which is how secrets are rotated without
+/// dropping allocations (reloads keep working while draining).
 async fn signals(
     args: Args,
-    shutdown: watch::Sender<bool>,
+    shutdown: watch::Sender<Shutdown>,
     credentials: watch::Sender<switchboard_relay::turn::Credentials>,
 ) {
     use tokio::signal::unix::{SignalKind, signal};
@@ -97,17 +100,27 @@ async fn signals(
         return;
     };
     loop {
-        tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = hup.recv() => match Config::load(args.clone()) {
-                Ok(c) => {
-                    let _ = credentials.send(c.credentials);
+        let stop = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+            _ = hup.recv() => {
+                match Config::load(args.clone()) {
+                    Ok(c) => {
+                        let _ = credentials.send(c.credentials);
+                    }
+                    Err(e) => warn!("reload failed, keeping the old credentials: {e}"),
                 }
-                Err(e) => warn!("reload failed, keeping the old credentials: {e}"),
-            },
+                continue;
+            }
+        };
+        let next = match *shutdown.borrow() {
+            Shutdown::Run => Shutdown::Drain,
+            Shutdown::Drain | Shutdown::Now => Shutdown::Now,
+        };
+        info!(signal = stop, "signal received, shutting down");
+        if shutdown.send(next).is_err() {
+            // The loop has already stopped.
+            return;
         }
     }
-    info!("signal received, shutting down");
-    let _ = shutdown.send(true);
 }

@@ -16,7 +16,7 @@ fi
 export RELAY_SECRET="interop-$RANDOM$RANDOM" RELAY_ADDR=127.0.0.1:3478
 WORK=$(mktemp -d /tmp/switchboard-interop.XXXXXX)
 setsid "$RELAY_BIN" --listen "$RELAY_ADDR" --realm interop --allow-loopback-peers \
-  --metrics-listen 127.0.0.1:9478 > "$WORK/relay.log" 2>&1 < /dev/null &
+  --metrics-listen 127.0.0.1:9478 --drain-timeout 0 > "$WORK/relay.log" 2>&1 < /dev/null &
 RELAY_PGID=$!
 cleanup() { kill -TERM -- "-$RELAY_PGID" 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT

@@ -30,6 +30,7 @@ pub struct Metrics {
     dropped_rate_limited: AtomicU64,
     malformed: AtomicU64,
     send_errors: AtomicU64,
+    draining: AtomicU64,
 }
 
 /// Label values of `switchboard_relay_auth_failures_total`, in [`Metrics::auth_failures`] order.
@@ -81,6 +82,11 @@ impl Metrics {
         set(&self.send_errors, send_errors);
     }
 
+    /// Marks the relay as draining (graceful shutdown under way).
+    pub fn set_draining(&self, draining: bool) {
+        self.draining.store(u64::from(draining), Ordering::Relaxed);
+    }
+
     /// Prometheus text exposition format 0.0.4.
     pub fn render(&self) -> String {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -97,6 +103,12 @@ impl Metrics {
             "gauge",
             "Live TURN allocations.",
             &[("", get(&self.allocations))],
+        );
+        metric(
+            "draining",
+            "gauge",
+            "1 while draining after SIGTERM/SIGINT (new allocations refused), else 0.",
+            &[("", get(&self.draining))],
         );
         metric(
             "allocations_created_total",
@@ -258,6 +270,9 @@ mod tests {
         m.publish(&stats, 2, 1, 0);
         let text = m.render();
         assert!(text.contains("switchboard_relay_allocations 2\n"));
+        assert!(text.contains("switchboard_relay_draining 0\n"));
+        m.set_draining(true);
+        assert!(m.render().contains("switchboard_relay_draining 1\n"));
         assert!(text.contains("switchboard_relay_relayed_packets_total{direction=\"in\"} 3\n"));
         assert!(text.contains("switchboard_relay_auth_failures_total{reason=\"stale_nonce\"} 0\n"));
         assert!(

@@ -116,6 +116,21 @@ struct UdpListener {
 struct StreamListener {
     listener: Arc<TcpListener>,
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// Cancels the pending accept, which holds the other reference to the listener.
+    accept_abort: Option<AbortHandle>,
+}
+
+/// What the signal handler asks of the event loop, in escalating order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Shutdown {
+    /// Keep serving.
+    #[default]
+    Run,
+    /// Graceful shutdown: refuse new allocations and connections, exit once no allocation is
+    /// left or the drain timeout passes.
+    Drain,
+    /// Exit now.
+    Now,
 }
 
 /// What the event loop listens on.
@@ -181,6 +196,7 @@ impl EventLoop {
             stream_listeners.push(StreamListener {
                 listener: Arc::new(listener),
                 tls: None,
+                accept_abort: None,
             });
         }
         for addr in &listeners.tls {
@@ -192,6 +208,7 @@ impl EventLoop {
             stream_listeners.push(StreamListener {
                 listener: Arc::new(listener),
                 tls: Some(config),
+                accept_abort: None,
             });
         }
         let mut this = Self {
@@ -232,14 +249,16 @@ impl EventLoop {
     /// Accepts the next connection on listener `i`, after `delay` (used to back off when accept
     /// fails, e.g. out of file descriptors, instead of spinning on a listener that stays ready).
     fn watch_accept(&mut self, i: usize, delay: Duration) {
-        if let Some(l) = self.stream_listeners.get(i) {
+        if let Some(l) = self.stream_listeners.get_mut(i) {
             let listener = l.listener.clone();
-            self.ready.push(Box::pin(async move {
+            let (fut, abort) = abortable(async move {
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
                 }
                 Ready::Accept(i, listener.accept().await)
-            }));
+            });
+            l.accept_abort = Some(abort);
+            self.ready.push(fut);
         }
     }
 
@@ -285,18 +304,27 @@ impl EventLoop {
         self.ready.push(fut);
     }
 
-    /// Runs until `shutdown` flips to true; `credentials` carries reloaded secrets.
+    /// Runs until `shutdown` asks to stop; `credentials` carries reloaded secrets.
+    /// [`Shutdown::Drain`] stops taking new allocations and TCP/TLS connections, keeps serving
+    /// the existing allocations, and returns once none is left or `drain_timeout` has passed
+    /// (at once if it is zero); [`Shutdown::Now`], or a dropped sender, returns at once.
     pub async fn run(
         mut self,
-        mut shutdown: watch::Receiver<bool>,
+        mut shutdown: watch::Receiver<Shutdown>,
         mut credentials: watch::Receiver<Credentials>,
+        drain_timeout: Duration,
     ) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut reloads_open = true;
+        let mut drain_deadline = None;
         loop {
             self.after_input();
             self.flush_udp();
+            if drain_deadline.is_some() && self.server.allocation_count() == 0 {
+                info!("drain complete: no allocations left");
+                break;
+            }
             let now = self.clock.now();
             let sleep = self
                 .server
@@ -304,9 +332,32 @@ impl EventLoop {
                 .map(|t| tokio::time::Instant::now() + t.since(now));
             tokio::select! {
                 changed = shutdown.changed() => {
-                    if changed.is_err() || *shutdown.borrow() {
-                        break;
+                    let request = match changed {
+                        Ok(()) => *shutdown.borrow_and_update(),
+                        Err(_) => Shutdown::Now,
+                    };
+                    match request {
+                        Shutdown::Run => {}
+                        Shutdown::Drain if drain_timeout.is_zero() => {
+                            info!("drain timeout is 0: stopping at once");
+                            break;
+                        }
+                        Shutdown::Drain => {
+                            if drain_deadline.is_none() {
+                                drain_deadline = Some(self.start_draining(drain_timeout));
+                            }
+                        }
+                        Shutdown::Now => {
+                            if drain_deadline.is_some() {
+                                info!(allocations = self.server.allocation_count(), "second signal: stopping at once");
+                            }
+                            break;
+                        }
                     }
+                }
+                () = sleep_until(drain_deadline) => {
+                    info!(allocations = self.server.allocation_count(), "drain timeout reached: stopping");
+                    break;
                 }
                 changed = credentials.changed(), if reloads_open => {
                     if changed.is_ok() {
@@ -331,6 +382,31 @@ impl EventLoop {
             "shutting down"
         );
         self.housekeeping();
+    }
+
+    /// Enters draining: the core refuses new allocations, the TCP/TLS listeners close (existing
+    /// connections stay), and the metrics say so. Returns the drain deadline.
+    fn start_draining(&mut self, timeout: Duration) -> tokio::time::Instant {
+        self.server.start_draining();
+        for l in self.stream_listeners.drain(..) {
+            // The aborted accept drops the last other reference, which closes the socket.
+            if let Some(abort) = l.accept_abort {
+                abort.abort();
+            }
+        }
+        self.metrics.set_draining(true);
+        self.housekeeping();
+        let deadline_unix = SystemTime::now()
+            .checked_add(timeout)
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs());
+        info!(
+            allocations = self.server.allocation_count(),
+            timeout_s = timeout.as_secs(),
+            deadline_unix,
+            "draining: refusing new allocations and connections"
+        );
+        tokio::time::Instant::now() + timeout
     }
 
     /// Sends the datagrams queued while handling input.

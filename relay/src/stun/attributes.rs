@@ -147,13 +147,19 @@ impl ErrorCode {
 
 /// ERROR-CODE value: 21 reserved bits, class (hundreds), number, then the reason phrase.
 pub fn encode_error_code(code: ErrorCode) -> Vec<u8> {
+    encode_error_code_with_reason(code, code.reason())
+}
+
+/// ERROR-CODE value with a reason phrase of our own (RFC 8489 §14.8: the phrase is free text
+/// for humans, at most 127 characters).
+pub fn encode_error_code_with_reason(code: ErrorCode, reason: &str) -> Vec<u8> {
     let mut v = vec![
         0,
         0,
         u8::try_from(code.0 / 100).unwrap_or(0),
         u8::try_from(code.0 % 100).unwrap_or(0),
     ];
-    v.extend_from_slice(code.reason().as_bytes());
+    v.extend_from_slice(reason.as_bytes());
     v
 }
 

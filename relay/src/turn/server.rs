@@ -24,6 +24,10 @@ use crate::stun::{ChannelNumber, IntegrityKey, IntegrityKind};
 /// how long dead state lingers in memory.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
+/// ERROR-CODE reason phrase of the 508 answering Allocate while draining, so an operator reading
+/// a client's log can tell a shutdown from a full relay.
+const DRAINING_REASON: &str = "Server Is Draining";
+
 /// Comprehension-required attributes understood in TURN requests. DONT-FRAGMENT is understood
 /// only when the relay-port pool can set DF (see `handle_request`).
 const KNOWN_TURN: &[AttributeType] = &[
@@ -193,6 +197,8 @@ pub struct Server {
     events: VecDeque<Event>,
     next_sweep: Option<Timestamp>,
     stats: Stats,
+    /// Set by [`Server::start_draining`]: new allocations are refused, existing ones served.
+    draining: bool,
 }
 
 impl std::fmt::Debug for Authenticated {
@@ -218,6 +224,7 @@ impl Server {
             events: VecDeque::new(),
             next_sweep: None,
             stats: Stats::default(),
+            draining: false,
         }
     }
 
@@ -238,6 +245,17 @@ impl Server {
     /// Counters since start.
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// Stops taking new allocations (graceful shutdown): Allocate gets 508 from now on, while
+    /// existing allocations keep working until they are released, expire, or the shell stops.
+    pub fn start_draining(&mut self) {
+        self.draining = true;
+    }
+
+    /// Whether [`Server::start_draining`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.draining
     }
 
     /// Live allocations.
@@ -476,6 +494,21 @@ impl Server {
             return self.error(ft, msg, Some(&auth), ErrorCode::UNKNOWN_ATTRIBUTE, &unknown);
         }
         let result = match method {
+            // A retransmitted Allocate of a live allocation is still answered as the first time.
+            Method::ALLOCATE
+                if self.draining && self.allocations.get(&ft).is_none_or(|a| a.expires <= now) =>
+            {
+                self.stats.quota_rejections += 1;
+                return self.respond(ft, msg, Class::Error, Some(&auth), |b| {
+                    b.attr(
+                        attr::ERROR_CODE,
+                        &attr::encode_error_code_with_reason(
+                            ErrorCode::INSUFFICIENT_CAPACITY,
+                            DRAINING_REASON,
+                        ),
+                    );
+                });
+            }
             Method::ALLOCATE => self.allocate(ft, msg, &auth, now, ports),
             Method::REFRESH => self.refresh(ft, msg, &auth, now, ports),
             Method::CREATE_PERMISSION => self.create_permission(ft, msg, &auth, now),

@@ -1343,3 +1343,58 @@ fn expired_channels_cannot_be_rebound_elsewhere_for_five_minutes() {
     assert_eq!(c.refresh(&mut h, 3600).class(), Class::Success);
     assert_eq!(c.bind(&mut h, 0x4002, p).class(), Class::Success);
 }
+
+#[test]
+fn draining_refuses_new_allocations_and_serves_existing_ones() {
+    let mut h = Harness::new();
+    let mut alice = Client::rest(udp(1), "alice", later());
+    let relay = relay_of(&alice.allocate(&mut h));
+    let mut bob = Client::rest(udp(2), "bob", later());
+    assert_eq!(bob.allocate(&mut h).class(), Class::Success);
+    assert!(!h.server.is_draining());
+
+    h.server.start_draining();
+    assert!(h.server.is_draining());
+    assert_eq!(h.server.allocation_count(), 2);
+    let mut carol = Client::rest(udp(3), "carol", later());
+    let r = carol.allocate(&mut h);
+    assert_eq!(r.code(), Some(508));
+    let phrase = r.msg().get(attr::ERROR_CODE).unwrap()[4..].to_vec();
+    assert_eq!(phrase, b"Server Is Draining");
+    assert_eq!(h.server.allocation_count(), 2);
+    assert_eq!(h.server.stats().quota_rejections, 1);
+
+    // Calls in progress continue: Refresh, CreatePermission, ChannelBind, Send and ChannelData.
+    h.advance(Duration::from_secs(60));
+    assert_eq!(alice.refresh(&mut h, 600).lifetime(), Some(600));
+    let p = peer("192.0.2.10:5000");
+    assert_eq!(alice.permit(&mut h, p).class(), Class::Success);
+    assert_eq!(alice.bind(&mut h, 0x4000, p).class(), Class::Success);
+    assert_eq!(
+        alice.send(&mut h, p, b"hi"),
+        vec![Transmit::Peer {
+            relay,
+            peer: p,
+            payload: b"hi".to_vec()
+        }]
+    );
+    assert_eq!(
+        h.feed(
+            udp(1),
+            &ChannelData::encode(ChannelNumber(0x4000), b"ping", false)
+        ),
+        vec![Transmit::Peer {
+            relay,
+            peer: p,
+            payload: b"ping".to_vec()
+        }]
+    );
+    assert_eq!(h.peer_sends(relay, p, b"pong").len(), 1);
+
+    // Allocations leave by release or expiry; the count is what the shell waits on.
+    assert_eq!(alice.refresh(&mut h, 0).lifetime(), Some(0));
+    assert_eq!(h.server.allocation_count(), 1);
+    h.advance(Duration::from_secs(600));
+    assert_eq!(h.server.allocation_count(), 0, "bob's allocation expired");
+    assert_eq!(carol.allocate(&mut h).code(), Some(508), "still draining");
+}

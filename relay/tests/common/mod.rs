@@ -176,6 +176,28 @@ impl Relay {
         signal_process(self.pid(), sig);
     }
 
+    /// Waits until the relay's log contains `needle` (an event, not a sleep); fails the test if it
+    /// does not within `within`.
+    pub fn wait_log(&self, needle: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.log_text().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "the relay never logged {needle:?}; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the relay process is still running.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => child.try_wait().unwrap().is_none(),
+            None => false,
+        }
+    }
+
     /// Waits for the relay to exit, returning whether it exited successfully.
     pub fn wait_exit(&mut self, within: Duration) -> Option<bool> {
         let child = self.child.as_mut().unwrap();
