@@ -7,7 +7,6 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha1::Sha1;
 
@@ -75,16 +74,9 @@ fn tag(kind: &str, value: &str) -> CredentialTag {
     CredentialTag(h.finish())
 }
 
-/// base64(HMAC-SHA1(secret, username)): the TURN REST password.
-pub fn rest_password(secret: &str, username: &str) -> String {
-    match Hmac::<Sha1>::new_from_slice(secret.as_bytes()) {
-        Ok(mut mac) => {
-            mac.update(username.as_bytes());
-            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
-        }
-        Err(_) => String::new(),
-    }
-}
+/// base64(HMAC-SHA1(secret, username)): the TURN REST password. The Worker issues
+/// credentials with this same function, so issuer and verifier cannot drift apart.
+pub use switchboard_proto::ice::turn_password as rest_password;
 
 /// Splits "<unix expiry>[:<id>]" into (expiry, id).
 fn parse_rest(username: &str) -> Option<(u64, &str)> {
