@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Relay benchmark: the Switchboard relay and coturn, started side by side in
 # this run on loopback with the same settings, measured by the same client
-# (bench/, `turn-bench`). Prints Markdown tables; with --write, also replaces
+# (relay/benches/turn_closed_loop.rs). Prints Markdown tables; with --write, also replaces
 # the relay section of docs/BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,8 +9,9 @@ ROOT=$PWD
 WRITE=0; [ "${1:-}" = --write ] && WRITE=1
 HOLD=${BENCH_HOLD:-9000}
 command -v turnserver >/dev/null || bash scripts/install.sh
-cargo build --release -q -p switchboard-relay -p switchboard-bench
-BENCH=$ROOT/target/release/turn-bench
+cargo build --release -q -p switchboard-relay
+cargo bench -q -p switchboard-relay --bench turn_closed_loop --no-run
+bench() { cargo bench -q -p switchboard-relay --bench turn_closed_loop -- "$@"; }
 SECRET=bench-secret-$$
 WORK=$(mktemp -d /tmp/switchboard-bench.XXXXXX)
 PGIDS=()
@@ -28,7 +29,7 @@ ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 # start_servers RELAY_PORTS COTURN_MIN COTURN_MAX: our relay on :35478, coturn on :35479.
 start_servers() {
-  RELAY_SECRET=$SECRET setsid "$ROOT/target/release/relay" --listen 127.0.0.1:35478 --realm bench \
+  RELAY_SECRET=$SECRET setsid "$ROOT/target/release/relay" --listen 127.0.0.1:35478 --realm interop \
     --allow-loopback-peers --port-range "$1" --metrics-listen 127.0.0.1:35490 \
     --bandwidth-per-allocation 0 --max-allocations 20000 --drain-timeout 0 \
     > "$WORK/relay.log" 2>&1 < /dev/null &
@@ -36,7 +37,7 @@ start_servers() {
   PGIDS+=("$RELAY_PID")
   rm -f "$WORK/turnserver.pid"
   setsid turnserver -n --listening-ip=127.0.0.1 --relay-ip=127.0.0.1 --listening-port=35479 \
-    --use-auth-secret --static-auth-secret="$SECRET" --realm=bench --allow-loopback-peers \
+    --use-auth-secret --static-auth-secret="$SECRET" --realm=interop --allow-loopback-peers \
     --no-cli --no-tls --no-dtls --min-port="$2" --max-port="$3" --pidfile="$WORK/turnserver.pid" \
     --log-file="$WORK/coturn.log" --simple-log --no-stdout-log > /dev/null 2>&1 < /dev/null &
   PGIDS+=($!)
@@ -53,7 +54,7 @@ start_servers 53000-53999 54000 54999
   for cfg in "1 100" "1 1200" "8 100" "8 1200"; do
     for srv in "switchboard 127.0.0.1:35478" "coturn 127.0.0.1:35479"; do
       set -- $cfg $srv
-      "$BENCH" --server "$4" --secret "$SECRET" --label "$3" \
+      bench --server "$4" --secret "$SECRET" --label "$3" \
         --clients "$1" --payload "$2" --packets 20000 --window 32 --latency-packets 2000
     done
   done
@@ -66,8 +67,8 @@ start_servers 10000-19999 20000 29999
   echo
   echo "| server | allocations held | seconds to create | RSS before KiB | RSS after KiB | bytes per allocation |"
   echo "| --- | ---: | ---: | ---: | ---: | ---: |"
-  "$BENCH" --server 127.0.0.1:35478 --secret "$SECRET" --label switchboard --hold "$HOLD" --server-pid "$RELAY_PID" --max-seconds 120
-  "$BENCH" --server 127.0.0.1:35479 --secret "$SECRET" --label coturn --hold "$HOLD" --server-pid "$COTURN_PID" --max-seconds 120
+  bench --server 127.0.0.1:35478 --secret "$SECRET" --label switchboard --hold "$HOLD" --server-pid "$RELAY_PID" --max-seconds 120
+  bench --server 127.0.0.1:35479 --secret "$SECRET" --label coturn --hold "$HOLD" --server-pid "$COTURN_PID" --max-seconds 120
 } | tee "$MEMORY"
 stop_servers
 

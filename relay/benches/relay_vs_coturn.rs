@@ -107,24 +107,6 @@ impl Drop for Coturn {
     }
 }
 
-/// A UDP echo peer on its own thread.
-fn echo_peer(stop: Arc<AtomicBool>) -> SocketAddr {
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_millis(50)))
-        .unwrap();
-    let addr = socket.local_addr().unwrap();
-    thread::spawn(move || {
-        let mut buf = [0u8; 2048];
-        while !stop.load(Ordering::Relaxed) {
-            if let Ok((n, from)) = socket.recv_from(&mut buf) {
-                let _ = socket.send_to(&buf[..n], from);
-            }
-        }
-    });
-    addr
-}
-
 #[derive(Default)]
 struct Outcome {
     sent: u64,
@@ -215,14 +197,6 @@ fn run_client(
     out
 }
 
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
 /// CPU time (user + system) consumed so far by process `pid`, from /proc (clock ticks of 10 ms).
 fn cpu_ms(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -246,7 +220,9 @@ fn measure(
 ) {
     let cpu_before = cpu_ms(pid);
     let stop = Arc::new(AtomicBool::new(false));
-    let peers: Vec<SocketAddr> = (0..clients).map(|_| echo_peer(stop.clone())).collect();
+    let peers: Vec<SocketAddr> = (0..clients)
+        .map(|_| common::echo_thread(stop.clone()))
+        .collect();
     let per_client = (rate / clients as u64).max(1);
     let handles: Vec<_> = peers
         .into_iter()
@@ -277,8 +253,8 @@ fn measure(
     println!(
         "{name:<10} {rate:>9} {:>11.0} {loss:>7.2}% {:>8} {:>8} {:>8} {cpu:>8} {cpu_us_per_packet:>10.2}",
         total.received as f64 / secs as f64,
-        percentile(&total.rtts_us, 0.50),
-        percentile(&total.rtts_us, 0.99),
+        common::percentile(&total.rtts_us, 0.50),
+        common::percentile(&total.rtts_us, 0.99),
         total.rtts_us.last().copied().unwrap_or(0),
     );
 }

@@ -274,6 +274,33 @@ pub fn echo_peer() -> (Helper, u16) {
     panic!("turnutils_peer did not start");
 }
 
+/// A UDP echo peer on its own thread, until `stop` is set (benchmarks).
+pub fn echo_thread(stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> SocketAddr {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let addr = socket.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok((n, from)) = socket.recv_from(&mut buf) {
+                let _ = socket.send_to(&buf[..n], from);
+            }
+        }
+    });
+    addr
+}
+
+/// The `p` quantile (0..=1) of an ascending slice; 0 when empty.
+pub fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
 /// Runs a command with a deadline, killing its process group on timeout.
 pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
     let mut child = cmd
@@ -429,9 +456,20 @@ impl Reply {
 
 impl TurnClient {
     pub fn rest(server: SocketAddr, secret: &str, user: &str, expires: u64) -> Self {
+        Self::rest_from(std::net::Ipv4Addr::LOCALHOST, server, secret, user, expires)
+    }
+
+    /// Like [`TurnClient::rest`], from a chosen loopback source address.
+    pub fn rest_from(
+        source: std::net::Ipv4Addr,
+        server: SocketAddr,
+        secret: &str,
+        user: &str,
+        expires: u64,
+    ) -> Self {
         let username = format!("{expires}:{user}");
         let password = switchboard_relay::turn::auth::rest_password(secret, &username);
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let socket = UdpSocket::bind((source, 0)).unwrap();
         socket
             .set_read_timeout(Some(Duration::from_secs(2)))
             .unwrap();

@@ -1,0 +1,287 @@
+//! Closed-loop packets/s and round-trip latency through TURN allocations, and
+//! resident memory per held allocation, for any RFC 8656 server on loopback.
+//!
+//! Each client allocates with TURN REST credentials, binds a channel to its own
+//! UDP echo peer, and sends ChannelData; the peer echoes through the server, so
+//! one round trip is client → server → peer → server → client. The same client
+//! runs against our relay and coturn, which is how `scripts/bench-relay.sh`
+//! compares them in one run (both servers use realm `interop`, the harness's).
+//!
+//! - throughput: each client keeps `--window` packets in flight for `--packets` packets;
+//! - latency: one packet in flight at a time (`--latency-packets`), p50/p99/max of the RTT;
+//! - `--hold N`: create N allocations and report the server's RSS growth per allocation.
+//!
+//! Every loop is bounded by a packet count and by `--max-seconds`.
+//! Run: `cargo bench -p switchboard-relay --bench turn_closed_loop -- --server 127.0.0.1:3478 --secret S`
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "benchmark driver: fail loudly on a broken server"
+)]
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use switchboard_relay::stun::{ChannelData, ChannelNumber};
+
+const CHANNEL: u16 = 0x4000;
+
+/// Benchmark a TURN server's ChannelData path.
+#[derive(Debug, Parser)]
+struct Args {
+    /// TURN server (UDP), e.g. 127.0.0.1:3478. Loopback only.
+    #[arg(long)]
+    server: SocketAddr,
+    /// Shared TURN REST secret of the server (its realm must be `interop`).
+    #[arg(long)]
+    secret: String,
+    /// Name printed in the result line.
+    #[arg(long, default_value = "server")]
+    label: String,
+    /// Concurrent clients, one allocation each.
+    #[arg(long, default_value_t = 1)]
+    clients: usize,
+    /// Payload bytes per packet (at least 16).
+    #[arg(long, default_value_t = 100)]
+    payload: usize,
+    /// Packets per client in the throughput phase.
+    #[arg(long, default_value_t = 20_000)]
+    packets: u64,
+    /// Packets in flight per client in the throughput phase.
+    #[arg(long, default_value_t = 32)]
+    window: u64,
+    /// Round trips per client in the latency phase.
+    #[arg(long, default_value_t = 2_000)]
+    latency_packets: u64,
+    /// Hard time limit per phase.
+    #[arg(long, default_value_t = 30)]
+    max_seconds: u64,
+    /// Instead of relaying: create this many allocations, then report the
+    /// server's resident memory per allocation (needs `--server-pid`).
+    #[arg(long, default_value_t = 0)]
+    hold: usize,
+    /// Pid of the server process, to read its resident memory from /proc.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+fn main() {
+    let args = Args::parse();
+    assert!(args.server.ip().is_loopback(), "only loopback servers");
+    if args.hold > 0 {
+        return hold(&args);
+    }
+    let payload = args.payload.max(16);
+    let limit = Duration::from_secs(args.max_seconds);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sockets: Vec<UdpSocket> = (0..args.clients)
+        .map(|i| {
+            let peer = common::echo_thread(stop.clone());
+            let mut client = common::TurnClient::rest(
+                args.server,
+                &args.secret,
+                &format!("bench{i}"),
+                common::unix_now() + 3600,
+            );
+            for (what, reply) in [
+                ("allocate", client.allocate()),
+                ("permission", client.permit(peer)),
+                ("channel bind", client.bind_channel(CHANNEL, peer)),
+            ] {
+                assert!(
+                    reply.is_success(),
+                    "client {i}: {what} refused: {:?}",
+                    reply.code()
+                );
+            }
+            client
+                .socket
+                .set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            client.socket
+        })
+        .collect();
+
+    // Throughput: all clients at once, each on its own thread.
+    let started = Instant::now();
+    let (received, lost) = std::thread::scope(|s| {
+        let handles: Vec<_> = sockets
+            .iter()
+            .map(|c| {
+                s.spawn(|| run_window(c, args.server, payload, args.packets, args.window, limit))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .fold((0, 0), |(r, l), (got, missing)| (r + got, l + missing))
+    });
+    let pps = received as f64 / started.elapsed().as_secs_f64();
+
+    // Latency: one in flight per client, all clients concurrently.
+    let mut micros: Vec<u64> = std::thread::scope(|s| {
+        let handles: Vec<_> = sockets
+            .iter()
+            .map(|c| {
+                s.spawn(|| run_ping_pong(c, args.server, payload, args.latency_packets, limit))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    stop.store(true, Ordering::Relaxed);
+    micros.sort_unstable();
+    println!(
+        "| {} | {} | {} | {:.0} | {:.2} | {} | {} | {} |",
+        args.label,
+        args.clients,
+        payload,
+        pps,
+        100.0 * lost as f64 / (received + lost).max(1) as f64,
+        common::percentile(&micros, 0.50),
+        common::percentile(&micros, 0.99),
+        micros.last().copied().unwrap_or(0),
+    );
+}
+
+/// Sends `packets` ChannelData messages keeping `window` in flight; returns (received, lost).
+fn run_window(
+    sock: &UdpSocket,
+    server: SocketAddr,
+    payload: usize,
+    packets: u64,
+    window: u64,
+    limit: Duration,
+) -> (u64, u64) {
+    let started = Instant::now();
+    let mut data = vec![0u8; payload];
+    let mut buf = vec![0u8; 2048];
+    let (mut sent, mut received, mut timeouts) = (0u64, 0u64, 0u64);
+    while received + timeouts < packets && started.elapsed() < limit {
+        while sent < packets && sent - received - timeouts < window {
+            data[..8].copy_from_slice(&sent.to_be_bytes());
+            sock.send_to(
+                &ChannelData::encode(ChannelNumber(CHANNEL), &data, false),
+                server,
+            )
+            .unwrap();
+            sent += 1;
+        }
+        match sock.recv(&mut buf) {
+            Ok(n) => {
+                if ChannelData::decode(&buf[..n])
+                    .is_ok_and(|cd| cd.channel == ChannelNumber(CHANNEL))
+                {
+                    received += 1;
+                }
+            }
+            // A lost datagram frees its window slot after the read timeout.
+            Err(_) => timeouts += sent - received - timeouts,
+        }
+    }
+    (received, sent - received)
+}
+
+/// One packet in flight at a time; returns each round-trip time in µs.
+fn run_ping_pong(
+    sock: &UdpSocket,
+    server: SocketAddr,
+    payload: usize,
+    packets: u64,
+    limit: Duration,
+) -> Vec<u64> {
+    let started = Instant::now();
+    let mut data = vec![0u8; payload];
+    let mut buf = vec![0u8; 2048];
+    let mut rtts = Vec::new();
+    for i in 0..packets {
+        if started.elapsed() > limit {
+            break;
+        }
+        data[..8].copy_from_slice(&(u64::MAX - i).to_be_bytes());
+        let t = Instant::now();
+        sock.send_to(
+            &ChannelData::encode(ChannelNumber(CHANNEL), &data, false),
+            server,
+        )
+        .unwrap();
+        // Skip stragglers from the throughput phase until this packet comes back;
+        // a read timeout counts it as lost (no RTT recorded).
+        while let Ok(n) = sock.recv(&mut buf) {
+            let back = ChannelData::decode(&buf[..n])
+                .ok()
+                .and_then(|cd| cd.data.get(..8).map(<[u8]>::to_vec));
+            if back.as_deref() == Some(&data[..8]) {
+                rtts.push(t.elapsed().as_micros() as u64);
+                break;
+            }
+        }
+    }
+    rtts
+}
+
+/// Creates `--hold` allocations and prints the server's resident memory per allocation.
+fn hold(args: &Args) {
+    let pid = args.server_pid.expect("--hold needs --server-pid");
+    let before = rss_kib(pid).expect("the server's VmRSS");
+    let started = Instant::now();
+    let limit = Duration::from_secs(args.max_seconds);
+    let (mut held, mut attempts) = (0usize, 0usize);
+    while held < args.hold && started.elapsed() < limit {
+        // The allocation outlives the client socket (until its lifetime ends),
+        // so sockets are opened and dropped one at a time. Sources spread over
+        // 127.0.0.0/16 so a reused ephemeral port rarely meets an existing
+        // allocation's 5-tuple; when it does (437), the next attempt moves on.
+        attempts += 1;
+        let source = Ipv4Addr::new(
+            127,
+            0,
+            (attempts / 250 % 250) as u8,
+            (attempts % 250 + 1) as u8,
+        );
+        let mut client = common::TurnClient::rest_from(
+            source,
+            args.server,
+            &args.secret,
+            &format!("hold{held}"),
+            common::unix_now() + 3600,
+        );
+        let reply = client.allocate();
+        match reply.code() {
+            None if reply.is_success() => held += 1,
+            Some(437) if attempts < args.hold * 2 => {}
+            code => panic!("allocation {held}: {code:?}"),
+        }
+    }
+    let after = rss_kib(pid).unwrap_or(before);
+    let per = (after.saturating_sub(before) * 1024) as f64 / held.max(1) as f64;
+    println!(
+        "| {} | {} | {:.1} | {} | {} | {:.0} |",
+        args.label,
+        held,
+        started.elapsed().as_secs_f64(),
+        before,
+        after,
+        per
+    );
+}
+
+/// Resident set size of `pid` in KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
