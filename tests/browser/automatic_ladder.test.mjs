@@ -3,32 +3,25 @@
 // server in `iceServers` is unreachable. The pair walks the ladder by itself
 // (p2p → turn → websocket, one rung timeout each), both pages agree on every
 // rung, chat still arrives, and the page shows the WebSocket rung.
-import { test, after, before } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { WranglerDev, chat, diagnostics, launchBrowser, openDemo, peerIdOf, uniqueRoom, waitForPath } from "./harness.mjs";
+import { chat, diagnostics, openDemo, peerIdOf, uniqueRoom, waitForPath, workerAndBrowser } from "./harness.mjs";
 
-let dev;
-let browser;
-before(async () => {
-  // Its own instance, so TURN points at a port where no relay answers whatever else runs.
-  dev = new WranglerDev({
+// Its own instance, so TURN points at a port where no relay answers whatever else runs.
+const env = workerAndBrowser({
+  worker: {
     port: 18820,
     inspectorPort: 19820,
     vars: { STUN_URLS: "stun:127.0.0.1:3", TURN_URLS: "turn:127.0.0.1:3?transport=udp" },
-  });
-  await dev.start();
-  browser = await launchBrowser({ loopbackCandidates: false });
-});
-after(async () => {
-  await browser?.close();
-  await dev?.dispose();
+  },
+  browser: { loopbackCandidates: false },
 });
 
 test("with P2P and TURN blocked the pair falls to the WebSocket rung and chat still arrives", async (t) => {
   const room = uniqueRoom("ladder");
   const query = { room, camera: "0", rung_timeout_ms: "3000" };
-  const a = await openDemo(browser, dev.url, { ...query, name: "alice" });
-  const b = await openDemo(browser, dev.url, { ...query, name: "bob" });
+  const a = await openDemo(env.browser, env.dev.url, { ...query, name: "alice" });
+  const b = await openDemo(env.browser, env.dev.url, { ...query, name: "bob" });
   t.after(() => a.context().close());
   t.after(() => b.context().close());
   try {
@@ -46,7 +39,7 @@ test("with P2P and TURN blocked the pair falls to the WebSocket rung and chat st
     assert.equal(await a.textContent(`#peers li[data-peer-id="${idB}"] .path`), "websocket");
     assert.equal(await b.textContent(`#peers li[data-peer-id="${idA}"] .path`), "websocket");
   } catch (error) {
-    error.message += `\n${await diagnostics([a, b], dev)}`;
+    error.message += `\n${await diagnostics([a, b], env.dev)}`;
     throw error;
   }
 });

@@ -1,28 +1,16 @@
 // A screenshot of the demo with two peers connected (chat, camera tiles, the
 // peer list with its path), saved to tests/artifacts/ for review.
-import { test, after, before } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import { statSync } from "node:fs";
-import {
-  artifactPath, chat, diagnostics, launchBrowser, openDemo, peerIdOf, uniqueRoom, waitForDecodedVideo,
-  waitForPath, worker,
-} from "./harness.mjs";
+import { artifactPath, chat, diagnostics, openDemo, peerIdOf, uniqueRoom, waitForDecodedVideo, waitForPath, workerAndBrowser } from "./harness.mjs";
 
-let dev;
-let browser;
-before(async () => {
-  dev = await worker();
-  browser = await launchBrowser();
-});
-after(async () => {
-  await browser?.close();
-  await dev?.dispose();
-});
+const env = workerAndBrowser();
 
 test("screenshot of the demo with two peers connected", async (t) => {
   const room = uniqueRoom("demo");
-  const a = await openDemo(browser, dev.url, { room, name: "alice" });
-  const b = await openDemo(browser, dev.url, { room, name: "bob" });
+  const a = await openDemo(env.browser, env.dev.url, { room, name: "alice" });
+  const b = await openDemo(env.browser, env.dev.url, { room, name: "bob" });
   t.after(() => a.context().close());
   t.after(() => b.context().close());
   try {
@@ -44,7 +32,7 @@ test("screenshot of the demo with two peers connected", async (t) => {
     // PNG signature
     assert.deepEqual([...png.subarray(0, 4)], [0x89, 0x50, 0x4e, 0x47]);
   } catch (error) {
-    error.message += `\n${await diagnostics([a, b], dev)}`;
+    error.message += `\n${await diagnostics([a, b], env.dev)}`;
     throw error;
   }
 });

@@ -2,6 +2,7 @@
 // group (so it can be killed and restarted mid-test), headless Debian
 // Chromium through playwright-core, and deadline-bounded waits.
 import { spawn } from "node:child_process";
+import { after, before } from "node:test";
 import { createRequire } from "node:module";
 import { mkdtempSync, writeFileSync, readFileSync, mkdirSync, existsSync, rmSync, openSync, closeSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -146,6 +147,24 @@ export async function worker({ port, inspectorPort, vars } = {}) {
   const dev = new WranglerDev({ port: port ?? 18900, inspectorPort: inspectorPort ?? 19900, vars });
   await dev.start();
   return dev;
+}
+
+/**
+ * A test file's Worker (see `worker`) and headless browser, started in a
+ * `before` hook and closed in an `after` hook. Read `env.dev` and
+ * `env.browser` inside the tests.
+ */
+export function workerAndBrowser({ worker: workerOptions, browser: browserOptions } = {}) {
+  const env = { dev: undefined, browser: undefined };
+  before(async () => {
+    env.dev = await worker(workerOptions);
+    env.browser = await launchBrowser(browserOptions);
+  });
+  after(async () => {
+    await env.browser?.close();
+    await env.dev?.dispose();
+  });
+  return env;
 }
 
 /** Polls `predicate` until it is truthy or the deadline passes (then throws with `message`). */

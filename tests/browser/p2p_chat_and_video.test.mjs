@@ -1,28 +1,16 @@
 // Two tabs in one room connect peer-to-peer: chat arrives both ways over the
 // DataChannel of a direct (host-candidate) pair, and each side decodes the
 // other's fake camera.
-import { test, after, before } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import {
-  chat, diagnostics, launchBrowser, openDemo, peerIdOf, selectedCandidateType, uniqueRoom,
-  waitForDecodedVideo, waitForPath, worker,
-} from "./harness.mjs";
+import { chat, diagnostics, openDemo, peerIdOf, selectedCandidateType, uniqueRoom, waitForDecodedVideo, waitForPath, workerAndBrowser } from "./harness.mjs";
 
-let dev;
-let browser;
-before(async () => {
-  dev = await worker();
-  browser = await launchBrowser();
-});
-after(async () => {
-  await browser?.close();
-  await dev?.dispose();
-});
+const env = workerAndBrowser();
 
 test("chat both ways over P2P and the fake camera is decoded on the other page", async (t) => {
   const room = uniqueRoom("p2p");
-  const a = await openDemo(browser, dev.url, { room, name: "alice" });
-  const b = await openDemo(browser, dev.url, { room, name: "bob" });
+  const a = await openDemo(env.browser, env.dev.url, { room, name: "alice" });
+  const b = await openDemo(env.browser, env.dev.url, { room, name: "bob" });
   t.after(() => a.context().close());
   t.after(() => b.context().close());
   try {
@@ -44,7 +32,7 @@ test("chat both ways over P2P and the fake camera is decoded on the other page",
     // The page lists the peer with its path.
     assert.equal(await a.getAttribute(`#peers li[data-peer-id="${idB}"]`, "data-path"), "p2p");
   } catch (error) {
-    error.message += `\n${await diagnostics([a, b], dev)}`;
+    error.message += `\n${await diagnostics([a, b], env.dev)}`;
     throw error;
   }
 });

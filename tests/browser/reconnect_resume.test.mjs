@@ -2,22 +2,12 @@
 // reconnect with backoff, resume with their resume_token and last_seq, keep
 // their peer ids, and every chat message (including those typed while the
 // server was down) arrives exactly once, in order.
-import { test, after, before } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { WranglerDev, diagnostics, launchBrowser, openDemo, peerIdOf, uniqueRoom, waitForPath } from "./harness.mjs";
+import { diagnostics, openDemo, peerIdOf, uniqueRoom, waitForPath, workerAndBrowser } from "./harness.mjs";
 
-let dev;
-let browser;
-before(async () => {
-  // Its own instance: this test kills it.
-  dev = new WranglerDev({ port: 18810, inspectorPort: 19810 });
-  await dev.start();
-  browser = await launchBrowser();
-});
-after(async () => {
-  await browser?.close();
-  await dev?.dispose();
-});
+// Its own instance: this test kills it.
+const env = workerAndBrowser({ worker: { port: 18810, inspectorPort: 19810 } });
 
 /** Starts a send without waiting for it: while the server is down the SDK queues it. */
 function sendLater(page, text) {
@@ -43,8 +33,8 @@ const signalingState = (page, state) =>
 test("kill and restart wrangler dev mid-conversation: same peer ids, nothing lost or duplicated", async (t) => {
   const room = uniqueRoom("resume");
   // The WebSocket rung routes chat through signaling, so resume is what carries it across the restart.
-  const a = await openDemo(browser, dev.url, { room, name: "alice", path: "websocket", camera: "0" });
-  const b = await openDemo(browser, dev.url, { room, name: "bob", path: "websocket", camera: "0" });
+  const a = await openDemo(env.browser, env.dev.url, { room, name: "alice", path: "websocket", camera: "0" });
+  const b = await openDemo(env.browser, env.dev.url, { room, name: "bob", path: "websocket", camera: "0" });
   t.after(() => a.context().close());
   t.after(() => b.context().close());
   try {
@@ -63,7 +53,7 @@ test("kill and restart wrangler dev mid-conversation: same peer ids, nothing los
     await waitForText(b, "a-5");
     await waitForText(a, "b-5");
 
-    await dev.stop();
+    await env.dev.stop();
     await signalingState(a, "reconnecting");
     await signalingState(b, "reconnecting");
     // Typed while the server is down: queued in the SDK, sent after the resume.
@@ -74,7 +64,7 @@ test("kill and restart wrangler dev mid-conversation: same peer ids, nothing los
       expectedAtA.push(`b-${i}`);
     }
 
-    await dev.start();
+    await env.dev.start();
     await signalingState(a, "open");
     await signalingState(b, "open");
     assert.equal(await peerIdOf(a), idA, "alice kept her peer id");
@@ -100,7 +90,7 @@ test("kill and restart wrangler dev mid-conversation: same peer ids, nothing los
     assert.deepEqual(await b.evaluate(() => window.switchboardDemo.errors.filter((e) => e.startsWith("send failed"))), []);
     assert.equal(await a.getAttribute(`#peers li[data-peer-id="${idB}"]`, "data-path"), "websocket");
   } catch (error) {
-    error.message += `\n${await diagnostics([a, b], dev)}`;
+    error.message += `\n${await diagnostics([a, b], env.dev)}`;
     throw error;
   }
 });

@@ -1,26 +1,17 @@
 // With the path forced to the WebSocket rung, the pair never opens an
 // RTCPeerConnection and chat travels as `relay` frames over signaling.
 // (Media needs an RTC rung; the WebSocket rung carries data only.)
-import { test, after, before } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { chat, diagnostics, launchBrowser, openDemo, peerIdOf, uniqueRoom, waitForPath, worker } from "./harness.mjs";
+import { chat, diagnostics, openDemo, peerIdOf, uniqueRoom, waitForPath, workerAndBrowser } from "./harness.mjs";
 
-let dev;
-let browser;
-before(async () => {
-  dev = await worker();
-  browser = await launchBrowser();
-});
-after(async () => {
-  await browser?.close();
-  await dev?.dispose();
-});
+const env = workerAndBrowser();
 
 test("forced WebSocket relay: chat both ways as relay frames, no peer connection", async (t) => {
   const room = uniqueRoom("ws");
   // Only one side forces: the pair must still agree on the rung.
-  const a = await openDemo(browser, dev.url, { room, name: "alice", path: "websocket" });
-  const b = await openDemo(browser, dev.url, { room, name: "bob" });
+  const a = await openDemo(env.browser, env.dev.url, { room, name: "alice", path: "websocket" });
+  const b = await openDemo(env.browser, env.dev.url, { room, name: "bob" });
   t.after(() => a.context().close());
   t.after(() => b.context().close());
   try {
@@ -34,7 +25,7 @@ test("forced WebSocket relay: chat both ways as relay frames, no peer connection
     assert.equal(await b.evaluate((id) => window.switchboardDemo.room.peerConnection(id), idA), null);
     assert.equal(await b.getAttribute(`#peers li[data-peer-id="${idA}"]`, "data-path"), "websocket");
   } catch (error) {
-    error.message += `\n${await diagnostics([a, b], dev)}`;
+    error.message += `\n${await diagnostics([a, b], env.dev)}`;
     throw error;
   }
 });
