@@ -5,7 +5,7 @@
 // rung, chat still arrives, and the page shows the WebSocket rung.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { chat, diagnostics, openDemo, peerIdOf, uniqueRoom, waitForPath, workerAndBrowser } from "./harness.mjs";
+import { chat, diagnostics, openPair, peerIdOf, uniqueRoom, waitForPath, workerAndBrowser } from "./harness.mjs";
 
 // Its own instance, so TURN points at a port where no relay answers whatever else runs.
 const env = workerAndBrowser({
@@ -20,10 +20,7 @@ const env = workerAndBrowser({
 test("with P2P and TURN blocked the pair falls to the WebSocket rung and chat still arrives", async (t) => {
   const room = uniqueRoom("ladder");
   const query = { room, camera: "0", rung_timeout_ms: "3000" };
-  const a = await openDemo(env.browser, env.dev.url, { ...query, name: "alice" });
-  const b = await openDemo(env.browser, env.dev.url, { ...query, name: "bob" });
-  t.after(() => a.context().close());
-  t.after(() => b.context().close());
+  const [a, b] = await openPair(t, env.browser, env.dev.url, query);
   try {
     const [idA, idB] = [await peerIdOf(a), await peerIdOf(b)];
     await waitForPath(a, idB, "websocket", 30_000);

@@ -3,16 +3,13 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { statSync } from "node:fs";
-import { artifactPath, chat, diagnostics, openDemo, peerIdOf, uniqueRoom, waitForDecodedVideo, waitForPath, workerAndBrowser } from "./harness.mjs";
+import { artifactPath, chat, diagnostics, openPair, peerIdOf, uniqueRoom, waitForDecodedVideo, waitForPath, workerAndBrowser } from "./harness.mjs";
 
 const env = workerAndBrowser();
 
 test("screenshot of the demo with two peers connected", async (t) => {
   const room = uniqueRoom("demo");
-  const a = await openDemo(env.browser, env.dev.url, { room, name: "alice" });
-  const b = await openDemo(env.browser, env.dev.url, { room, name: "bob" });
-  t.after(() => a.context().close());
-  t.after(() => b.context().close());
+  const [a, b] = await openPair(t, env.browser, env.dev.url, { room });
   try {
     const [idA, idB] = [await peerIdOf(a), await peerIdOf(b)];
     await waitForPath(a, idB, "p2p");

@@ -167,6 +167,18 @@ export function workerAndBrowser({ worker: workerOptions, browser: browserOption
   return env;
 }
 
+/**
+ * Alice's and Bob's demo pages (`openDemo` options each; Bob's default to
+ * Alice's), both closed when test `t` ends.
+ */
+export async function openPair(t, browser, url, alice, bob = alice) {
+  const a = await openDemo(browser, url, { ...alice, name: "alice" });
+  t.after(() => a.context().close());
+  const b = await openDemo(browser, url, { ...bob, name: "bob" });
+  t.after(() => b.context().close());
+  return [a, b];
+}
+
 /** Polls `predicate` until it is truthy or the deadline passes (then throws with `message`). */
 export async function waitFor(predicate, { timeoutMs = 20_000, intervalMs = 100, message = "condition" } = {}) {
   const deadline = Date.now() + timeoutMs;

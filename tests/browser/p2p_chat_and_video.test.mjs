@@ -3,16 +3,13 @@
 // other's fake camera.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { chat, diagnostics, openDemo, peerIdOf, selectedCandidateType, uniqueRoom, waitForDecodedVideo, waitForPath, workerAndBrowser } from "./harness.mjs";
+import { chat, diagnostics, openPair, peerIdOf, selectedCandidateType, uniqueRoom, waitForDecodedVideo, waitForPath, workerAndBrowser } from "./harness.mjs";
 
 const env = workerAndBrowser();
 
 test("chat both ways over P2P and the fake camera is decoded on the other page", async (t) => {
   const room = uniqueRoom("p2p");
-  const a = await openDemo(env.browser, env.dev.url, { room, name: "alice" });
-  const b = await openDemo(env.browser, env.dev.url, { room, name: "bob" });
-  t.after(() => a.context().close());
-  t.after(() => b.context().close());
+  const [a, b] = await openPair(t, env.browser, env.dev.url, { room });
   try {
     const [idA, idB] = [await peerIdOf(a), await peerIdOf(b)];
     await waitForPath(a, idB, "p2p");

@@ -4,7 +4,7 @@
 // server was down) arrives exactly once, in order.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { diagnostics, openDemo, peerIdOf, uniqueRoom, waitForPath, workerAndBrowser } from "./harness.mjs";
+import { diagnostics, openPair, peerIdOf, uniqueRoom, waitForPath, workerAndBrowser } from "./harness.mjs";
 
 // Its own instance: this test kills it.
 const env = workerAndBrowser({ worker: { port: 18810, inspectorPort: 19810 } });
@@ -33,10 +33,7 @@ const signalingState = (page, state) =>
 test("kill and restart wrangler dev mid-conversation: same peer ids, nothing lost or duplicated", async (t) => {
   const room = uniqueRoom("resume");
   // The WebSocket rung routes chat through signaling, so resume is what carries it across the restart.
-  const a = await openDemo(env.browser, env.dev.url, { room, name: "alice", path: "websocket", camera: "0" });
-  const b = await openDemo(env.browser, env.dev.url, { room, name: "bob", path: "websocket", camera: "0" });
-  t.after(() => a.context().close());
-  t.after(() => b.context().close());
+  const [a, b] = await openPair(t, env.browser, env.dev.url, { room, path: "websocket", camera: "0" });
   try {
     const [idA, idB] = [await peerIdOf(a), await peerIdOf(b)];
     await waitForPath(a, idB, "websocket");

@@ -11,7 +11,7 @@ import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import {
-  ROOT, TURN_SECRET, chat, diagnostics, launchBrowser, openDemo, peerIdOf, selectedCandidateType, uniqueRoom,
+  ROOT, TURN_SECRET, chat, diagnostics, launchBrowser, openPair, peerIdOf, selectedCandidateType, uniqueRoom,
   waitFor, waitForDecodedVideo, waitForPath, worker,
 } from "./harness.mjs";
 
@@ -77,10 +77,7 @@ after(async () => {
 
 test("forced TURN through the Rust relay: chat and video over relayed candidates", async (t) => {
   const room = uniqueRoom("turn");
-  const a = await openDemo(browser, dev.url, { room, name: "alice", path: "turn" });
-  const b = await openDemo(browser, dev.url, { room, name: "bob", path: "turn" });
-  t.after(() => a.context().close());
-  t.after(() => b.context().close());
+  const [a, b] = await openPair(t, browser, dev.url, { room, path: "turn" });
   try {
     const [idA, idB] = [await peerIdOf(a), await peerIdOf(b)];
     await waitForPath(a, idB, "turn");

@@ -3,17 +3,14 @@
 // (Media needs an RTC rung; the WebSocket rung carries data only.)
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { chat, diagnostics, openDemo, peerIdOf, uniqueRoom, waitForPath, workerAndBrowser } from "./harness.mjs";
+import { chat, diagnostics, openPair, peerIdOf, uniqueRoom, waitForPath, workerAndBrowser } from "./harness.mjs";
 
 const env = workerAndBrowser();
 
 test("forced WebSocket relay: chat both ways as relay frames, no peer connection", async (t) => {
   const room = uniqueRoom("ws");
   // Only one side forces: the pair must still agree on the rung.
-  const a = await openDemo(env.browser, env.dev.url, { room, name: "alice", path: "websocket" });
-  const b = await openDemo(env.browser, env.dev.url, { room, name: "bob" });
-  t.after(() => a.context().close());
-  t.after(() => b.context().close());
+  const [a, b] = await openPair(t, env.browser, env.dev.url, { room, path: "websocket" }, { room });
   try {
     const [idA, idB] = [await peerIdOf(a), await peerIdOf(b)];
     await waitForPath(a, idB, "websocket");
