@@ -1,7 +1,7 @@
 //! HTTP helpers: JSON bodies, error responses, the clock and random ids.
 
 use switchboard_proto::{ErrorCode, Millis, wire};
-use worker::{Headers, Response, Result};
+use worker::{Headers, Response, Result, Url};
 
 /// A JSON response with `status`.
 pub fn json(status: u16, body: &str) -> Result<Response> {
@@ -16,6 +16,13 @@ pub fn json(status: u16, body: &str) -> Result<Response> {
 /// `{"error":{"code":…,"message":…}}` with the code's HTTP status.
 pub fn error(code: ErrorCode, message: &str) -> Result<Response> {
     json(code.http_status(), &wire::http_error_body(code, message))
+}
+
+/// The first value of query parameter `key`, percent-decoded.
+pub fn query_param(url: &Url, key: &str) -> Option<String> {
+    url.query_pairs()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
 }
 
 /// Wall-clock time from the runtime.

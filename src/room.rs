@@ -98,11 +98,7 @@ impl DurableObject for Room {
     async fn fetch(&self, req: Request) -> Result<Response> {
         let path = req.path();
         let url = req.url()?;
-        let param = |key: &str| {
-            url.query_pairs()
-                .find(|(k, _)| k == key)
-                .map(|(_, v)| v.into_owned())
-        };
+        let param = |key: &str| http::query_param(&url, key);
         let Some(name) = param(Q_ROOM).as_deref().and_then(RoomName::parse) else {
             return http::error(ErrorCode::BadRequest, "missing room");
         };

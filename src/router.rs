@@ -6,7 +6,7 @@ use switchboard_proto::{ErrorCode, Meta, PeerId, RoomName, ice};
 use worker::{Env, Headers, Method, Request, RequestInit, Response, Result, Url};
 
 use crate::config;
-use crate::http::{self, error, json, now};
+use crate::http::{self, error, json, now, query_param};
 use crate::room::{Q_LAST_SEQ, Q_META, Q_RESUME, Q_ROOM};
 
 /// Routes one request.
@@ -20,7 +20,7 @@ pub async fn handle(req: Request, env: &Env) -> Result<Response> {
             if req.method() != Method::Get {
                 return error(ErrorCode::MethodNotAllowed, "use GET");
             }
-            ice_servers(&req, env)
+            ice_servers(&req, &url, env)
         }
         ["v1", "rooms", room] => {
             let Some(room) = RoomName::parse(room) else {
@@ -32,7 +32,7 @@ pub async fn handle(req: Request, env: &Env) -> Result<Response> {
                     "use GET with Upgrade: websocket",
                 );
             }
-            join(req, env, room).await
+            join(req, &url, env, room).await
         }
         ["v1", "rooms", room, "stats"] => {
             let Some(room) = RoomName::parse(room) else {
@@ -51,17 +51,9 @@ fn invalid_room() -> Result<Response> {
     )
 }
 
-fn query(req: &Request, key: &str) -> Result<Option<String>> {
-    Ok(req
-        .url()?
-        .query_pairs()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.into_owned()))
-}
-
 /// The token from `?token=` or `Authorization: Bearer`.
-fn presented_token(req: &Request) -> Result<Option<String>> {
-    if let Some(t) = query(req, "token")? {
+fn presented_token(req: &Request, url: &Url) -> Result<Option<String>> {
+    if let Some(t) = query_param(url, "token") {
         return Ok(Some(t));
     }
     Ok(req
@@ -73,13 +65,14 @@ fn presented_token(req: &Request) -> Result<Option<String>> {
 /// Verifies the caller when `JWT_SECRET` is set. `Ok(None)`: rooms are open.
 fn authenticate(
     req: &Request,
+    url: &Url,
     env: &Env,
     room: Option<&RoomName>,
 ) -> Result<std::result::Result<Option<Claims>, AuthError>> {
     let Some(secret) = config::jwt_secret(env) else {
         return Ok(Ok(None));
     };
-    let Some(token) = presented_token(req)? else {
+    let Some(token) = presented_token(req, url)? else {
         return Ok(Err(AuthError::Missing));
     };
     let verified = auth::verify_jwt(&token, secret.as_bytes(), now()).and_then(|c| match room {
@@ -102,8 +95,8 @@ fn unauthorized(e: AuthError, room: Option<&RoomName>) -> Result<Response> {
     error(ErrorCode::Unauthorized, e.message())
 }
 
-fn ice_servers(req: &Request, env: &Env) -> Result<Response> {
-    let claims = match authenticate(req, env, None)? {
+fn ice_servers(req: &Request, url: &Url, env: &Env) -> Result<Response> {
+    let claims = match authenticate(req, url, env, None)? {
         Ok(c) => c,
         Err(e) => return unauthorized(e, None),
     };
@@ -121,7 +114,7 @@ fn ice_servers(req: &Request, env: &Env) -> Result<Response> {
     json(200, &body)
 }
 
-async fn join(req: Request, env: &Env, room: RoomName) -> Result<Response> {
+async fn join(req: Request, url: &Url, env: &Env, room: RoomName) -> Result<Response> {
     let upgrade = req.headers().get("upgrade")?.unwrap_or_default();
     if !upgrade.eq_ignore_ascii_case("websocket") {
         return error(
@@ -129,7 +122,7 @@ async fn join(req: Request, env: &Env, room: RoomName) -> Result<Response> {
             "this endpoint needs Upgrade: websocket",
         );
     }
-    let claims = match authenticate(&req, env, Some(&room))? {
+    let claims = match authenticate(&req, url, env, Some(&room))? {
         Ok(c) => c,
         Err(e) => return unauthorized(e, Some(&room)),
     };
@@ -138,7 +131,7 @@ async fn join(req: Request, env: &Env, room: RoomName) -> Result<Response> {
             Ok(m) => m,
             Err(e) => return unauthorized(e, Some(&room)),
         },
-        None => match query(&req, "meta")? {
+        None => match query_param(url, "meta") {
             None => Meta::empty(),
             Some(text) => match Meta::parse(&text) {
                 Ok(m) => m,
@@ -154,7 +147,7 @@ async fn join(req: Request, env: &Env, room: RoomName) -> Result<Response> {
     internal
         .query_pairs_mut()
         .append_pair(Q_META, meta.as_json());
-    if let Some(token) = query(&req, "resume")? {
+    if let Some(token) = query_param(url, "resume") {
         // Tokens are hex; anything else cannot match and is dropped here.
         let token: String = token
             .chars()
@@ -162,7 +155,7 @@ async fn join(req: Request, env: &Env, room: RoomName) -> Result<Response> {
             .take(128)
             .collect();
         internal.query_pairs_mut().append_pair(Q_RESUME, &token);
-        if let Some(n) = query(&req, "last_seq")? {
+        if let Some(n) = query_param(url, "last_seq") {
             if n.parse::<u64>().is_err() {
                 return error(
                     ErrorCode::BadRequest,
