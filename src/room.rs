@@ -337,12 +337,8 @@ impl Room {
                     }
                 }
                 Output::Close { conn, code, reason } => {
-                    if let Some(ws) = self
-                        .sockets
-                        .borrow_mut()
-                        .remove(&conn)
-                        .or_else(|| self.socket(conn))
-                    {
+                    // `socket` borrows the cache itself, so no borrow may be held here.
+                    if let Some(ws) = self.socket(conn) {
                         let _ = ws.close(Some(code), Some(reason));
                     }
                     self.sockets.borrow_mut().remove(&conn);
