@@ -483,15 +483,9 @@ impl Room {
             });
             return;
         };
-        self.counters.frames_in += 1;
-        self.counters_dirty = true;
-        let limited = match self.peers.get_mut(&from) {
-            Some(p) => {
-                p.last_heard = p.last_heard.max(now);
-                !p.bucket.try_take(now)
-            }
-            None => false,
-        };
+        let limited = self
+            .frame_from(&from, now)
+            .is_some_and(|p| !p.bucket.try_take(now));
         if limited {
             return self.send_error(
                 conn,
@@ -509,10 +503,10 @@ impl Room {
             );
         }
         match wire::parse_client_frame(text) {
-            Ok(frame) => self.dispatch(conn, &from, frame, now),
+            Ok(frame) => self.dispatch(conn, &from, frame),
             Err(FrameError { code, message }) => {
                 let msg = message.into_owned();
-                self.send_error_owned(conn, Some(&from), code, &msg);
+                self.send_error(conn, Some(&from), code, &msg);
             }
         }
     }
@@ -522,10 +516,7 @@ impl Room {
         let Some(from) = self.by_conn.get(&conn).cloned() else {
             return;
         };
-        self.counters.frames_in += 1;
-        if let Some(p) = self.peers.get_mut(&from) {
-            p.last_heard = p.last_heard.max(now);
-        }
+        self.frame_from(&from, now);
         self.send_error(
             conn,
             Some(&from),
@@ -534,7 +525,16 @@ impl Room {
         );
     }
 
-    fn dispatch(&mut self, conn: ConnId, from: &PeerId, frame: ClientFrame<'_>, now: Millis) {
+    /// Counts a frame from `peer` and notes it as a sign of life.
+    fn frame_from(&mut self, peer: &PeerId, now: Millis) -> Option<&mut Peer> {
+        self.counters.frames_in += 1;
+        self.counters_dirty = true;
+        let p = self.peers.get_mut(peer)?;
+        p.last_heard = p.last_heard.max(now);
+        Some(p)
+    }
+
+    fn dispatch(&mut self, conn: ConnId, from: &PeerId, frame: ClientFrame<'_>) {
         match frame {
             ClientFrame::Signal { to, payload } => {
                 self.unicast(conn, from, &to, |seq, from| {
@@ -554,7 +554,7 @@ impl Room {
                     .map_or(0, |p| p.next_seq.saturating_sub(1));
                 self.trim(from, seq.0.min(last_sent));
             }
-            ClientFrame::Leave => self.leave(conn, from, now),
+            ClientFrame::Leave => self.leave(conn, from),
             ClientFrame::Ping => {
                 self.out.push(Output::Send {
                     conn,
@@ -603,12 +603,12 @@ impl Room {
             });
             if sent.is_err() {
                 let msg = format!("peer {to} is away and its queue is full");
-                self.send_error_owned(conn, Some(from), ErrorCode::QueueFull, &msg);
+                self.send_error(conn, Some(from), ErrorCode::QueueFull, &msg);
             }
         }
     }
 
-    fn leave(&mut self, conn: ConnId, peer_id: &PeerId, _now: Millis) {
+    fn leave(&mut self, conn: ConnId, peer_id: &PeerId) {
         self.by_conn.remove(&conn);
         let Some(peer) = self.peers.remove(peer_id) else {
             return;
@@ -884,23 +884,7 @@ impl Room {
             .push(Output::Store(StoreOp::PutPeer(p.rec.clone())));
     }
 
-    fn send_error(
-        &mut self,
-        conn: ConnId,
-        peer: Option<&PeerId>,
-        code: ErrorCode,
-        message: &'static str,
-    ) {
-        self.send_error_owned(conn, peer, code, message);
-    }
-
-    fn send_error_owned(
-        &mut self,
-        conn: ConnId,
-        peer: Option<&PeerId>,
-        code: ErrorCode,
-        message: &str,
-    ) {
+    fn send_error(&mut self, conn: ConnId, peer: Option<&PeerId>, code: ErrorCode, message: &str) {
         self.out.push(Output::Send {
             conn,
             text: wire::error_frame(code, message),
