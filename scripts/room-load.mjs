@@ -6,7 +6,7 @@
 //        --seconds 20 --bytes 270 [--cseq] [--ack-every 16]
 //
 // --cseq sends protocol v1.1 frames (cseq, acks counted); without it, v1 frames.
-// Every received signal is acknowledged (`ack`) every --ack-every frames, as the SDK does.
+// Received frames are acknowledged (`ack`) every --ack-every frames or 500 ms, as the SDK does.
 import { createRequire } from "node:module";
 const require = createRequire(import.meta.url);
 const WebSocket = require("ws");
@@ -49,7 +49,10 @@ function join(room) {
       } else if (f.type === "signal") {
         const key = `${f.from}:${f.payload.n}`;
         if (c.seen.has(key)) dup++; else { c.seen.add(key); received++; lat.push(now() - f.payload.t); }
-        if (c.lastSeq - c.acked >= ackEvery) { c.acked = c.lastSeq; ws.send(JSON.stringify({ type: "ack", seq: c.lastSeq })); }
+        // As the SDK: ack after --ack-every frames or 500 ms after the first unacknowledged one.
+        const ack = () => { c.ackTimer = null; if (c.lastSeq > c.acked) { c.acked = c.lastSeq; ws.send(JSON.stringify({ type: "ack", seq: c.lastSeq })); } };
+        if (c.lastSeq - c.acked >= ackEvery) { clearTimeout(c.ackTimer); ack(); }
+        else if (!c.ackTimer) c.ackTimer = setTimeout(ack, 500);
       } else if (f.type === "ack") {
         c.ackedCseq = f.cseq;
       } else if (f.type === "error") {
