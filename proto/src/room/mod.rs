@@ -1458,14 +1458,14 @@ impl Room {
         {
             op.nondurable_from += 1;
         }
-        self.bound_queue(to);
+        self.bound_queue(to, len);
         Ok(())
     }
 
     /// Over a bound, the oldest frames go; a later resume from before them
     /// fails loudly with `resume_failed` rather than losing frames silently, so
     /// the raised floor is written at once.
-    fn bound_queue(&mut self, peer_id: &PeerId) {
+    fn bound_queue(&mut self, peer_id: &PeerId, added: usize) {
         let limits = &self.cfg.limits;
         let Some(p) = self.peers.get_mut(peer_id) else {
             return;
@@ -1477,11 +1477,12 @@ impl Room {
             // keeps just the newest frame.
             if over_peer(p) {
                 let through = p.next_seq.saturating_sub(2);
-                let last_len = p.bytes.min(limits.queue_max_bytes);
-                self.room_bytes = self.room_bytes.saturating_sub(p.bytes);
+                self.room_bytes = self
+                    .room_bytes
+                    .saturating_sub(p.bytes)
+                    .saturating_add(added);
                 p.len = 1;
-                p.bytes = last_len.min(p.bytes);
-                self.room_bytes = self.room_bytes.saturating_add(p.bytes);
+                p.bytes = added;
                 p.rec.floor = p.rec.floor.max(through);
                 p.trim_through = Some(through);
                 self.persist_peer(peer_id);
