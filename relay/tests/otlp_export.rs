@@ -35,7 +35,11 @@ fn collector(listener: TcpListener, posts: mpsc::Sender<Post>) {
             let mut reader = BufReader::new(stream);
             let mut line = String::new();
             reader.read_line(&mut line).unwrap();
-            let path = line.split_whitespace().nth(1).unwrap_or_default().to_owned();
+            let path = line
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or_default()
+                .to_owned();
             let (mut length, mut content_type) = (0usize, String::new());
             loop {
                 let mut h = String::new();
@@ -132,7 +136,10 @@ fn spans_reach_the_collector_under_the_usernames_trace() {
     };
     let mut expected = vec![0u8; 8];
     expected.extend((0..8).map(|i| u8::from_str_radix(&trace[i * 2..i * 2 + 2], 16).unwrap()));
-    assert_eq!(span.trace_id, expected, "the OTel trace id is the padded trace");
+    assert_eq!(
+        span.trace_id, expected,
+        "the OTel trace id is the padded trace"
+    );
     assert_eq!(attr(&span, "trace_id").as_deref(), Some(trace));
     assert_eq!(attr(&span, "user").as_deref(), Some("alice"));
 }
