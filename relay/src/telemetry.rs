@@ -1,8 +1,8 @@
 //! Logs to stderr and, when `--otlp-endpoint` is set, spans exported over OTLP/HTTP (protobuf).
 //!
 //! The TURN core opens a `turn.request` span per authenticated control request (never on the
-//! data path) with the quota `user` and, when the TURN username carried one, the Switchboard
-//! `trace_id` (16 hex). Such spans are exported under the OpenTelemetry trace id
+//! data path) with the request's `method` and, when the TURN username carried one, the
+//! Switchboard `trace_id` (16 hex); user ids stay out of logs and spans. Such spans are exported under the OpenTelemetry trace id
 //! `0000000000000000<trace_id>` (a 64-bit id left-padded to 128 bits), so the relay's spans join
 //! the trace the room minted for the peer. The exporter speaks plain `http://` only: point it at
 //! a collector or agent next to the relay (which may forward over TLS).

@@ -482,8 +482,8 @@ impl Server {
         let Some(auth) = self.authenticate(ft, msg, now, ports) else {
             return;
         };
-        // Control requests only (never the data path): the span carries the quota subject and
-        // the Switchboard trace from the username into every log line and exported span.
+        // Control requests only (never the data path): the span carries the Switchboard trace
+        // from the username into every log line and exported span. The user id is not logged.
         let _span = tracing::info_span!(
             "turn.request",
             method = match method {
@@ -492,7 +492,6 @@ impl Server {
                 Method::CREATE_PERMISSION => "create_permission",
                 _ => "channel_bind",
             },
-            user = %auth.user.0,
             trace_id = super::auth::parse_rest_username(&auth.username)
                 .and_then(|u| u.trace)
                 .map(tracing::field::display),
@@ -1044,7 +1043,6 @@ impl Server {
         }
         ports.release(a.relay);
         tracing::debug!(
-            user = %a.user.0,
             trace_id = super::auth::parse_rest_username(&a.username)
                 .and_then(|u| u.trace)
                 .map(tracing::field::display),
