@@ -154,6 +154,17 @@ fn answers_and_errors_carry_cors_headers() {
             "{path}"
         );
     }
+    // An answer that comes from the room object (its headers are immutable) gets them too.
+    let bearer = format!("Bearer {}", env().admin_token);
+    let stats = request(
+        "GET",
+        &format!("{base}/v1/rooms/{}/stats", unique_room("cors")),
+        &[("origin", &origin), ("authorization", &bearer)],
+    );
+    assert_eq!(stats.status, 200, "{}", stats.body);
+    assert_eq!(stats.header("access-control-allow-origin"), Some(&*origin));
+    assert!(stats.header("vary").unwrap().contains("Origin"));
+    assert_eq!(stats.header("content-type"), Some("application/json"));
     // Without Origin (a native client) nothing changes but Vary.
     let a = request("GET", &format!("{base}/v1/ice-servers"), &[]);
     assert_eq!(a.status, 200);
