@@ -34,7 +34,17 @@ pub async fn handle(req: Request, env: &Env) -> Result<Response> {
     if cors == Cors::Forbidden && segments.first() == Some(&"v1") {
         return http::forbidden_origin();
     }
-    let resp = route(req, &url, &segments, env).await?;
+    let resp = match route(req, &url, &segments, env).await {
+        Ok(resp) => resp,
+        // Answered here rather than in `fetch` so that the page can read this error too.
+        Err(e) => {
+            worker::console_error!(
+                "{}",
+                http::log_line("error", None, None, Some(&e.to_string()))
+            );
+            error(ErrorCode::Internal, "internal error")?
+        }
+    };
     cors.apply(resp)
 }
 
