@@ -17,6 +17,7 @@ use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response};
 use opentelemetry_otlp::{Protocol, WithExportConfig as _, WithHttpConfig as _};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{BatchSpanProcessor, SdkTracerProvider, SpanData, SpanExporter};
+use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
@@ -58,7 +59,7 @@ pub fn traces_url(endpoint: &str) -> String {
 }
 
 /// Installs the global subscriber: `RUST_LOG` (default `info`) filtered logs to stderr (colored
-/// only on a terminal), plus the OTLP span exporter when `otlp_endpoint` is given.
+/// only on a terminal), plus, when `otlp_endpoint` is given, the OTLP exporter of `info` spans.
 pub fn init(otlp_endpoint: Option<&str>) -> Result<Telemetry, String> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -67,8 +68,7 @@ pub fn init(otlp_endpoint: Option<&str>) -> Result<Telemetry, String> {
         .with_ansi(std::io::stderr().is_terminal());
     let Some(endpoint) = otlp_endpoint else {
         tracing_subscriber::registry()
-            .with(filter)
-            .with(fmt)
+            .with(fmt.with_filter(filter))
             .try_init()
             .map_err(|e| e.to_string())?;
         return Ok(Telemetry { provider: None });
@@ -96,10 +96,12 @@ pub fn init(otlp_endpoint: Option<&str>) -> Result<Telemetry, String> {
                 .build(),
         )
         .build();
-    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer("switchboard-relay"));
+    // Spans are exported at `info` whatever RUST_LOG says about the log lines.
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("switchboard-relay"))
+        .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
     tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
+        .with(fmt.with_filter(filter))
         .with(otel)
         .try_init()
         .map_err(|e| e.to_string())?;
