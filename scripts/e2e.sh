@@ -24,6 +24,8 @@ export SWITCHBOARD_RESUME_WINDOW_MS=4000
 export SWITCHBOARD_TURN_SECRET=test-turn-secret
 export SWITCHBOARD_JWT_SECRET=test-jwt-secret
 export SWITCHBOARD_ADMIN_TOKEN=test-admin-token
+# The open instance lets browsers on this origin in (tests/cors_and_origin.rs); others get 403.
+export SWITCHBOARD_ALLOWED_ORIGIN=https://app.example
 export SWITCHBOARD_SKIP_BUILD=1   # built once above; wrangler must not rebuild per instance
 
 # start_worker NAME PORT INSPECTOR_PORT [--var K:V ...]: wrangler dev in its own process group.
@@ -50,7 +52,7 @@ wait_ready() {
   cat "$WORK/$name.log" >&2
   return 1
 }
-start_worker open 18787 19229
+start_worker open 18787 19229 --var "ALLOWED_ORIGINS:$SWITCHBOARD_ALLOWED_ORIGIN"
 start_worker auth 18788 19230 --var "JWT_SECRET:$SWITCHBOARD_JWT_SECRET"
 wait_ready open 18787
 wait_ready auth 18788

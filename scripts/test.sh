@@ -40,6 +40,9 @@ step "relay interop: headless Chromium and aiortc through our TURN server"
 cargo build --release -p switchboard-relay
 bash tests/interop/run.sh
 
+step "relay dashboard: every query of docs/grafana-relay.json against a real Prometheus scrape"
+bash tests/dashboard/run.sh
+
 step "fuzz: a short run of each parser (libFuzzer)"
 bash scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
 

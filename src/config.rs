@@ -1,5 +1,6 @@
 //! Configuration from `[vars]` and secrets, with the documented defaults.
 
+use switchboard_proto::auth::AllowedOrigins;
 use switchboard_proto::ice::{IceConfig, split_urls};
 use switchboard_proto::limits::Limits;
 use worker::Env;
@@ -67,4 +68,32 @@ pub fn jwt_secret(env: &Env) -> Option<String> {
 /// `ADMIN_TOKEN`: bearer token for the stats endpoint.
 pub fn admin_token(env: &Env) -> Option<String> {
     string(env, "ADMIN_TOKEN")
+}
+
+/// `ALLOWED_ORIGINS`: browser origins that may call the API and join rooms. Unset: none but the
+/// Worker's own origin; `*`: every origin (the dev default in wrangler.toml).
+pub fn allowed_origins(env: &Env) -> AllowedOrigins {
+    AllowedOrigins::parse(&string(env, "ALLOWED_ORIGINS").unwrap_or_default())
+}
+
+/// The key for open-mode user ids (`ip-<HMAC-SHA256(key, client IP)>`): `USER_ID_SECRET`, else
+/// `TURN_SECRET`, else a random key drawn once per isolate (ids are then stable only within one
+/// isolate, and still never reveal the address).
+pub fn user_id_key(env: &Env) -> Vec<u8> {
+    if let Some(k) = string(env, "USER_ID_SECRET").or_else(|| string(env, "TURN_SECRET")) {
+        return k.into_bytes();
+    }
+    static ISOLATE_KEY: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+    ISOLATE_KEY
+        .get_or_init(|| crate::http::random().unwrap_or([0u8; 32]))
+        .to_vec()
+}
+
+/// Binding name of the Workers rate limiter for TURN credential minting (`[[ratelimits]]`).
+pub const ICE_RATE_LIMITER: &str = "ICE_RATE_LIMITER";
+
+/// `ICE_RATE_LIMIT_PERIOD_S`: the `period` of the `ICE_RATE_LIMITER` binding (10 or 60), told
+/// to refused clients as their retry delay.
+pub fn ice_rate_limit_period_s(env: &Env) -> u64 {
+    number(env, "ICE_RATE_LIMIT_PERIOD_S", 60)
 }

@@ -1,26 +1,57 @@
-//! The Worker's HTTP surface: routing, authentication, ICE servers, and the
-//! hand-off of room requests to the room's Durable Object.
+//! The Worker's HTTP surface: routing, CORS and `Origin` checks, authentication, ICE servers,
+//! and the hand-off of room requests to the room's Durable Object.
 
 use switchboard_proto::auth::{self, AuthError, Claims};
-use switchboard_proto::{ErrorCode, Meta, PeerId, RoomName, ice};
+use switchboard_proto::ice::TurnUser;
+use switchboard_proto::{ErrorCode, Meta, RoomName, ice};
 use worker::{Env, Headers, Method, Request, RequestInit, Response, Result, Url};
 
 use crate::config;
-use crate::http::{self, error, json, now, query_param};
-use crate::room::{Q_LAST_SEQ, Q_META, Q_RESUME, Q_RETRY_AFTER_MS, Q_ROOM};
+use crate::http::{self, Cors, error, json, now, query_param};
+use crate::room::{Q_LAST_SEQ, Q_META, Q_RESUME, Q_RETRY_AFTER_MS, Q_ROOM, Q_USER};
 
-/// Routes one request.
+/// Routes one request. Every answer but a WebSocket upgrade carries `Vary: Origin`, and the CORS
+/// headers when the request's `Origin` is allowed, errors included.
 pub async fn handle(req: Request, env: &Env) -> Result<Response> {
     let url = req.url()?;
+    let origin = req.headers().get("origin")?;
+    let cors = Cors::classify(origin.as_deref(), &url, &config::allowed_origins(env));
     let path = url.path().to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    match segments.as_slice() {
+    let known = matches!(
+        segments.as_slice(),
+        ["healthz"] | ["v1", "ice-servers"] | ["v1", "rooms", _] | ["v1", "rooms", _, _]
+    );
+    if req.method() == Method::Options && known {
+        return cors.preflight();
+    }
+    // A page on a foreign origin may neither join (cross-site WebSocket hijacking) nor mint
+    // credentials; requests without Origin (native clients) are not browser requests.
+    if cors == Cors::Forbidden && segments.first() == Some(&"v1") {
+        return http::forbidden_origin();
+    }
+    let resp = match route(req, &url, &segments, env).await {
+        Ok(resp) => resp,
+        // Answered here rather than in `fetch` so that the page can read this error too.
+        Err(e) => {
+            worker::console_error!(
+                "{}",
+                http::log_line("error", None, None, Some(&e.to_string()))
+            );
+            error(ErrorCode::Internal, "internal error")?
+        }
+    };
+    cors.apply(resp)
+}
+
+async fn route(req: Request, url: &Url, segments: &[&str], env: &Env) -> Result<Response> {
+    match segments {
         ["healthz"] => json(200, r#"{"ok":true}"#),
         ["v1", "ice-servers"] => {
             if req.method() != Method::Get {
                 return error(ErrorCode::MethodNotAllowed, "use GET");
             }
-            ice_servers(&req, &url, env)
+            ice_servers(&req, url, env).await
         }
         ["v1", "rooms", room] => {
             let Some(room) = RoomName::parse(room) else {
@@ -32,7 +63,7 @@ pub async fn handle(req: Request, env: &Env) -> Result<Response> {
                     "use GET with Upgrade: websocket",
                 );
             }
-            join(req, &url, env, room).await
+            join(req, url, env, room).await
         }
         ["v1", "rooms", room, "stats"] => {
             let Some(room) = RoomName::parse(room) else {
@@ -44,7 +75,7 @@ pub async fn handle(req: Request, env: &Env) -> Result<Response> {
             let Some(room) = RoomName::parse(room) else {
                 return invalid_room();
             };
-            drain(req, &url, env, room).await
+            drain(req, url, env, room).await
         }
         _ => error(ErrorCode::NotFound, "no such endpoint"),
     }
@@ -101,21 +132,69 @@ fn unauthorized(e: AuthError, room: Option<&RoomName>) -> Result<Response> {
     error(ErrorCode::Unauthorized, e.message())
 }
 
-fn ice_servers(req: &Request, url: &Url, env: &Env) -> Result<Response> {
+/// The stable user a request acts for: the JWT's `sub` (sanitized) when there is one, else the
+/// per-client id derived from `CF-Connecting-IP` (never the address itself).
+fn stable_user(req: &Request, env: &Env, claims: Option<&Claims>) -> Result<TurnUser> {
+    if let Some(user) = claims
+        .and_then(|c| c.sub.as_deref())
+        .and_then(TurnUser::from_sub)
+    {
+        return Ok(user);
+    }
+    let ip = req.headers().get("cf-connecting-ip")?.unwrap_or_default();
+    Ok(TurnUser::from_client_ip(
+        &config::user_id_key(env),
+        ip.trim(),
+    ))
+}
+
+/// Counts one credential mint for `user` against the `ICE_RATE_LIMITER` binding. `Some(ms)`:
+/// over the limit, retry after `ms`. A missing or failing binding is logged and lets the request
+/// through: the limiter protects the relay's quota, it is not the authentication.
+async fn mint_limited(env: &Env, user: &TurnUser) -> Option<u64> {
+    let outcome = match env.rate_limiter(config::ICE_RATE_LIMITER) {
+        Ok(limiter) => limiter.limit(user.as_str().to_owned()).await,
+        Err(e) => Err(e),
+    };
+    match outcome {
+        Ok(o) if o.success => None,
+        Ok(_) => Some(config::ice_rate_limit_period_s(env).saturating_mul(1000)),
+        Err(e) => {
+            worker::console_error!(
+                "{}",
+                http::log_line("rate_limiter_unavailable", None, None, Some(&e.to_string()))
+            );
+            None
+        }
+    }
+}
+
+async fn ice_servers(req: &Request, url: &Url, env: &Env) -> Result<Response> {
     let claims = match authenticate(req, url, env, None)? {
         Ok(c) => c,
         Err(e) => return unauthorized(e, None),
     };
-    // The TURN username names the user when known, else a random id.
-    let user = match claims.and_then(|c| c.sub) {
-        Some(sub) => sub
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
-            .take(64)
-            .collect(),
-        None => PeerId::from_random(http::random()?).to_string(),
+    let trace_id = match query_param(url, "trace_id") {
+        None => None,
+        Some(t) if ice::is_trace_id(&t) => Some(t),
+        Some(_) => {
+            return error(
+                ErrorCode::BadRequest,
+                "trace_id must be 16 lowercase hex characters",
+            );
+        }
     };
-    let list = ice::ice_servers(&config::ice(env), &user, now());
+    let user = stable_user(req, env, claims.as_ref())?;
+    let cfg = config::ice(env);
+    let mints_turn = cfg.turn_secret.is_some() && !cfg.turn_urls.is_empty();
+    if mints_turn && let Some(retry_after_ms) = mint_limited(env, &user).await {
+        return http::error_retry(
+            ErrorCode::RateLimited,
+            "too many TURN credential requests from this client; retry later",
+            retry_after_ms,
+        );
+    }
+    let list = ice::ice_servers_traced(&cfg, user.as_str(), trace_id.as_deref(), now());
     let body = serde_json::json!({ "iceServers": list }).to_string();
     json(200, &body)
 }
@@ -149,10 +228,12 @@ async fn join(req: Request, url: &Url, env: &Env, room: RoomName) -> Result<Resp
     };
     // Parameters travel to the room in the internal URL's query, which carries
     // any UTF-8 (header values would refuse non-Latin-1 meta).
+    let user = stable_user(&req, env, claims.as_ref())?;
     let mut internal = internal_url("join", &room)?;
     internal
         .query_pairs_mut()
-        .append_pair(Q_META, meta.as_json());
+        .append_pair(Q_META, meta.as_json())
+        .append_pair(Q_USER, user.as_str());
     if let Some(token) = query_param(url, "resume") {
         // Tokens are hex; anything else cannot match and is dropped here.
         let token: String = token

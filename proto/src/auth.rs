@@ -167,11 +167,62 @@ pub fn sign_jwt(claims: &serde_json::Value, secret: &[u8]) -> String {
     format!("{signing_input}.{sig}")
 }
 
+/// Which browser origins may call the HTTP API and join rooms (`ALLOWED_ORIGINS`).
+///
+/// Requests without an `Origin` header (native clients, servers) are not governed by it; a request
+/// whose `Origin` is the Worker's own origin is always allowed (the demo page it serves).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowedOrigins {
+    /// `*`: every origin.
+    Any,
+    /// Exactly these origins (`scheme://host[:port]`, compared case-insensitively).
+    List(Vec<String>),
+}
+
+impl AllowedOrigins {
+    /// Parses a comma- or whitespace-separated list; `*` anywhere allows every origin. Unset or
+    /// empty allows none (besides the Worker's own origin).
+    pub fn parse(list: &str) -> AllowedOrigins {
+        let mut out = Vec::new();
+        for entry in list.split(|c: char| c == ',' || c.is_whitespace()) {
+            let entry = entry.trim().trim_end_matches('/');
+            if entry == "*" {
+                return AllowedOrigins::Any;
+            }
+            if !entry.is_empty() {
+                out.push(entry.to_ascii_lowercase());
+            }
+        }
+        AllowedOrigins::List(out)
+    }
+
+    /// Whether `origin` (an `Origin` header value) is allowed.
+    pub fn allows(&self, origin: &str) -> bool {
+        match self {
+            AllowedOrigins::Any => true,
+            AllowedOrigins::List(list) => list.iter().any(|o| o.eq_ignore_ascii_case(origin)),
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)] // tests fail loudly on purpose
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn allowed_origins_parse_and_match() {
+        assert_eq!(AllowedOrigins::parse("*"), AllowedOrigins::Any);
+        assert!(AllowedOrigins::parse("https://a.example, *").allows("https://evil.example"));
+        let list = AllowedOrigins::parse(" https://App.example/ ,http://localhost:5173");
+        assert!(list.allows("https://app.example"));
+        assert!(list.allows("http://localhost:5173"));
+        assert!(!list.allows("http://localhost:5174"));
+        assert!(!list.allows("https://app.example.evil.com"));
+        assert!(!list.allows("null"));
+        assert!(!AllowedOrigins::parse("").allows("https://app.example"));
+    }
 
     const NOW: Millis = Millis(1_700_000_000_000);
 

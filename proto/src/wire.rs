@@ -56,11 +56,13 @@ pub enum ErrorCode {
     UpgradeRequired,
     /// The server failed; the client did nothing wrong.
     Internal,
+    /// The request's `Origin` is not in `ALLOWED_ORIGINS`.
+    ForbiddenOrigin,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and stats.
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 20] = [
         ErrorCode::BadJson,
         ErrorCode::InvalidFrame,
         ErrorCode::UnknownType,
@@ -80,6 +82,7 @@ impl ErrorCode {
         ErrorCode::MethodNotAllowed,
         ErrorCode::UpgradeRequired,
         ErrorCode::Internal,
+        ErrorCode::ForbiddenOrigin,
     ];
 
     /// The wire name.
@@ -104,6 +107,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::UpgradeRequired => "upgrade_required",
             ErrorCode::Internal => "internal",
+            ErrorCode::ForbiddenOrigin => "forbidden_origin",
         }
     }
 
@@ -111,6 +115,7 @@ impl ErrorCode {
     pub fn http_status(self) -> u16 {
         match self {
             ErrorCode::Unauthorized => 401,
+            ErrorCode::ForbiddenOrigin => 403,
             ErrorCode::NotFound | ErrorCode::UnknownPeer => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::PayloadTooLarge => 413,

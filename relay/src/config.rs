@@ -101,6 +101,10 @@ pub struct Args {
     /// [default: 30].
     #[arg(long, env = "RELAY_DRAIN_TIMEOUT", value_name = "SECONDS")]
     pub drain_timeout: Option<u64>,
+    /// Export spans over OTLP/HTTP (protobuf) to this collector, e.g. `http://127.0.0.1:4318`
+    /// (`/v1/traces` is appended unless present); plain http:// only [default: off].
+    #[arg(long, env = "RELAY_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// The TOML file: the same options, keyed by long flag name.
@@ -124,6 +128,7 @@ struct FileConfig {
     bandwidth_per_allocation: Option<u64>,
     metrics_listen: Option<SocketAddr>,
     drain_timeout: Option<u64>,
+    otlp_endpoint: Option<String>,
 }
 
 /// A configuration problem, reported before anything is bound.
@@ -169,6 +174,8 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// Longest graceful drain after SIGTERM/SIGINT; zero exits at once.
     pub drain_timeout: Duration,
+    /// OTLP/HTTP collector for spans.
+    pub otlp_endpoint: Option<String>,
 }
 
 impl fmt::Debug for Config {
@@ -188,6 +195,7 @@ impl fmt::Debug for Config {
             .field("bandwidth_per_allocation", &self.bandwidth_per_allocation)
             .field("metrics_listen", &self.metrics_listen)
             .field("drain_timeout", &self.drain_timeout)
+            .field("otlp_endpoint", &self.otlp_endpoint)
             .finish_non_exhaustive()
     }
 }
@@ -321,6 +329,15 @@ impl Config {
         } else {
             args.allow_peer
         };
+        let otlp_endpoint = args.otlp_endpoint.or(file.otlp_endpoint);
+        if otlp_endpoint
+            .as_deref()
+            .is_some_and(|e| !e.starts_with("http://"))
+        {
+            return Err(err(
+                "--otlp-endpoint must be an http:// URL (run a local collector to forward over TLS)",
+            ));
+        }
         let peer_policy = PeerPolicy {
             allow_loopback: args.allow_loopback_peers || file.allow_loopback_peers.unwrap_or(false),
             allowed,
@@ -351,6 +368,7 @@ impl Config {
             drain_timeout: Duration::from_secs(
                 args.drain_timeout.or(file.drain_timeout).unwrap_or(30),
             ),
+            otlp_endpoint,
         })
     }
 
@@ -413,6 +431,26 @@ mod tests {
         assert!(!c.peer_policy.allow_loopback);
         assert_eq!(c.drain_timeout, Duration::from_secs(30));
         assert!(!format!("{c:?}").contains("\"s\""), "secrets never printed");
+    }
+
+    #[test]
+    fn otlp_endpoint_is_off_by_default_and_plain_http_only() {
+        let base = ["--listen", "127.0.0.1:3478", "--secret", "s"];
+        assert_eq!(parse(&base).unwrap().otlp_endpoint, None);
+        let with = |url| {
+            let mut a = base.to_vec();
+            a.extend(["--otlp-endpoint", url]);
+            parse(&a)
+        };
+        assert_eq!(
+            with("http://127.0.0.1:4318")
+                .unwrap()
+                .otlp_endpoint
+                .as_deref(),
+            Some("http://127.0.0.1:4318")
+        );
+        assert!(with("https://collector.example").is_err());
+        assert!(with("127.0.0.1:4318").is_err());
     }
 
     #[test]

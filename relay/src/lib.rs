@@ -4,4 +4,5 @@ pub mod config;
 pub mod http;
 pub mod net;
 pub mod stun;
+pub mod telemetry;
 pub mod turn;

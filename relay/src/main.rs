@@ -7,26 +7,35 @@ use clap::Parser as _;
 use switchboard_relay::config::{Args, Config};
 use switchboard_relay::http::{self, Metrics};
 use switchboard_relay::net::{EventLoop, Listeners, RelayPorts, Shutdown};
+use switchboard_relay::telemetry;
 use switchboard_relay::turn::Server;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let config = match Config::load(args.clone()) {
+    let config = Config::load(args.clone());
+    let otlp = config.as_ref().ok().and_then(|c| c.otlp_endpoint.clone());
+    let telemetry = match telemetry::init(otlp.as_deref()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("cannot set up logging and tracing: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = match config {
         Ok(c) => c,
         Err(e) => {
             error!("configuration: {e}");
             return ExitCode::from(2);
         }
     };
+    if let Some(endpoint) = &otlp {
+        info!(
+            endpoint = %telemetry::traces_url(endpoint),
+            "exporting spans over OTLP/HTTP"
+        );
+    }
     // One thread: the event loop owns all packet-path state; metrics and signals are idle tasks.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -38,13 +47,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args, config)) {
+    let code = match runtime.block_on(run(args, config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");
             ExitCode::FAILURE
         }
-    }
+    };
+    telemetry.shutdown();
+    code
 }
 
 async fn run(args: Args, config: Config) -> Result<(), String> {

@@ -78,13 +78,34 @@ fn tag(kind: &str, value: &str) -> CredentialTag {
 /// credentials with this same function, so issuer and verifier cannot drift apart.
 pub use switchboard_proto::ice::turn_password as rest_password;
 
-/// Splits "<unix expiry>[:<id>]" into (expiry, id).
-fn parse_rest(username: &str) -> Option<(u64, &str)> {
+/// A TURN REST username, `<unix expiry>[:<user>[.<trace_id>]]`, split into its parts.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct RestUsername<'a> {
+    /// Unix seconds after which the credential is refused.
+    pub expiry: u64,
+    /// The quota subject: the part between `:` and the first `.`; the whole username when that
+    /// part is empty, so every REST username has one.
+    pub user: &'a str,
+    /// The Switchboard trace after the first `.`, when it has a trace id's shape (16 lowercase
+    /// hex); anything else there is not echoed into logs.
+    pub trace: Option<&'a str>,
+}
+
+/// Parses a TURN REST username; `None` when it does not start with decimal expiry seconds.
+pub fn parse_rest_username(username: &str) -> Option<RestUsername<'_>> {
     let (ts, id) = username.split_once(':').unwrap_or((username, ""));
     if ts.is_empty() || !ts.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    Some((ts.parse().ok()?, id))
+    let (user, trace) = match id.split_once('.') {
+        Some((user, trace)) => (user, Some(trace)),
+        None => (id, None),
+    };
+    Some(RestUsername {
+        expiry: ts.parse().ok()?,
+        user: if user.is_empty() { username } else { user },
+        trace: trace.filter(|t| switchboard_proto::ice::is_trace_id(t)),
+    })
 }
 
 impl Credentials {
@@ -108,7 +129,10 @@ impl Credentials {
         if self.secrets.is_empty() {
             return Lookup::Unknown;
         }
-        let Some((expiry, id)) = parse_rest(username) else {
+        let Some(RestUsername {
+            expiry, user: id, ..
+        }) = parse_rest_username(username)
+        else {
             return Lookup::Unknown;
         };
         if expiry <= now.as_secs() {
@@ -122,14 +146,9 @@ impl Credentials {
                 tag: tag("secret", s),
             })
             .collect();
-        let user = UserId(if id.is_empty() {
-            username.into()
-        } else {
-            id.into()
-        });
         Lookup::Keys {
             candidates,
-            user,
+            user: UserId(id.into()),
             expires: Some(Timestamp::from_secs(expiry)),
         }
     }
@@ -252,6 +271,57 @@ mod tests {
         assert!(matches!(c.lookup("1000:alice", "r", now), Lookup::Expired));
         assert!(matches!(c.lookup("alice", "r", now), Lookup::Unknown));
         assert!(matches!(c.lookup("x1000:alice", "r", now), Lookup::Unknown));
+    }
+
+    #[test]
+    fn rest_usernames_split_into_expiry_user_and_trace() {
+        let p = |u| parse_rest_username(u);
+        let parts = |expiry, user, trace| {
+            Some(RestUsername {
+                expiry,
+                user,
+                trace,
+            })
+        };
+        assert_eq!(p("2000:alice"), parts(2000, "alice", None));
+        assert_eq!(
+            p("2000:alice.0123456789abcdef"),
+            parts(2000, "alice", Some("0123456789abcdef"))
+        );
+        // The quota subject stops at the first dot; a malformed trace is not logged.
+        assert_eq!(p("2000:ip-00ff.1.2"), parts(2000, "ip-00ff", None));
+        assert_eq!(p("2000:bob.NOT-HEX\nx"), parts(2000, "bob", None));
+        // Without a user part the whole username is the subject (as before traces existed).
+        assert_eq!(p("2000"), parts(2000, "2000", None));
+        assert_eq!(
+            p("2000:.0123456789abcdef"),
+            parts(2000, "2000:.0123456789abcdef", Some("0123456789abcdef"))
+        );
+        assert_eq!(p("x2000:alice"), None);
+        assert_eq!(p(":alice"), None);
+        assert_eq!(p("99999999999999999999999:alice"), None);
+    }
+
+    #[test]
+    fn traced_usernames_share_one_quota_subject() {
+        let c = Credentials {
+            secrets: vec!["s".into()],
+            users: HashMap::new(),
+        };
+        let now = Timestamp::from_secs(1_000);
+        let user_of = |name| match c.lookup(name, "r", now) {
+            Lookup::Keys { user, .. } => user,
+            other => panic!("unexpected {other:?}"),
+        };
+        assert_eq!(
+            user_of("2000:alice.0123456789abcdef"),
+            UserId("alice".into())
+        );
+        assert_eq!(
+            user_of("3000:alice.fedcba9876543210"),
+            UserId("alice".into())
+        );
+        assert_eq!(user_of("3000:alice"), UserId("alice".into()));
     }
 
     #[test]

@@ -482,6 +482,21 @@ impl Server {
         let Some(auth) = self.authenticate(ft, msg, now, ports) else {
             return;
         };
+        // Control requests only (never the data path): the span carries the Switchboard trace
+        // from the username into every log line and exported span. The user id is not logged.
+        let _span = tracing::info_span!(
+            "turn.request",
+            method = match method {
+                Method::ALLOCATE => "allocate",
+                Method::REFRESH => "refresh",
+                Method::CREATE_PERMISSION => "create_permission",
+                _ => "channel_bind",
+            },
+            trace_id = super::auth::parse_rest_username(&auth.username)
+                .and_then(|u| u.trace)
+                .map(tracing::field::display),
+        )
+        .entered();
         let mut unknown = msg.unknown_required(KNOWN_TURN);
         // RFC 8656 §7.2: a server that cannot set DF treats DONT-FRAGMENT as unknown.
         if method == Method::ALLOCATE
@@ -670,6 +685,7 @@ impl Server {
             >= self.config.max_allocations_per_user
         {
             self.stats.quota_rejections += 1;
+            tracing::info!("allocation refused: per-user quota reached");
             return Err(ErrorCode::ALLOCATION_QUOTA_REACHED);
         }
         if self.allocations.len() >= self.config.max_allocations {
@@ -742,6 +758,7 @@ impl Server {
         self.by_relay.insert(relay, ft);
         *self.per_user.entry(auth.user.clone()).or_insert(0) += 1;
         self.stats.allocations_created += 1;
+        tracing::debug!(%relay, lifetime_s = lifetime.as_secs(), "allocation created");
         self.events.push_back(Event::AllocationCreated {
             five_tuple: ft,
             relay,
@@ -1025,6 +1042,14 @@ impl Server {
             }
         }
         ports.release(a.relay);
+        tracing::debug!(
+            trace_id = super::auth::parse_rest_username(&a.username)
+                .and_then(|u| u.trace)
+                .map(tracing::field::display),
+            relay = %a.relay,
+            %reason,
+            "allocation deleted"
+        );
         self.events.push_back(Event::AllocationDeleted {
             five_tuple: ft,
             relay: a.relay,
