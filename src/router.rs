@@ -7,7 +7,9 @@ use worker::{Env, Headers, Method, Request, RequestInit, Response, Result, Url};
 
 use crate::config;
 use crate::http::{self, error, json, now, query_param};
+use crate::registry;
 use crate::room::{Q_LAST_SEQ, Q_META, Q_RESUME, Q_ROOM};
+use switchboard_proto::registry as registry_core;
 
 /// Routes one request.
 pub async fn handle(req: Request, env: &Env) -> Result<Response> {
@@ -20,7 +22,17 @@ pub async fn handle(req: Request, env: &Env) -> Result<Response> {
             if req.method() != Method::Get {
                 return error(ErrorCode::MethodNotAllowed, "use GET");
             }
-            ice_servers(&req, &url, env)
+            ice_servers(&req, &url, env).await
+        }
+        ["v1", "relays", "heartbeat"] => relay_heartbeat(req, env).await,
+        ["v1", "relays"] => {
+            if !is_admin(&req, env)? {
+                return error(
+                    ErrorCode::Unauthorized,
+                    "the relay list needs Authorization: Bearer <ADMIN_TOKEN>",
+                );
+            }
+            registry::list_for_admin(env).await
         }
         ["v1", "rooms", room] => {
             let Some(room) = RoomName::parse(room) else {
@@ -95,7 +107,7 @@ fn unauthorized(e: AuthError, room: Option<&RoomName>) -> Result<Response> {
     error(ErrorCode::Unauthorized, e.message())
 }
 
-fn ice_servers(req: &Request, url: &Url, env: &Env) -> Result<Response> {
+async fn ice_servers(req: &Request, url: &Url, env: &Env) -> Result<Response> {
     let claims = match authenticate(req, url, env, None)? {
         Ok(c) => c,
         Err(e) => return unauthorized(e, None),
@@ -109,7 +121,7 @@ fn ice_servers(req: &Request, url: &Url, env: &Env) -> Result<Response> {
             .collect(),
         None => PeerId::from_random(http::random()?).to_string(),
     };
-    let list = ice::ice_servers(&config::ice(env), &user, now());
+    let list = ice::ice_servers(&registry::ice_config(env, req).await, &user, now());
     let body = serde_json::json!({ "iceServers": list }).to_string();
     json(200, &body)
 }
@@ -179,16 +191,39 @@ fn internal_url(action: &str, room: &RoomName) -> Result<Url> {
     Ok(url)
 }
 
-async fn stats(req: Request, env: &Env, room: RoomName) -> Result<Response> {
+/// Whether the request carries `Authorization: Bearer <ADMIN_TOKEN>`.
+fn is_admin(req: &Request, env: &Env) -> Result<bool> {
     let presented = req
         .headers()
         .get("authorization")?
         .and_then(|h| h.strip_prefix("Bearer ").map(str::to_owned));
-    let allowed = match (config::admin_token(env), presented) {
+    Ok(match (config::admin_token(env), presented) {
         (Some(expected), Some(given)) => http::secret_eq(&expected, given.trim()),
         _ => false,
-    };
-    if !allowed {
+    })
+}
+
+/// `POST /v1/relays/heartbeat`: a relay node renews its lease (see `registry`).
+async fn relay_heartbeat(mut req: Request, env: &Env) -> Result<Response> {
+    if req.method() != Method::Post {
+        return error(ErrorCode::MethodNotAllowed, "use POST");
+    }
+    if config::registry_secret(env).is_none() {
+        return error(
+            ErrorCode::NotFound,
+            "the relay registry is off (REGISTRY_SECRET is not set)",
+        );
+    }
+    let signature = req.headers().get(registry_core::SIGNATURE_HEADER)?;
+    let body = req.bytes().await?;
+    if body.len() > registry_core::MAX_HEARTBEAT_BYTES {
+        return error(ErrorCode::PayloadTooLarge, "heartbeat body too large");
+    }
+    registry::forward_heartbeat(env, signature, body).await
+}
+
+async fn stats(req: Request, env: &Env, room: RoomName) -> Result<Response> {
+    if !is_admin(&req, env)? {
         return error(
             ErrorCode::Unauthorized,
             "stats need Authorization: Bearer <ADMIN_TOKEN>",
