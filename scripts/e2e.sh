@@ -26,6 +26,8 @@ export SWITCHBOARD_JWT_SECRET=test-jwt-secret
 export SWITCHBOARD_ADMIN_TOKEN=test-admin-token
 # The open instance lets browsers on this origin in (tests/cors_and_origin.rs); others get 403.
 export SWITCHBOARD_ALLOWED_ORIGIN=https://app.example
+export SWITCHBOARD_REGISTRY_SECRET=test-registry-secret
+export SWITCHBOARD_RELAY_LEASE_MS=2000
 export SWITCHBOARD_SKIP_BUILD=1   # built once above; wrangler must not rebuild per instance
 
 # start_worker NAME PORT INSPECTOR_PORT [--var K:V ...]: wrangler dev in its own process group.
@@ -54,11 +56,17 @@ wait_ready() {
 }
 start_worker open 18787 19229 --var "ALLOWED_ORIGINS:$SWITCHBOARD_ALLOWED_ORIGIN"
 start_worker auth 18788 19230 --var "JWT_SECRET:$SWITCHBOARD_JWT_SECRET"
+# The relay registry's own instance: its nodes replace the static ICE URLs, so no
+# other test may share it.
+start_worker fleet 18789 19231 --var "REGISTRY_SECRET:$SWITCHBOARD_REGISTRY_SECRET" \
+  --var "RELAY_LEASE_MS:$SWITCHBOARD_RELAY_LEASE_MS" --var "TRUST_REGION_HEADER:true"
 wait_ready open 18787
 wait_ready auth 18788
+wait_ready fleet 18789
 export SWITCHBOARD_URL=http://127.0.0.1:18787 SWITCHBOARD_AUTH_URL=http://127.0.0.1:18788
+export SWITCHBOARD_FLEET_URL=http://127.0.0.1:18789
 if ! cargo test -p switchboard-tests --no-fail-fast "$@"; then
   echo "--- wrangler dev logs (tail) ---" >&2
-  tail -n 40 "$WORK/open.log" "$WORK/auth.log" >&2
+  tail -n 40 "$WORK/open.log" "$WORK/auth.log" "$WORK/fleet.log" >&2
   exit 1
 fi

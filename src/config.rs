@@ -97,3 +97,20 @@ pub const ICE_RATE_LIMITER: &str = "ICE_RATE_LIMITER";
 pub fn ice_rate_limit_period_s(env: &Env) -> u64 {
     number(env, "ICE_RATE_LIMIT_PERIOD_S", 60)
 }
+
+/// `REGISTRY_SECRET`: signs relay heartbeats; without it the relay registry is off and
+/// ICE servers come from `STUN_URLS`/`TURN_URLS` only.
+pub fn registry_secret(env: &Env) -> Option<String> {
+    string(env, "REGISTRY_SECRET")
+}
+
+/// `RELAY_LEASE_MS`: how long one heartbeat keeps a relay node listed (default 15000).
+pub fn relay_lease_ms(env: &Env) -> u64 {
+    number(env, "RELAY_LEASE_MS", 15_000u64).max(1_000)
+}
+
+/// `TRUST_REGION_HEADER`: take the client's region from `X-Switchboard-Region` (local
+/// development and tests, where `request.cf` is absent). Off by default.
+pub fn trust_region_header(env: &Env) -> bool {
+    string(env, "TRUST_REGION_HEADER").is_some_and(|v| v == "true" || v == "1")
+}

@@ -8,9 +8,11 @@
 mod config;
 mod ffi;
 mod http;
+mod registry;
 mod room;
 mod router;
 
+pub use registry::Registry;
 pub use room::Room;
 
 use worker::{Context, Env, Request, Response, Result, event};

@@ -8,7 +8,9 @@ use worker::{Env, Headers, Method, Request, RequestInit, Response, Result, Url};
 
 use crate::config;
 use crate::http::{self, Cors, error, json, now, query_param};
+use crate::registry;
 use crate::room::{Q_LAST_SEQ, Q_META, Q_RESUME, Q_RETRY_AFTER_MS, Q_ROOM, Q_USER};
+use switchboard_proto::registry as registry_core;
 
 /// Routes one request. Every answer but a WebSocket upgrade carries `Vary: Origin`, and the CORS
 /// headers when the request's `Origin` is allowed, errors included.
@@ -52,6 +54,16 @@ async fn route(req: Request, url: &Url, segments: &[&str], env: &Env) -> Result<
                 return error(ErrorCode::MethodNotAllowed, "use GET");
             }
             ice_servers(&req, url, env).await
+        }
+        ["v1", "relays", "heartbeat"] => relay_heartbeat(req, env).await,
+        ["v1", "relays"] => {
+            if !is_admin(&req, env)? {
+                return error(
+                    ErrorCode::Unauthorized,
+                    "the relay list needs Authorization: Bearer <ADMIN_TOKEN>",
+                );
+            }
+            registry::list_for_admin(env).await
         }
         ["v1", "rooms", room] => {
             let Some(room) = RoomName::parse(room) else {
@@ -185,7 +197,7 @@ async fn ice_servers(req: &Request, url: &Url, env: &Env) -> Result<Response> {
         }
     };
     let user = stable_user(req, env, claims.as_ref())?;
-    let cfg = config::ice(env);
+    let cfg = registry::ice_config(env, req).await;
     let mints_turn = cfg.turn_secret.is_some() && !cfg.turn_urls.is_empty();
     if mints_turn && let Some(retry_after_ms) = mint_limited(env, &user).await {
         return http::error_retry(
@@ -266,16 +278,39 @@ fn internal_url(action: &str, room: &RoomName) -> Result<Url> {
     Ok(url)
 }
 
-async fn stats(req: Request, env: &Env, room: RoomName) -> Result<Response> {
+/// Whether the request carries `Authorization: Bearer <ADMIN_TOKEN>`.
+fn is_admin(req: &Request, env: &Env) -> Result<bool> {
     let presented = req
         .headers()
         .get("authorization")?
         .and_then(|h| h.strip_prefix("Bearer ").map(str::to_owned));
-    let allowed = match (config::admin_token(env), presented) {
+    Ok(match (config::admin_token(env), presented) {
         (Some(expected), Some(given)) => http::secret_eq(&expected, given.trim()),
         _ => false,
-    };
-    if !allowed {
+    })
+}
+
+/// `POST /v1/relays/heartbeat`: a relay node renews its lease (see `registry`).
+async fn relay_heartbeat(mut req: Request, env: &Env) -> Result<Response> {
+    if req.method() != Method::Post {
+        return error(ErrorCode::MethodNotAllowed, "use POST");
+    }
+    if config::registry_secret(env).is_none() {
+        return error(
+            ErrorCode::NotFound,
+            "the relay registry is off (REGISTRY_SECRET is not set)",
+        );
+    }
+    let signature = req.headers().get(registry_core::SIGNATURE_HEADER)?;
+    let body = req.bytes().await?;
+    if body.len() > registry_core::MAX_HEARTBEAT_BYTES {
+        return error(ErrorCode::PayloadTooLarge, "heartbeat body too large");
+    }
+    registry::forward_heartbeat(env, signature, body).await
+}
+
+async fn stats(req: Request, env: &Env, room: RoomName) -> Result<Response> {
+    if !is_admin(&req, env)? {
         return error(
             ErrorCode::Unauthorized,
             "stats need Authorization: Bearer <ADMIN_TOKEN>",
@@ -313,17 +348,6 @@ async fn drain(req: Request, url: &Url, env: &Env, room: RoomName) -> Result<Res
         .query_pairs_mut()
         .append_pair(Q_RETRY_AFTER_MS, &retry.to_string());
     forward(env, &room, internal, Headers::new()).await
-}
-
-fn is_admin(req: &Request, env: &Env) -> Result<bool> {
-    let presented = req
-        .headers()
-        .get("authorization")?
-        .and_then(|h| h.strip_prefix("Bearer ").map(str::to_owned));
-    Ok(match (config::admin_token(env), presented) {
-        (Some(expected), Some(given)) => http::secret_eq(&expected, given.trim()),
-        _ => false,
-    })
 }
 
 async fn forward(env: &Env, room: &RoomName, url: Url, headers: Headers) -> Result<Response> {

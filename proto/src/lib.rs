@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod ice;
 pub mod limits;
+pub mod registry;
 pub mod room;
 pub mod types;
 pub mod wire;

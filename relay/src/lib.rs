@@ -1,6 +1,7 @@
 //! Switchboard relay: STUN/TURN server (RFC 8489, RFC 8656).
 
 pub mod config;
+pub mod fleet;
 pub mod http;
 pub mod net;
 pub mod stun;

@@ -530,3 +530,15 @@ pub async fn joined_pair(base: &str, prefix: &str) -> (String, Client, Client) {
     assert_eq!(joined["peer_id"], b.peer_id().as_str());
     (room, a, b)
 }
+
+/// `POST url` with a body and headers, never following redirects; statuses are not errors.
+pub fn http_post(url: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
+    let mut req = ureq::post(url).config().http_status_as_error(false).build();
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let mut resp = req.send(body).unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    let status = resp.status().as_u16();
+    let body = resp.body_mut().read_to_string().unwrap_or_default();
+    HttpResponse { status, body }
+}

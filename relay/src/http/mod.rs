@@ -45,6 +45,18 @@ const AUTH_REASONS: [&str; 7] = [
 ];
 
 impl Metrics {
+    /// Live allocations, as last published by the event loop.
+    pub fn allocation_count(&self) -> u64 {
+        self.allocations.load(Ordering::Relaxed)
+    }
+
+    /// Bytes relayed in both directions since start, as last published.
+    pub fn relayed_bytes(&self) -> u64 {
+        self.bytes_to_peer
+            .load(Ordering::Relaxed)
+            .saturating_add(self.bytes_to_client.load(Ordering::Relaxed))
+    }
+
     /// Copies the core's counters and the shell's gauges.
     pub fn publish(
         &self,

@@ -1,0 +1,726 @@
+//! The relay registry: which relay nodes are alive, and which of them to hand out.
+//!
+//! Relay nodes announce themselves with signed heartbeats; each heartbeat renews the
+//! node's lease. A [`Registry`] is fed heartbeats and sweeps with the current time and
+//! answers with [`RegistryOutput`]s (records to store, nodes that expired, log lines);
+//! [`Registry::select`] picks the nodes a client should use: same region first, then
+//! the least loaded, never a draining or expired one. The Worker's Registry Durable
+//! Object is a thin shell around it, the way the Room object wraps [`crate::room`].
+//!
+//! Heartbeats are authenticated with HMAC-SHA256 over the timestamp and the exact body
+//! ([`sign_heartbeat`], [`verify_heartbeat`]); the shared registration secret itself is
+//! never sent. A signature older than [`MAX_SKEW_MS`] is refused, and a node's
+//! heartbeats must carry strictly increasing timestamps, so a captured heartbeat cannot
+//! be replayed at all, not even within the skew window.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+
+use crate::types::{Millis, hex};
+
+/// How far a heartbeat's signed timestamp may be from the registry's clock.
+pub const MAX_SKEW_MS: u64 = 30_000;
+
+/// Largest heartbeat body accepted, in bytes.
+pub const MAX_HEARTBEAT_BYTES: usize = 8 * 1024;
+
+/// The HTTP header that carries a heartbeat's signature: `t=<unix ms>,v1=<hex>`.
+pub const SIGNATURE_HEADER: &str = "x-switchboard-signature";
+
+/// A relay node's identity, chosen by its operator: `[A-Za-z0-9_.-]{1,64}`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct NodeId(String);
+
+impl NodeId {
+    /// Validates a node id.
+    pub fn parse(s: &str) -> Option<NodeId> {
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        ok.then(|| NodeId(s.to_owned()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for NodeId {
+    type Error = &'static str;
+    fn try_from(s: String) -> Result<NodeId, &'static str> {
+        NodeId::parse(&s).ok_or("node ids match [A-Za-z0-9_.-]{1,64}")
+    }
+}
+
+impl From<NodeId> for String {
+    fn from(n: NodeId) -> String {
+        n.0
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A region name (`[a-z0-9-]{1,32}`), e.g. a continent code (`eu`) or an operator's own label.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Region(String);
+
+impl Region {
+    /// Validates a region name, folding ASCII upper case to lower case (`EU` is `eu`).
+    pub fn parse(s: &str) -> Option<Region> {
+        let s = s.to_ascii_lowercase();
+        let ok = !s.is_empty()
+            && s.len() <= 32
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        ok.then_some(Region(s))
+    }
+
+    /// The region as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Region {
+    type Error = &'static str;
+    fn try_from(s: String) -> Result<Region, &'static str> {
+        Region::parse(&s).ok_or("regions match [a-z0-9-]{1,32}")
+    }
+}
+
+impl From<Region> for String {
+    fn from(r: Region) -> String {
+        r.0
+    }
+}
+
+/// The public addresses of a node, as clients should use them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeUrls {
+    /// `stun:` URLs.
+    #[serde(default)]
+    pub stun: Vec<String>,
+    /// `turn:` and `turns:` URLs.
+    #[serde(default)]
+    pub turn: Vec<String>,
+    /// Base URL of the node's SFU session endpoint (`https://…`), if it runs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sfu: Option<String>,
+}
+
+/// A node's load as it reports it, with the capacities that make it a fraction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeLoad {
+    /// Live TURN allocations.
+    #[serde(default)]
+    pub allocations: u64,
+    /// The node's allocation capacity (0: unknown).
+    #[serde(default)]
+    pub max_allocations: u64,
+    /// Live SFU sessions.
+    #[serde(default)]
+    pub sfu_sessions: u64,
+    /// The node's SFU session capacity (0: unknown).
+    #[serde(default)]
+    pub max_sfu_sessions: u64,
+    /// Relayed bits per second, averaged over the last heartbeat period.
+    #[serde(default)]
+    pub bandwidth_bps: u64,
+    /// CPU use of the relay process in percent of one core, times the cores it may use.
+    #[serde(default)]
+    pub cpu_percent: u32,
+    /// Cores the relay may use (0: unknown, read as 1).
+    #[serde(default)]
+    pub cores: u32,
+}
+
+impl NodeLoad {
+    /// The busiest dimension as a fraction in thousandths (0 idle, 1000 full or more).
+    ///
+    /// Allocations and sessions count only where the node reported a capacity.
+    pub fn score(&self) -> u64 {
+        let frac = |used: u64, cap: u64| used.saturating_mul(1000).checked_div(cap).unwrap_or(0);
+        let cores = u64::from(self.cores.max(1));
+        let cpu = u64::from(self.cpu_percent).saturating_mul(10) / cores;
+        cpu.max(frac(self.allocations, self.max_allocations))
+            .max(frac(self.sfu_sessions, self.max_sfu_sessions))
+            .min(1000)
+    }
+}
+
+/// The body of `POST /v1/relays/heartbeat`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// The sending node.
+    pub node_id: NodeId,
+    /// Its region.
+    pub region: Region,
+    /// Where clients reach it.
+    pub urls: NodeUrls,
+    /// How busy it is.
+    #[serde(default)]
+    pub load: NodeLoad,
+    /// A draining node finishes what it has and takes nothing new.
+    #[serde(default)]
+    pub draining: bool,
+}
+
+impl Heartbeat {
+    /// Parses and validates a heartbeat body (already authenticated).
+    pub fn parse(body: &[u8]) -> Result<Heartbeat, HeartbeatError> {
+        if body.len() > MAX_HEARTBEAT_BYTES {
+            return Err(HeartbeatError::TooLarge);
+        }
+        let hb: Heartbeat = serde_json::from_slice(body).map_err(|_| HeartbeatError::BadBody)?;
+        let urls = hb.urls.stun.iter().chain(&hb.urls.turn).chain(&hb.urls.sfu);
+        let mut count = 0usize;
+        for u in urls {
+            count += 1;
+            let scheme_ok = ["stun:", "turn:", "turns:", "http://", "https://"]
+                .iter()
+                .any(|s| u.starts_with(s));
+            if !scheme_ok || u.len() > 256 || u.chars().any(char::is_whitespace) {
+                return Err(HeartbeatError::BadBody);
+            }
+        }
+        if count > 16 {
+            return Err(HeartbeatError::BadBody);
+        }
+        Ok(hb)
+    }
+}
+
+/// Why a heartbeat was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeartbeatError {
+    /// No signature header, or not of the form `t=<ms>,v1=<hex>`.
+    MissingSignature,
+    /// The signature does not match the body under the registration secret.
+    BadSignature,
+    /// The signed time is more than [`MAX_SKEW_MS`] away from now.
+    Stale,
+    /// The node already sent a heartbeat signed at this time or later.
+    Replayed,
+    /// The body is not a valid heartbeat.
+    BadBody,
+    /// The body is larger than [`MAX_HEARTBEAT_BYTES`].
+    TooLarge,
+    /// The registry holds its maximum number of nodes.
+    Full,
+}
+
+impl HeartbeatError {
+    /// A short explanation for the HTTP error body (never repeats the secret or signature).
+    pub fn message(self) -> &'static str {
+        match self {
+            HeartbeatError::MissingSignature => "missing or malformed signature header",
+            HeartbeatError::BadSignature => "signature does not match the body",
+            HeartbeatError::Stale => "signed time is too far from now",
+            HeartbeatError::Replayed => "heartbeat is not newer than the last one of this node",
+            HeartbeatError::BadBody => "body is not a valid heartbeat",
+            HeartbeatError::TooLarge => "heartbeat body too large",
+            HeartbeatError::Full => "the registry holds its maximum number of nodes",
+        }
+    }
+
+    /// The HTTP status for this refusal.
+    pub fn http_status(self) -> u16 {
+        match self {
+            HeartbeatError::MissingSignature
+            | HeartbeatError::BadSignature
+            | HeartbeatError::Stale
+            | HeartbeatError::Replayed => 401,
+            HeartbeatError::BadBody => 400,
+            HeartbeatError::TooLarge => 413,
+            HeartbeatError::Full => 503,
+        }
+    }
+}
+
+fn heartbeat_mac(secret: &[u8], ts: Millis, body: &[u8]) -> Option<Hmac<sha2::Sha256>> {
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).ok()?;
+    mac.update(ts.0.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    Some(mac)
+}
+
+/// The signature header value for `body` sent at `ts`: `t=<ms>,v1=<hex HMAC-SHA256>`.
+pub fn sign_heartbeat(secret: &[u8], ts: Millis, body: &[u8]) -> String {
+    let sig = heartbeat_mac(secret, ts, body)
+        .map(|m| hex(&m.finalize().into_bytes()))
+        .unwrap_or_default();
+    format!("t={},v1={sig}", ts.0)
+}
+
+/// Checks a signature header against `body`; returns the signed time.
+///
+/// The comparison is constant-time (`Mac::verify_slice`).
+pub fn verify_heartbeat(
+    secret: &[u8],
+    header: Option<&str>,
+    body: &[u8],
+    now: Millis,
+) -> Result<Millis, HeartbeatError> {
+    let header = header.ok_or(HeartbeatError::MissingSignature)?;
+    let mut ts = None;
+    let mut sig = None;
+    for part in header.split(',') {
+        match part.trim().split_once('=') {
+            Some(("t", v)) => ts = v.parse::<u64>().ok().map(Millis),
+            Some(("v1", v)) => sig = unhex(v),
+            _ => {}
+        }
+    }
+    let (Some(ts), Some(sig)) = (ts, sig) else {
+        return Err(HeartbeatError::MissingSignature);
+    };
+    let mac = heartbeat_mac(secret, ts, body).ok_or(HeartbeatError::BadSignature)?;
+    mac.verify_slice(&sig)
+        .map_err(|_| HeartbeatError::BadSignature)?;
+    if now.since(ts) > MAX_SKEW_MS || ts.since(now) > MAX_SKEW_MS {
+        return Err(HeartbeatError::Stale);
+    }
+    Ok(ts)
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) || s.len() > 128 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+        .collect()
+}
+
+/// What the registry keeps about a node; stored so a restart forgets nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// The last accepted heartbeat.
+    pub heartbeat: Heartbeat,
+    /// When the node was first seen (this lease run).
+    pub first_seen: Millis,
+    /// When the last heartbeat was accepted.
+    pub last_seen: Millis,
+    /// The signed time of the last heartbeat: later ones must be newer.
+    pub last_signed: Millis,
+    /// The lease ends here unless renewed.
+    pub lease_until: Millis,
+}
+
+impl NodeRecord {
+    /// The node's id.
+    pub fn node_id(&self) -> &NodeId {
+        &self.heartbeat.node_id
+    }
+
+    /// Whether the node may be given to new clients at `now`.
+    pub fn selectable(&self, now: Millis) -> bool {
+        !self.heartbeat.draining && self.lease_until > now
+    }
+}
+
+/// How a registry is configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegistryConfig {
+    /// A heartbeat renews the lease for this long (`RELAY_LEASE_MS`).
+    pub lease_ms: u64,
+    /// Most nodes held at once; beyond it new nodes are refused.
+    pub max_nodes: usize,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            lease_ms: 15_000,
+            max_nodes: 1024,
+        }
+    }
+}
+
+/// Something the shell must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistryOutput {
+    /// Insert or replace a node's record.
+    Store(Box<NodeRecord>),
+    /// Remove a node's record.
+    Delete(NodeId),
+    /// A node's lease ran out; rooms pinned to it must move.
+    Expired(NodeId),
+    /// A structured log line: event name, node, detail.
+    Log(&'static str, NodeId, Option<&'static str>),
+}
+
+/// The set of live relay nodes.
+#[derive(Debug, Default)]
+pub struct Registry {
+    cfg: RegistryConfig,
+    nodes: BTreeMap<NodeId, NodeRecord>,
+    out: Vec<RegistryOutput>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new(cfg: RegistryConfig) -> Registry {
+        Registry {
+            cfg,
+            nodes: BTreeMap::new(),
+            out: Vec::new(),
+        }
+    }
+
+    /// Rebuilds a registry from stored records.
+    pub fn restore(cfg: RegistryConfig, records: Vec<NodeRecord>) -> Registry {
+        let mut r = Registry::new(cfg);
+        for rec in records {
+            r.nodes.insert(rec.node_id().clone(), rec);
+        }
+        r
+    }
+
+    /// Takes the outputs produced so far, in order.
+    pub fn drain_outputs(&mut self) -> Vec<RegistryOutput> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// An authenticated heartbeat, signed at `signed`, arrived at `now`.
+    pub fn handle_heartbeat(
+        &mut self,
+        hb: Heartbeat,
+        signed: Millis,
+        now: Millis,
+    ) -> Result<(), HeartbeatError> {
+        let lease_until = now.plus(self.cfg.lease_ms);
+        let id = hb.node_id.clone();
+        let rec = match self.nodes.get_mut(&id) {
+            Some(rec) => {
+                if signed <= rec.last_signed {
+                    return Err(HeartbeatError::Replayed);
+                }
+                let was_draining = rec.heartbeat.draining;
+                rec.heartbeat = hb;
+                rec.last_seen = now;
+                rec.last_signed = signed;
+                rec.lease_until = lease_until;
+                if rec.heartbeat.draining && !was_draining {
+                    self.out
+                        .push(RegistryOutput::Log("drain", id.clone(), None));
+                }
+                rec.clone()
+            }
+            None => {
+                if self.nodes.len() >= self.cfg.max_nodes {
+                    return Err(HeartbeatError::Full);
+                }
+                let rec = NodeRecord {
+                    heartbeat: hb,
+                    first_seen: now,
+                    last_seen: now,
+                    last_signed: signed,
+                    lease_until,
+                };
+                self.nodes.insert(id.clone(), rec.clone());
+                self.out
+                    .push(RegistryOutput::Log("register", id.clone(), None));
+                rec
+            }
+        };
+        self.out.push(RegistryOutput::Store(Box::new(rec)));
+        Ok(())
+    }
+
+    /// Removes every node whose lease ended by `now`.
+    pub fn handle_sweep(&mut self, now: Millis) {
+        let expired: Vec<NodeId> = self
+            .nodes
+            .values()
+            .filter(|r| r.lease_until <= now)
+            .map(|r| r.node_id().clone())
+            .collect();
+        for id in expired {
+            self.nodes.remove(&id);
+            self.out.push(RegistryOutput::Delete(id.clone()));
+            self.out.push(RegistryOutput::Expired(id.clone()));
+            self.out
+                .push(RegistryOutput::Log("expire", id, Some("lease ended")));
+        }
+    }
+
+    /// When [`Registry::handle_sweep`] should next run: the earliest lease end.
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        self.nodes.values().map(|r| r.lease_until).min()
+    }
+
+    /// Every node held, draining and lapsed-but-not-swept ones included, by id.
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeRecord> {
+        self.nodes.values()
+    }
+
+    /// One node by id, if its lease is still running at `now`.
+    pub fn live(&self, id: &NodeId, now: Millis) -> Option<&NodeRecord> {
+        self.nodes.get(id).filter(|r| r.lease_until > now)
+    }
+
+    /// Up to `n` nodes for a client in `region`: nodes of that region first, then the
+    /// others; within each group the least loaded first (ties by id, so the answer is
+    /// stable). Draining nodes and nodes whose lease ended are never chosen.
+    pub fn select(&self, region: Option<&Region>, n: usize, now: Millis) -> Vec<&NodeRecord> {
+        select(self.nodes.values(), region, n, now)
+    }
+}
+
+/// [`Registry::select`] over any list of records (e.g. a cached copy in the Worker).
+pub fn select<'a>(
+    records: impl IntoIterator<Item = &'a NodeRecord>,
+    region: Option<&Region>,
+    n: usize,
+    now: Millis,
+) -> Vec<&'a NodeRecord> {
+    let mut live: Vec<&NodeRecord> = records.into_iter().filter(|r| r.selectable(now)).collect();
+    live.sort_by(|a, b| {
+        let far = |r: &NodeRecord| Some(&r.heartbeat.region) != region;
+        far(a)
+            .cmp(&far(b))
+            .then(a.heartbeat.load.score().cmp(&b.heartbeat.load.score()))
+            .then(a.node_id().cmp(b.node_id()))
+    });
+    live.truncate(n);
+    live
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    const SECRET: &[u8] = b"registration-secret";
+
+    fn hb(id: &str, region: &str, cpu: u32, draining: bool) -> Heartbeat {
+        Heartbeat {
+            node_id: NodeId::parse(id).unwrap(),
+            region: Region::parse(region).unwrap(),
+            urls: NodeUrls {
+                stun: vec![format!("stun:{id}:3478")],
+                turn: vec![format!("turn:{id}:3478?transport=udp")],
+                sfu: Some(format!("https://{id}:8443")),
+            },
+            load: NodeLoad {
+                cpu_percent: cpu,
+                cores: 1,
+                ..NodeLoad::default()
+            },
+            draining,
+        }
+    }
+
+    fn ids(v: &[&NodeRecord]) -> Vec<String> {
+        v.iter().map(|r| r.node_id().to_string()).collect()
+    }
+
+    #[test]
+    fn a_signed_heartbeat_verifies_and_a_forged_one_does_not() {
+        let now = Millis(1_800_000_000_000);
+        let body = serde_json::to_vec(&hb("n1", "eu", 10, false)).unwrap();
+        let sig = sign_heartbeat(SECRET, now, &body);
+        assert!(!sig.contains("registration-secret"));
+        assert_eq!(verify_heartbeat(SECRET, Some(&sig), &body, now), Ok(now));
+        let mut forged = body.clone();
+        forged[5] ^= 1;
+        assert_eq!(
+            verify_heartbeat(SECRET, Some(&sig), &forged, now),
+            Err(HeartbeatError::BadSignature)
+        );
+        assert_eq!(
+            verify_heartbeat(b"other", Some(&sig), &body, now),
+            Err(HeartbeatError::BadSignature)
+        );
+        assert_eq!(
+            verify_heartbeat(SECRET, None, &body, now),
+            Err(HeartbeatError::MissingSignature)
+        );
+        for bad in ["", "t=1", "v1=00", "t=x,v1=00", "t=1,v1=zz", "t=1,v1=abc"] {
+            assert!(
+                verify_heartbeat(SECRET, Some(bad), &body, now).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_signature_older_or_newer_than_the_skew_is_stale() {
+        let now = Millis(1_800_000_000_000);
+        let body = b"{}";
+        let old = sign_heartbeat(SECRET, Millis(now.0 - MAX_SKEW_MS - 1), body);
+        let future = sign_heartbeat(SECRET, now.plus(MAX_SKEW_MS + 1), body);
+        let edge = sign_heartbeat(SECRET, Millis(now.0 - MAX_SKEW_MS), body);
+        assert_eq!(
+            verify_heartbeat(SECRET, Some(&old), body, now),
+            Err(HeartbeatError::Stale)
+        );
+        assert_eq!(
+            verify_heartbeat(SECRET, Some(&future), body, now),
+            Err(HeartbeatError::Stale)
+        );
+        assert!(verify_heartbeat(SECRET, Some(&edge), body, now).is_ok());
+    }
+
+    #[test]
+    fn a_replayed_heartbeat_is_refused_even_within_the_skew() {
+        let mut r = Registry::new(RegistryConfig::default());
+        let t = Millis(1000);
+        r.handle_heartbeat(hb("n1", "eu", 10, false), t, t).unwrap();
+        assert_eq!(
+            r.handle_heartbeat(hb("n1", "eu", 10, false), t, t.plus(5)),
+            Err(HeartbeatError::Replayed)
+        );
+        assert!(
+            r.handle_heartbeat(hb("n1", "eu", 10, false), t.plus(1), t.plus(5))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn the_replay_guard_survives_a_restore() {
+        let mut r = Registry::new(RegistryConfig::default());
+        let t = Millis(1000);
+        r.handle_heartbeat(hb("n1", "eu", 10, false), t, t).unwrap();
+        let stored: Vec<NodeRecord> = r
+            .drain_outputs()
+            .into_iter()
+            .filter_map(|o| match o {
+                RegistryOutput::Store(rec) => Some(*rec),
+                _ => None,
+            })
+            .collect();
+        let mut back = Registry::restore(RegistryConfig::default(), stored);
+        assert_eq!(
+            back.handle_heartbeat(hb("n1", "eu", 10, false), t, t.plus(1)),
+            Err(HeartbeatError::Replayed)
+        );
+        assert_eq!(ids(&back.select(None, 5, t.plus(1))), ["n1"]);
+    }
+
+    #[test]
+    fn leases_expire_without_heartbeats_and_are_renewed_by_them() {
+        let cfg = RegistryConfig {
+            lease_ms: 10_000,
+            max_nodes: 8,
+        };
+        let mut r = Registry::new(cfg);
+        let t0 = Millis(0);
+        r.handle_heartbeat(hb("a", "eu", 10, false), t0, t0)
+            .unwrap();
+        r.handle_heartbeat(hb("b", "eu", 10, false), t0, t0)
+            .unwrap();
+        assert_eq!(r.poll_timeout(), Some(Millis(10_000)));
+        // b keeps beating, a falls silent.
+        r.handle_heartbeat(hb("b", "eu", 10, false), Millis(5_000), Millis(5_000))
+            .unwrap();
+        r.drain_outputs();
+        // Before the sweep runs, a lapsed lease already keeps the node out of answers.
+        assert_eq!(ids(&r.select(None, 5, Millis(10_000))), ["b"]);
+        r.handle_sweep(Millis(10_000));
+        let out = r.drain_outputs();
+        let a = NodeId::parse("a").unwrap();
+        assert!(out.contains(&RegistryOutput::Delete(a.clone())));
+        assert!(out.contains(&RegistryOutput::Expired(a.clone())));
+        assert!(r.live(&a, Millis(10_000)).is_none());
+        assert_eq!(r.poll_timeout(), Some(Millis(15_000)));
+        r.handle_sweep(Millis(14_999));
+        assert!(r.drain_outputs().is_empty());
+    }
+
+    #[test]
+    fn selection_prefers_the_region_then_the_least_loaded() {
+        let mut r = Registry::new(RegistryConfig::default());
+        let t = Millis(1);
+        r.handle_heartbeat(hb("eu-busy", "eu", 90, false), t, t)
+            .unwrap();
+        r.handle_heartbeat(hb("eu-idle", "eu", 5, false), t, t)
+            .unwrap();
+        r.handle_heartbeat(hb("us-idle", "us", 0, false), t, t)
+            .unwrap();
+        r.handle_heartbeat(hb("eu-drain", "eu", 0, true), t, t)
+            .unwrap();
+        let eu = Region::parse("eu").unwrap();
+        let us = Region::parse("US").unwrap();
+        assert_eq!(ids(&r.select(Some(&eu), 2, t)), ["eu-idle", "eu-busy"]);
+        assert_eq!(
+            ids(&r.select(Some(&eu), 5, t)),
+            ["eu-idle", "eu-busy", "us-idle"]
+        );
+        assert_eq!(ids(&r.select(Some(&us), 2, t)), ["us-idle", "eu-idle"]);
+        assert_eq!(ids(&r.select(None, 1, t)), ["us-idle"]);
+    }
+
+    #[test]
+    fn load_score_takes_the_busiest_dimension() {
+        let l = NodeLoad {
+            allocations: 500,
+            max_allocations: 1000,
+            sfu_sessions: 10,
+            max_sfu_sessions: 200,
+            cpu_percent: 120,
+            cores: 4,
+            bandwidth_bps: 0,
+        };
+        assert_eq!(l.score(), 500);
+        let unknown_caps = NodeLoad {
+            allocations: 10_000,
+            cpu_percent: 40,
+            ..NodeLoad::default()
+        };
+        assert_eq!(unknown_caps.score(), 400);
+        let overloaded = NodeLoad {
+            cpu_percent: 400,
+            cores: 1,
+            ..NodeLoad::default()
+        };
+        assert_eq!(overloaded.score(), 1000);
+    }
+
+    #[test]
+    fn heartbeat_bodies_are_validated() {
+        let good = serde_json::to_vec(&hb("n1", "eu", 1, false)).unwrap();
+        assert!(Heartbeat::parse(&good).is_ok());
+        let bad_id = br#"{"node_id":"a b","region":"eu","urls":{}}"#;
+        assert_eq!(Heartbeat::parse(bad_id), Err(HeartbeatError::BadBody));
+        let bad_url = br#"{"node_id":"a","region":"eu","urls":{"turn":["javascript:x"]}}"#;
+        assert_eq!(Heartbeat::parse(bad_url), Err(HeartbeatError::BadBody));
+        assert_eq!(Heartbeat::parse(b"nope"), Err(HeartbeatError::BadBody));
+        let big = vec![b' '; MAX_HEARTBEAT_BYTES + 1];
+        assert_eq!(Heartbeat::parse(&big), Err(HeartbeatError::TooLarge));
+        let minimal = br#"{"node_id":"a","region":"eu","urls":{}}"#;
+        assert_eq!(Heartbeat::parse(minimal).map(|h| h.draining), Ok(false));
+    }
+
+    #[test]
+    fn the_registry_refuses_nodes_beyond_its_capacity_but_renews_known_ones() {
+        let mut r = Registry::new(RegistryConfig {
+            lease_ms: 1000,
+            max_nodes: 1,
+        });
+        r.handle_heartbeat(hb("a", "eu", 1, false), Millis(1), Millis(1))
+            .unwrap();
+        assert_eq!(
+            r.handle_heartbeat(hb("b", "eu", 1, false), Millis(1), Millis(1)),
+            Err(HeartbeatError::Full)
+        );
+        assert!(
+            r.handle_heartbeat(hb("a", "eu", 1, false), Millis(2), Millis(2))
+                .is_ok()
+        );
+    }
+}

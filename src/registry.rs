@@ -1,0 +1,358 @@
+//! The Registry Durable Object: the single source of truth for which relay nodes are alive.
+//!
+//! One object (named [`REGISTRY_NAME`]) runs the sans-IO [`switchboard_proto::registry`]
+//! core. Relay nodes post signed heartbeats to it through the router; each renews the
+//! node's lease. Records live in the object's SQLite storage, so a restart of the object
+//! forgets no node and no replay guard; an alarm at the earliest lease end removes nodes
+//! that stopped beating. The router reads the node list through [`nodes`], which keeps a
+//! copy per isolate for [`CACHE_MS`], so the registry is not on every request's path.
+
+use std::cell::{Cell, RefCell};
+
+use serde::Deserialize;
+use switchboard_proto::ice::IceConfig;
+use switchboard_proto::registry::{
+    self as core, Heartbeat, NodeRecord, Region, Registry as Core, RegistryConfig, RegistryOutput,
+};
+use switchboard_proto::{ErrorCode, Millis};
+use worker::{
+    DurableObject, Env, Method, Request, RequestInit, Response, Result, SqlStorageValue, State,
+    durable_object,
+};
+
+use crate::config;
+use crate::http::{self, json, now};
+
+/// The name of the one Registry object.
+pub const REGISTRY_NAME: &str = "relays";
+
+/// How long the router keeps a copy of the node list.
+pub const CACHE_MS: u64 = 3_000;
+
+const SCHEMA: &str =
+    "CREATE TABLE IF NOT EXISTS nodes (node_id TEXT PRIMARY KEY, record TEXT NOT NULL);";
+
+/// The Registry Durable Object.
+#[allow(missing_debug_implementations)] // State and Env have no Debug
+#[durable_object]
+pub struct Registry {
+    state: State,
+    env: Env,
+    core: RefCell<Option<Core>>,
+    alarm_at: Cell<Option<Option<u64>>>,
+}
+
+#[derive(Deserialize)]
+struct NodeRow {
+    record: String,
+}
+
+impl DurableObject for Registry {
+    fn new(state: State, env: Env) -> Self {
+        Registry {
+            state,
+            env,
+            core: RefCell::new(None),
+            alarm_at: Cell::new(None),
+        }
+    }
+
+    async fn fetch(&self, mut req: Request) -> Result<Response> {
+        let t = now();
+        self.load()?;
+        match (req.method(), req.path().as_str()) {
+            (Method::Post, "/heartbeat") => {
+                let signature = req.headers().get(core::SIGNATURE_HEADER)?;
+                let body = req.bytes().await?;
+                let result = self.heartbeat(signature.as_deref(), &body, t);
+                self.after_event().await?;
+                match result {
+                    Ok(()) => json(200, r#"{"ok":true}"#),
+                    Err(e) => {
+                        worker::console_log!(
+                            "{}",
+                            http::log_line("heartbeat_refused", None, None, Some(e.message()))
+                        );
+                        let code = match e.http_status() {
+                            401 => ErrorCode::Unauthorized,
+                            413 => ErrorCode::PayloadTooLarge,
+                            503 => ErrorCode::Internal,
+                            _ => ErrorCode::BadRequest,
+                        };
+                        json(
+                            e.http_status(),
+                            &switchboard_proto::wire::http_error_body(code, e.message()),
+                        )
+                    }
+                }
+            }
+            (Method::Get, "/nodes") => {
+                let body = {
+                    let guard = self.core.borrow();
+                    let list: Vec<&NodeRecord> = guard
+                        .as_ref()
+                        .map(|c| c.nodes().collect())
+                        .unwrap_or_default();
+                    serde_json::to_string(&list).unwrap_or_else(|_| "[]".to_owned())
+                };
+                json(200, &body)
+            }
+            _ => http::error(ErrorCode::NotFound, "no such endpoint"),
+        }
+    }
+
+    async fn alarm(&self) -> Result<Response> {
+        let t = now();
+        self.alarm_at.set(Some(None));
+        self.load()?;
+        if let Some(core) = self.core.borrow_mut().as_mut() {
+            core.handle_sweep(t);
+        }
+        self.after_event().await?;
+        Response::ok("swept")
+    }
+}
+
+impl Registry {
+    fn heartbeat(
+        &self,
+        signature: Option<&str>,
+        body: &[u8],
+        t: Millis,
+    ) -> std::result::Result<(), core::HeartbeatError> {
+        let Some(secret) = config::registry_secret(&self.env) else {
+            // The router refuses heartbeats before they get here when no secret is set.
+            return Err(core::HeartbeatError::BadSignature);
+        };
+        if body.len() > core::MAX_HEARTBEAT_BYTES {
+            return Err(core::HeartbeatError::TooLarge);
+        }
+        let signed = core::verify_heartbeat(secret.as_bytes(), signature, body, t)?;
+        let hb = Heartbeat::parse(body)?;
+        let mut guard = self.core.borrow_mut();
+        let Some(core) = guard.as_mut() else {
+            return Err(core::HeartbeatError::Full);
+        };
+        core.handle_heartbeat(hb, signed, t)
+    }
+
+    fn load(&self) -> Result<()> {
+        if self.core.borrow().is_some() {
+            return Ok(());
+        }
+        let sql = self.state.storage().sql();
+        sql.exec(SCHEMA, None)?;
+        let records: Vec<NodeRecord> = sql
+            .exec("SELECT record FROM nodes", None)?
+            .to_array::<NodeRow>()?
+            .into_iter()
+            .filter_map(|r| serde_json::from_str(&r.record).ok())
+            .collect();
+        let cfg = RegistryConfig {
+            lease_ms: config::relay_lease_ms(&self.env),
+            ..RegistryConfig::default()
+        };
+        *self.core.borrow_mut() = Some(Core::restore(cfg, records));
+        Ok(())
+    }
+
+    /// Performs the core's outputs and keeps the alarm at the earliest lease end.
+    async fn after_event(&self) -> Result<()> {
+        let (outputs, wake_at) = {
+            let mut guard = self.core.borrow_mut();
+            let Some(core) = guard.as_mut() else {
+                return Ok(());
+            };
+            (core.drain_outputs(), core.poll_timeout())
+        };
+        let sql = self.state.storage().sql();
+        for out in outputs {
+            match out {
+                RegistryOutput::Store(rec) => {
+                    let text = serde_json::to_string(&rec)
+                        .map_err(|e| worker::Error::RustError(e.to_string()))?;
+                    sql.exec(
+                        "INSERT OR REPLACE INTO nodes (node_id, record) VALUES (?, ?)",
+                        vec![
+                            SqlStorageValue::from(rec.node_id().as_str().to_owned()),
+                            SqlStorageValue::from(text),
+                        ],
+                    )?;
+                }
+                RegistryOutput::Delete(id) => {
+                    sql.exec(
+                        "DELETE FROM nodes WHERE node_id = ?",
+                        vec![SqlStorageValue::from(id.as_str().to_owned())],
+                    )?;
+                }
+                RegistryOutput::Expired(_) => {}
+                RegistryOutput::Log(event, node, detail) => {
+                    let line = serde_json::json!({
+                        "ts": now().0, "event": event, "node_id": node.as_str(), "detail": detail,
+                    });
+                    worker::console_log!("{line}");
+                }
+            }
+        }
+        let Some(want) = wake_at else {
+            return Ok(());
+        };
+        let storage = self.state.storage();
+        let current = match self.alarm_at.get() {
+            Some(known) => known,
+            None => {
+                let a = storage
+                    .get_alarm()
+                    .await?
+                    .and_then(|ms| u64::try_from(ms).ok());
+                self.alarm_at.set(Some(a));
+                a
+            }
+        };
+        if current.is_none_or(|at| at > want.0) {
+            // An absolute time: `set_alarm(i64)` would be read as an offset.
+            let at = js_sys::Date::new(&wasm_bindgen::JsValue::from_f64(want.0 as f64));
+            storage.set_alarm(worker::ScheduledTime::new(at)).await?;
+            self.alarm_at.set(Some(Some(want.0)));
+        }
+        Ok(())
+    }
+}
+
+/// `https://registry.internal/{action}`: the request the Registry object receives.
+fn internal(action: &str) -> String {
+    format!("https://registry.internal/{action}")
+}
+
+/// Forwards a heartbeat (body and signature header as received) to the Registry object.
+pub async fn forward_heartbeat(
+    env: &Env,
+    signature: Option<String>,
+    body: Vec<u8>,
+) -> Result<Response> {
+    let headers = worker::Headers::new();
+    if let Some(sig) = signature {
+        headers.set(core::SIGNATURE_HEADER, &sig)?;
+    }
+    let mut init = RequestInit::new();
+    let array = js_sys::Uint8Array::from(body.as_slice());
+    init.with_method(Method::Post)
+        .with_headers(headers)
+        .with_body(Some(array.into()));
+    let req = Request::new_with_init(&internal("heartbeat"), &init)?;
+    stub(env)?.fetch_with_request(req).await
+}
+
+fn stub(env: &Env) -> Result<worker::Stub> {
+    env.durable_object("REGISTRY")?
+        .id_from_name(REGISTRY_NAME)?
+        .get_stub()
+}
+
+thread_local! {
+    static CACHE: RefCell<Option<(Millis, Vec<NodeRecord>)>> = const { RefCell::new(None) };
+}
+
+/// Every node the Registry holds, from this isolate's copy when it is fresh enough.
+///
+/// A failure to reach the Registry yields the last copy (or nothing): handing out a
+/// slightly old list beats failing a join.
+pub async fn nodes(env: &Env, fresh: bool) -> Vec<NodeRecord> {
+    let t = now();
+    if !fresh {
+        let cached = CACHE.with(|c| {
+            c.borrow()
+                .as_ref()
+                .filter(|(at, _)| t.since(*at) < CACHE_MS)
+                .map(|(_, list)| list.clone())
+        });
+        if let Some(list) = cached {
+            return list;
+        }
+    }
+    match fetch_nodes(env).await {
+        Ok(list) => {
+            CACHE.with(|c| *c.borrow_mut() = Some((t, list.clone())));
+            list
+        }
+        Err(e) => {
+            worker::console_error!(
+                "{}",
+                http::log_line("registry_unreachable", None, None, Some(&e.to_string()))
+            );
+            CACHE.with(|c| {
+                c.borrow()
+                    .as_ref()
+                    .map(|(_, l)| l.clone())
+                    .unwrap_or_default()
+            })
+        }
+    }
+}
+
+async fn fetch_nodes(env: &Env) -> Result<Vec<NodeRecord>> {
+    let mut resp = stub(env)?.fetch_with_str(&internal("nodes")).await?;
+    resp.json().await
+}
+
+/// The ICE configuration for a client: `STUN_URLS`/`TURN_URLS` as configured, replaced by
+/// the two best registered relay nodes for the client's region when the registry is on
+/// and has live nodes.
+pub async fn ice_config(env: &Env, req: &Request) -> IceConfig {
+    let mut cfg = config::ice(env);
+    if config::registry_secret(env).is_none() {
+        return cfg;
+    }
+    let list = nodes(env, false).await;
+    let region = client_region(env, req);
+    let chosen = core::select(&list, region.as_ref(), 2, now());
+    if chosen.is_empty() {
+        return cfg;
+    }
+    let mut stun = Vec::new();
+    let mut turn = Vec::new();
+    for rec in chosen {
+        stun.extend(rec.heartbeat.urls.stun.iter().cloned());
+        turn.extend(rec.heartbeat.urls.turn.iter().cloned());
+    }
+    cfg.stun_urls = stun;
+    cfg.turn_urls = turn;
+    cfg
+}
+
+/// The client's region: `X-Switchboard-Region` when trusted (local development), else
+/// the continent Cloudflare saw the request come from (`request.cf.continent`).
+pub fn client_region(env: &Env, req: &Request) -> Option<Region> {
+    if config::trust_region_header(env)
+        && let Ok(Some(h)) = req.headers().get("x-switchboard-region")
+    {
+        return Region::parse(&h);
+    }
+    req.cf()
+        .and_then(worker::Cf::continent)
+        .and_then(|c| Region::parse(&c))
+}
+
+/// `GET /v1/relays` (admin): every node with its region, load, lease age and state.
+pub async fn list_for_admin(env: &Env) -> Result<Response> {
+    let t = now();
+    let list = nodes(env, true).await;
+    let view: Vec<serde_json::Value> = list
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "node_id": r.node_id().as_str(),
+                "region": r.heartbeat.region.as_str(),
+                "urls": r.heartbeat.urls,
+                "load": r.heartbeat.load,
+                "load_score": r.heartbeat.load.score(),
+                "draining": r.heartbeat.draining,
+                "live": r.lease_until > t,
+                "lease_age_ms": t.since(r.last_seen),
+                "lease_left_ms": r.lease_until.since(t),
+                "first_seen": r.first_seen.0,
+            })
+        })
+        .collect();
+    json(200, &serde_json::json!({ "relays": view }).to_string())
+}
