@@ -13,8 +13,8 @@ import { SignalingConnection, type SignalingOptions, type SignalingState } from 
 
 export { SwitchboardError } from "./errors.js";
 export type { ErrorCode, ServerErrorCode, ClientErrorCode } from "./errors.js";
-export type { Path } from "./ladder.js";
-export { PATHS, availablePaths, rtcConfiguration, startPath, lowerPath } from "./ladder.js";
+export type { Path, Rung, RtcMode, Target } from "./ladder.js";
+export { PATHS, RUNGS, availablePaths, rtcConfiguration, startTarget, lowerRung, upgradeTarget } from "./ladder.js";
 export type { LinkState, LadderOptions } from "./peer.js";
 export type { IceServer, PeerLeftReason } from "./protocol.js";
 export { SignalingConnection, backoffDelay } from "./signaling.js";
@@ -276,9 +276,12 @@ export class Room {
       case "peer-left":
         this.removePeer(frame.peer_id, frame.reason);
         return;
-      case "relay":
-        this.events.emit("data", { from: frame.from, data: frame.data, via: "relay" });
+      case "relay": {
+        const link = this.links.get(frame.from);
+        if (link) link.onRelay(frame.data);
+        else this.events.emit("data", { from: frame.from, data: frame.data, via: "relay" });
         return;
+      }
       case "signal":
         if (isInternalPayload(frame.payload)) {
           let link = this.links.get(frame.from);
@@ -322,6 +325,7 @@ export class Room {
         this.signaling.send({ type: "signal", to, payload }).catch((error: unknown) => this.emitError(error));
       },
       sendRelay: (to, data) => this.signaling.send({ type: "relay", to, data }),
+      relayHasRoom: () => this.signaling.hasRoom(),
       createPeerConnection: create,
       onPath: (peerId, path, previous) => this.events.emit("path", { peerId, path, previous }),
       onState: (peerId, state, path) => this.events.emit("connection-state", { peerId, state, path }),

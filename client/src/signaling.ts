@@ -203,6 +203,10 @@ export class SignalingConnection {
   get queuedFrames(): number {
     return this.queue.length;
   }
+  /** Whether the send queue is below half its bound (callers that can wait, like the pair streams, keep it so). */
+  hasRoom(): boolean {
+    return this.queue.length < this.maxQueuedFrames / 2 && this.queuedBytes < this.maxQueuedBytes / 2;
+  }
 
   /** Opens the first connection; resolves with the first `welcome`. */
   connect(): Promise<WelcomeFrame> {
