@@ -111,6 +111,8 @@ export interface PeerLinkHost {
   sendRelay(to: string, data: unknown): Promise<void>;
   /** Whether the signaling queue can take another `relay` frame now. */
   relayHasRoom(): boolean;
+  /** The room's largest frame: every message must fit a `relay` frame, since any path may carry it. */
+  maxRelayBytes(): number;
   createPeerConnection(config: RTCConfiguration): RTCPeerConnection;
   onPath(peerId: string, path: Path, previous: Path | null): void;
   onState(peerId: string, state: LinkState, path: Path): void;
@@ -298,8 +300,17 @@ export class PeerLink {
     } catch (cause) {
       return Promise.reject(new SwitchboardError("invalid_data", "data must be JSON-serializable", { cause }));
     }
-    const bytes = text.length;
+    const bytes = new TextEncoder().encode(text).length;
     if (this.closed) return Promise.reject(new SwitchboardError("closed", "the peer is gone", { peerId: this.peerId }));
+    // The relay frame around it: {"type":"relay","to":…,"data":{"sb":"d","s":…,"n":…,"d":…},"cseq":…}.
+    const limit = this.host.maxRelayBytes() - (this.peerId.length + this.linkId.length + 120);
+    if (bytes > limit) {
+      return Promise.reject(
+        new SwitchboardError("payload_too_large", `a ${bytes}-byte message exceeds the ${limit} bytes a relay frame can carry`, {
+          peerId: this.peerId,
+        }),
+      );
+    }
     if (!this.sendStream.fits(bytes)) {
       return Promise.reject(
         new SwitchboardError("backpressure", `${this.sendStream.pending} messages to ${this.peerId} are unacknowledged`, {

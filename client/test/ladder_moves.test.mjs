@@ -137,6 +137,7 @@ class FakePeerConnection {
 }
 
 async function joinWithFakes(selfId, options = {}) {
+  seq = 0;
   const server = new FakeServer();
   const pcs = [];
   const pending = Switchboard.join("http://127.0.0.1:8787", "lobby", {

@@ -165,3 +165,17 @@ test("leave sends leave and closes every pair", async () => {
   assert.deepEqual(room.peers, []);
   await assert.rejects(room.send("*", 1), { code: "closed" });
 });
+
+test("trace_id from welcome is on the room, in its errors and in diagnostics()", async () => {
+  const { server, room, events } = await joinRoom({}, { rev: 1, trace_id: "00aa11bb22cc33dd", limits: { rate_per_s: 50, rate_burst: 100, max_frame_bytes: 4096 }, cseq: 0 });
+  assert.equal(room.traceId, "00aa11bb22cc33dd");
+  server.last.receive({ type: "error", code: "bad_json", message: "?" });
+  assert.equal(events.errors[0].traceId, "00aa11bb22cc33dd");
+  await assert.rejects(room.send("p2", "x".repeat(5000)), { code: "payload_too_large" });
+  const d = room.diagnostics();
+  assert.equal(d.traceId, "00aa11bb22cc33dd");
+  assert.equal(d.signaling.rev, 1);
+  assert.deepEqual(d.signaling.limits, { rate_per_s: 50, rate_burst: 100, max_frame_bytes: 4096 });
+  assert.deepEqual(d.peers.map((p) => [p.peerId, p.unacknowledged]), [["p2", 0]]);
+  assert.equal(d.errors.bad_json, 1);
+});
