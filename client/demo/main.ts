@@ -4,7 +4,8 @@
  *
  * URL: `/?room=lobby` or `/#lobby`. Extra query parameters, mainly for tests:
  * `path` (force a rung), `camera=0` (no camera), `name`,
- * `rung_timeout_ms`, `upgrade_interval_ms`.
+ * `rung_timeout_ms`, `upgrade_interval_ms`, `join=0` (do not join: tests call
+ * `window.SwitchboardSDK.Switchboard.join` themselves).
  */
 import { Switchboard, SwitchboardError, type Path, type Room } from "../src/index.js";
 
@@ -20,8 +21,8 @@ interface DemoHandle {
   room: Room | null;
   messages: ChatMessage[];
   errors: string[];
-  /** Every rung change, in order: the ladder made observable. */
-  paths: Array<{ peerId: string; path: Path; previous: Path | null }>;
+  /** Every rung change, in order, with the time it happened (`Date.now()`): the ladder made observable. */
+  paths: Array<{ peerId: string; path: Path; previous: Path | null; at: number }>;
   cameraStarted: boolean;
   sendChat(text: string): Promise<void>;
 }
@@ -29,6 +30,7 @@ interface DemoHandle {
 declare global {
   interface Window {
     switchboardDemo: DemoHandle;
+    SwitchboardSDK: { Switchboard: typeof Switchboard; SwitchboardError: typeof SwitchboardError };
   }
 }
 
@@ -50,6 +52,7 @@ const handle: DemoHandle = {
   },
 };
 window.switchboardDemo = handle;
+window.SwitchboardSDK = { Switchboard, SwitchboardError };
 
 function numberParam(name: string): number | undefined {
   const value = params.get(name);
@@ -194,7 +197,7 @@ async function main(): Promise<void> {
     renderPeers(room);
   });
   room.on("path", (event) => {
-    handle.paths.push(event);
+    handle.paths.push({ ...event, at: Date.now() });
     renderPeers(room);
   });
   room.on("connection-state", () => renderPeers(room));
@@ -234,4 +237,4 @@ async function main(): Promise<void> {
   if (params.get("camera") !== "0") await startCamera(room);
 }
 
-main().catch((error: unknown) => showError(String(error)));
+if (params.get("join") !== "0") main().catch((error: unknown) => showError(String(error)));

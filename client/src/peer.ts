@@ -146,6 +146,9 @@ interface Conn {
   usable: boolean;
   /** `turn` when the selected candidate pair has a relayed candidate on either end, else `p2p`; `null` until known. */
   route: "p2p" | "turn" | null;
+  /** Whether this end's / the other end's candidate of the selected pair is relayed (`null`: not known yet). */
+  localRelay: boolean | null;
+  remoteRelay: boolean | null;
   makingOffer: boolean;
   ignoreOffer: boolean;
   settingRemoteAnswer: boolean;
@@ -490,9 +493,9 @@ export class PeerLink {
   }
 
   /** A connection became usable: switch to it if it is newer (and, for a probe, better) than the current one. */
-  private async onUsable(conn: Conn): Promise<void> {
-    await this.refreshRoute(conn);
+  private onUsable(conn: Conn): void {
     if (conn.closed || this.closed) return;
+    this.computeRoute(conn);
     if (this.active !== null && this.active.order >= conn.order) return;
     if (this.controller && conn.probe && this.pathValue !== null) {
       const gained = conn.route !== null && rank(conn.route) < rank(this.pathValue);
@@ -536,11 +539,17 @@ export class PeerLink {
     if (this.controller) this.scheduleUpgrade();
   }
 
-  /** Reads the selected candidate pair: relayed on either end is `turn`, anything else `p2p`. */
-  private async refreshRoute(conn: Conn): Promise<void> {
-    let route: "p2p" | "turn" | null = conn.mode === "turn" ? "turn" : conn.mode === "p2p" ? "p2p" : null;
+  /**
+   * Reads whether this end's candidate of the selected pair is relayed. The
+   * remote candidate's type cannot tell: packets from the other end's TURN
+   * allocation often arrive before its relayed candidate was signalled and
+   * show up as peer-reflexive. So each end reports its own over the
+   * DataChannel (`relay` in the probe messages and in `{"sb":"r"}` updates).
+   */
+  private async refreshLocal(conn: Conn): Promise<void> {
+    let relay: boolean | null = conn.mode === "turn" ? true : conn.mode === "p2p" ? false : null;
     try {
-      if (route === null && typeof conn.pc.getStats === "function") {
+      if (relay === null && typeof conn.pc.getStats === "function") {
         const stats = await conn.pc.getStats();
         const byId = new Map<string, Record<string, unknown>>();
         let pairId: string | undefined;
@@ -552,16 +561,27 @@ export class PeerLink {
         });
         const pair = pairId === undefined ? undefined : byId.get(pairId);
         const local = pair && byId.get(pair.localCandidateId as string);
-        const remote = pair && byId.get(pair.remoteCandidateId as string);
-        if (local && remote) route = local.candidateType === "relay" || remote.candidateType === "relay" ? "turn" : "p2p";
+        if (local) relay = local.candidateType === "relay";
       }
     } catch {
       // No stats (the connection closed meanwhile): keep what is known.
     }
-    if (conn.closed) return;
-    if (route !== null) conn.route = route;
-    else if (conn.route === null) conn.route = "p2p";
+    if (relay !== null) conn.localRelay = relay;
+  }
+
+  /** `turn` when either end's candidate of the selected pair is relayed, else `p2p`. */
+  private computeRoute(conn: Conn): void {
+    conn.route = conn.localRelay === true || conn.remoteRelay === true ? "turn" : "p2p";
     if (conn === this.active) this.updatePath();
+  }
+
+  /** The selected pair may change (relayed first, direct once it works): re-read it and tell the other end. */
+  private async onSelectedPairChange(conn: Conn): Promise<void> {
+    const before = conn.localRelay;
+    await this.refreshLocal(conn);
+    if (conn.closed) return;
+    if (conn.localRelay !== before && conn.dc?.readyState === "open") this.sendOn(conn.dc, { sb: "r", relay: conn.localRelay === true });
+    this.computeRoute(conn);
   }
 
   // ---- connections ----
@@ -585,6 +605,8 @@ export class PeerLink {
       dc: null,
       usable: false,
       route: null,
+      localRelay: null,
+      remoteRelay: null,
       makingOffer: false,
       ignoreOffer: false,
       settingRemoteAnswer: false,
@@ -687,15 +709,17 @@ export class PeerLink {
 
   private attachDataChannel(conn: Conn, dc: RTCDataChannel): void {
     conn.dc = dc;
-    const opened = () => {
+    const opened = async () => {
+      if (conn.closed || conn.dc !== dc) return;
+      await this.refreshLocal(conn);
       if (conn.closed || conn.dc !== dc) return;
       // A round trip proves the new path passes data before anything is switched to it.
-      this.sendOn(dc, { sb: "p", e: conn.epoch });
+      this.sendOn(dc, { sb: "p", e: conn.epoch, relay: conn.localRelay === true });
       // ICE may move to a better candidate pair later (relayed first, direct once it works).
       const ice = (conn.pc as { sctp?: { transport?: { iceTransport?: EventTarget } } | null }).sctp?.transport?.iceTransport;
-      ice?.addEventListener?.("selectedcandidatepairchange", () => void this.refreshRoute(conn));
+      ice?.addEventListener?.("selectedcandidatepairchange", () => void this.onSelectedPairChange(conn));
     };
-    dc.onopen = opened;
+    dc.onopen = () => void opened();
     dc.onmessage = (event) => {
       if (conn.closed || conn.dc !== dc || typeof event.data !== "string") return;
       let message: unknown;
@@ -719,20 +743,30 @@ export class PeerLink {
       if (!conn.closed && conn === this.active) this.pump();
     };
     // A channel announced by the remote end may already be open when it is handed over.
-    if (dc.readyState === "open") opened();
+    if (dc.readyState === "open") void opened();
   }
 
   private onChannelMessage(conn: Conn, dc: RTCDataChannel, message: unknown): void {
-    const sb = typeof message === "object" && message !== null ? (message as Record<string, unknown>).sb : undefined;
+    const fields = typeof message === "object" && message !== null ? (message as Record<string, unknown>) : {};
+    const sb = fields.sb;
+    if (sb === "p" || sb === "q" || sb === "r") {
+      if (typeof fields.relay === "boolean") conn.remoteRelay = fields.relay;
+    }
     if (sb === "p") {
-      this.sendOn(dc, { sb: "q", e: conn.epoch });
+      void this.refreshLocal(conn).then(() => {
+        if (!conn.closed && conn.dc === dc) this.sendOn(dc, { sb: "q", e: conn.epoch, relay: conn.localRelay === true });
+      });
       return;
     }
     if (sb === "q") {
       if (!conn.usable) {
         conn.usable = true;
-        void this.onUsable(conn);
+        this.onUsable(conn);
       }
+      return;
+    }
+    if (sb === "r") {
+      this.computeRoute(conn);
       return;
     }
     const envelope = parseEnvelope(message);
@@ -785,7 +819,7 @@ export class PeerLink {
       if (isActive) {
         conn.deadline.clear();
         this.setState("connected");
-        void this.refreshRoute(conn);
+        void this.onSelectedPairChange(conn);
         this.pump();
       }
       return;

@@ -817,6 +817,7 @@ export class SignalingConnection {
   private flush(): void {
     const ws = this.ws;
     while (this.written < this.outbox.length && ws) {
+      this.promoteSignal();
       const entry = this.outbox[this.written]!;
       if (!this.canWrite(entry.bytes) || !this.takeToken()) break;
       if (this.rev >= 1) {
@@ -831,6 +832,21 @@ export class SignalingConnection {
       }
     }
     this.scheduleDrain();
+  }
+
+  /**
+   * Signals (negotiation, app signals) overtake `relay` data that has not
+   * been written yet: pair streams order their own data, and SDP stuck
+   * behind paced relay frames would keep the pair off its DataChannel.
+   * Only never-written entries move (their cseq is assigned at the write).
+   */
+  private promoteSignal(): void {
+    const head = this.outbox[this.written];
+    if (!head || head.cseq !== 0 || head.frame.type !== "relay") return;
+    const index = this.outbox.findIndex((e, i) => i > this.written && e.frame.type !== "relay");
+    if (index < 0) return;
+    const [signal] = this.outbox.splice(index, 1);
+    this.outbox.splice(this.written, 0, signal!);
   }
 
   private scheduleDrain(): void {

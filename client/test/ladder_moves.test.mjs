@@ -121,9 +121,11 @@ class FakePeerConnection {
   }
   /** The remote end answers the probe: the connection has passed data and is usable. */
   async answerProbe() {
+    await settle();
     const probe = this.dc.sent.find((m) => m.sb === "p");
     assert.ok(probe, "the SDK probes a new DataChannel before using it");
-    this.dc.receive({ sb: "q", e: probe.e });
+    // The other end reports whether its own candidate of the selected pair is relayed.
+    this.dc.receive({ sb: "q", e: probe.e, relay: this.remoteType === "relay" });
     await settle();
   }
   async connect() {
@@ -436,4 +438,18 @@ test("without acks, unacknowledged data is sent again after retransmitMs on the 
   pcs[0].dc.receive({ sb: "a", s: stream, n: 1 });
   mock.timers.tick(5000);
   assert.deepEqual(pcs[0].dc.data(), ["x", "x"], "acknowledged: no more copies");
+});
+
+test("the path is turn when either end's candidate is relayed, as each end reports its own over the DataChannel", async () => {
+  const { server, room, pcs, paths } = await joinWithFakes("p9");
+  fromPeer(server, hello);
+  // Locally the selected pair looks direct (the relayed packets arrive as a peer-reflexive candidate)…
+  pcs[0].remoteType = "relay"; // …but the other end reports that its candidate is relayed.
+  await pcs[0].connect();
+  assert.equal(room.path("p5"), "turn");
+  const probe = pcs[0].dc.sent.find((m) => m.sb === "p");
+  assert.equal(probe.relay, false, "this end reports its own (host) candidate");
+  // The other end's ICE moves to a direct pair and says so.
+  pcs[0].dc.receive({ sb: "r", relay: false });
+  assert.deepEqual(paths, ["turn", "p2p"]);
 });

@@ -182,3 +182,13 @@ test("a fresh join after a failed resume rejects what the old session had not se
   track(conn.send(signal(2)));
   assert.deepEqual(written(server.last).map((f) => f.cseq), [1], "the new identity counts from 1 again");
 });
+
+test("signals overtake relay data that waits for tokens; relay data keeps its own order", async () => {
+  const { server, conn } = await joined({}, { limits: { rate_per_s: 20, rate_burst: 4, max_frame_bytes: 65536 } });
+  for (let n = 1; n <= 4; n++) track(conn.send({ type: "relay", to: "p2", data: n }));
+  track(conn.send(signal(99)));
+  for (let i = 0; i < 20; i++) mock.timers.tick(50);
+  const order = server.last.frames().filter((f) => f.cseq).map((f) => (f.type === "signal" ? `s${f.payload.n}` : `r${f.data}`));
+  assert.deepEqual(order, ["r1", "r2", "s99", "r3", "r4"]);
+  assert.deepEqual(server.last.frames().filter((f) => f.cseq).map((f) => f.cseq), [1, 2, 3, 4, 5]);
+});
