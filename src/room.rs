@@ -2,20 +2,31 @@
 //!
 //! It holds the room's WebSockets through the Hibernation API and runs the
 //! sans-IO [`switchboard_proto::room::Room`] over them. What must survive
-//! hibernation and restarts lives in the object's SQLite storage (peers, their
-//! resume queues, counters); each socket carries its [`ConnId`] as a tag.
-//! Pings are answered by the runtime's auto-response, so an idle room sleeps.
+//! hibernation and restarts lives in the object's SQLite storage (peer records,
+//! queued frames as references to bodies stored once, counters); each socket
+//! carries its [`ConnId`] as a tag. Pings are answered by the runtime's
+//! auto-response, so an idle room sleeps.
+//!
+//! Two timers: the alarm (storage-backed, survives hibernation) runs the
+//! sweep at the earliest death deadline; an in-memory `setTimeout` runs the
+//! checkpoint, because arming it must not itself be a storage write (every
+//! write holds back the messages sent after it until it is durable).
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
 
 use serde::Deserialize;
 use switchboard_proto::room::{
-    self as core, Counters, Join, Output, PeerRecord, ResumeRequest, RoomConfig, StoreOp,
+    self as core, Counters, Join, LogEvent, Output, PeerRecord, ResumeRequest, RoomConfig, StoreOp,
+    StoredFrame, StoredQueue,
 };
-use switchboard_proto::{ConnId, ErrorCode, Meta, Millis, PeerId, ResumeToken, RoomName, wire};
+use switchboard_proto::wire::{SeqBody, SeqType};
+use switchboard_proto::{
+    ConnId, ErrorCode, Meta, Millis, PeerId, ResumeToken, RoomName, TraceId, UserId, wire,
+};
 use worker::{
-    DurableObject, Env, Request, Response, Result, SqlStorageValue, State, WebSocket,
+    DurableObject, Env, Request, Response, Result, SqlStorage, SqlStorageValue, State, WebSocket,
     WebSocketIncomingMessage, WebSocketPair, durable_object,
 };
 
@@ -23,8 +34,8 @@ use crate::config;
 use crate::ffi;
 use crate::http::{self, json, now};
 
-// The router calls the object at `https://room.internal/{join,stats}` with these
-// query parameters; clients never reach the object directly.
+// The router calls the object at `https://room.internal/{join,stats,drain}` with
+// these query parameters; clients never reach the object directly.
 /// Internal query parameter: the room name.
 pub const Q_ROOM: &str = "room";
 /// Internal query parameter: the joining peer's meta JSON (validated by the router).
@@ -33,11 +44,18 @@ pub const Q_META: &str = "meta";
 pub const Q_RESUME: &str = "resume";
 /// Internal query parameter: the client's `last_seq`.
 pub const Q_LAST_SEQ: &str = "last_seq";
+/// Internal query parameter: the stable user id (`[A-Za-z0-9_-]{1,64}`); absent: the peer id.
+pub const Q_USER: &str = "user";
+/// Internal query parameter of `drain`: the `retry_after_ms` announced in the close reason.
+pub const Q_RETRY_AFTER_MS: &str = "retry_after_ms";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS peers (peer_id TEXT PRIMARY KEY, record TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS queue (peer_id TEXT NOT NULL, seq INTEGER NOT NULL, frame TEXT NOT NULL,
-                                  PRIMARY KEY (peer_id, seq));
+CREATE TABLE IF NOT EXISTS bodies (id INTEGER PRIMARY KEY, ty TEXT NOT NULL, rest TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS frames (peer_id TEXT NOT NULL, seq INTEGER NOT NULL,
+                                   body_id INTEGER NOT NULL, bytes INTEGER NOT NULL,
+                                   PRIMARY KEY (peer_id, seq));
+CREATE INDEX IF NOT EXISTS frames_by_body ON frames (body_id);
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 ";
 
@@ -45,18 +63,20 @@ CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 #[allow(missing_debug_implementations)] // State and Env have no Debug
 #[durable_object]
 pub struct Room {
+    inner: Rc<Inner>,
+}
+
+/// Everything the object owns; shared with its checkpoint timer task.
+struct Inner {
     state: State,
     env: Env,
     core: RefCell<Option<core::Room>>,
     sockets: RefCell<HashMap<ConnId, WebSocket>>,
     alarm_at: Cell<Option<Option<u64>>>,
-}
-
-#[derive(Deserialize)]
-struct QueueRow {
-    peer_id: String,
-    seq: f64,
-    frame: String,
+    /// The armed checkpoint timer's deadline, if one is armed.
+    timer_at: Cell<Option<u64>>,
+    /// SQL statements executed since the object woke, by kind (for the stats endpoint).
+    sql_counts: RefCell<BTreeMap<&'static str, u64>>,
 }
 
 #[derive(Deserialize)]
@@ -67,6 +87,27 @@ struct PeerRow {
 #[derive(Deserialize)]
 struct KvRow {
     value: String,
+}
+
+#[derive(Deserialize)]
+struct SummaryRow {
+    peer_id: String,
+    n: f64,
+    b: f64,
+    m: f64,
+}
+
+#[derive(Deserialize)]
+struct MaxRow {
+    m: Option<f64>,
+}
+
+#[derive(Deserialize)]
+struct FrameRow {
+    seq: f64,
+    body_id: f64,
+    ty: String,
+    rest: String,
 }
 
 impl DurableObject for Room {
@@ -86,16 +127,23 @@ impl DurableObject for Room {
                 http::log_line("error", None, None, Some("auto-response pair"))
             ),
         }
+        // One line per construction: tests use it to see the object was evicted and rebuilt.
+        worker::console_log!("{}", http::log_line("object_start", None, None, None));
         Room {
-            state,
-            env,
-            core: RefCell::new(None),
-            sockets: RefCell::new(HashMap::new()),
-            alarm_at: Cell::new(None),
+            inner: Rc::new(Inner {
+                state,
+                env,
+                core: RefCell::new(None),
+                sockets: RefCell::new(HashMap::new()),
+                alarm_at: Cell::new(None),
+                timer_at: Cell::new(None),
+                sql_counts: RefCell::new(BTreeMap::new()),
+            }),
         }
     }
 
     async fn fetch(&self, req: Request) -> Result<Response> {
+        let this = &self.inner;
         let path = req.path();
         let url = req.url()?;
         let param = |key: &str| http::query_param(&url, key);
@@ -111,16 +159,29 @@ impl DurableObject for Room {
                     token: ResumeToken::presented(&token),
                     last_seq: param(Q_LAST_SEQ).and_then(|n| n.parse().ok()),
                 });
-                self.join(name, meta, resume).await
+                let user = param(Q_USER).as_deref().and_then(UserId::parse);
+                Inner::join(this, name, meta, resume, user).await
             }
             "/stats" => {
                 let body = {
-                    self.load(Some(&name), now())?;
-                    let core = self.core.borrow();
+                    this.load(Some(&name), now())?;
+                    let core = this.core.borrow();
                     let stats = core.as_ref().map(core::Room::stats);
-                    serde_json::to_string(&stats).unwrap_or_default()
+                    let sql = this.sql_counts.borrow();
+                    serde_json::json!({ "room": stats, "sql_since_wake": *sql }).to_string()
                 };
                 json(200, &body)
+            }
+            "/drain" => {
+                let t = now();
+                let retry = param(Q_RETRY_AFTER_MS)
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or(5000);
+                this.load(Some(&name), t)?;
+                let mut closed = 0;
+                this.with_core(|room| closed = room.handle_drain(retry, t));
+                Inner::after_event(this).await?;
+                json(200, &serde_json::json!({ "closed": closed }).to_string())
             }
             _ => http::error(ErrorCode::NotFound, "no such endpoint"),
         }
@@ -131,21 +192,22 @@ impl DurableObject for Room {
         ws: WebSocket,
         message: WebSocketIncomingMessage,
     ) -> Result<()> {
+        let this = &self.inner;
         let t = now();
-        let Some(conn) = self.conn_of(&ws) else {
+        let Some(conn) = this.conn_of(&ws) else {
             let _ = ws.close(
                 Some(core::close_code::UNKNOWN_CONNECTION),
                 Some("unknown connection"),
             );
             return Ok(());
         };
-        self.sockets.borrow_mut().insert(conn, ws);
-        self.load(None, t)?;
-        self.with_core(|room| match &message {
+        this.sockets.borrow_mut().insert(conn, ws);
+        this.load(None, t)?;
+        this.with_core(|room| match &message {
             WebSocketIncomingMessage::String(text) => room.handle_text(conn, text, t),
             WebSocketIncomingMessage::Binary(_) => room.handle_binary(conn, t),
         });
-        self.after_event().await
+        Inner::after_event(this).await
     }
 
     async fn websocket_close(
@@ -155,72 +217,87 @@ impl DurableObject for Room {
         _reason: String,
         _was_clean: bool,
     ) -> Result<()> {
-        self.socket_gone(ws, code == 1000 || code == 1001).await
+        Inner::socket_gone(&self.inner, ws, code == 1000 || code == 1001).await
     }
 
     async fn websocket_error(&self, ws: WebSocket, _error: worker::Error) -> Result<()> {
-        self.socket_gone(ws, false).await
+        Inner::socket_gone(&self.inner, ws, false).await
     }
 
     async fn alarm(&self) -> Result<Response> {
+        let this = &self.inner;
         let t = now();
-        self.alarm_at.set(Some(None));
-        self.load(None, t)?;
-        let live: Vec<(ConnId, Option<Millis>)> = self
+        this.alarm_at.set(Some(None));
+        this.load(None, t)?;
+        let live: Vec<(ConnId, Option<Millis>)> = this
             .live_sockets()
             .into_iter()
             .map(|(conn, ws)| {
                 let pinged =
-                    ffi::auto_response_timestamp(self.state.as_raw(), ws.as_ref()).map(Millis);
+                    ffi::auto_response_timestamp(this.state.as_raw(), ws.as_ref()).map(Millis);
                 (conn, pinged)
             })
             .collect();
-        self.with_core(|room| room.handle_sweep(&live, t));
-        self.after_event().await?;
+        this.with_core(|room| room.handle_sweep(&live, t));
+        Inner::after_event(this).await?;
         Response::ok("swept")
     }
 }
 
-impl Room {
+impl Inner {
     async fn join(
-        &self,
+        this: &Rc<Inner>,
         name: RoomName,
         meta: Meta,
         resume: Option<ResumeRequest>,
+        user: Option<UserId>,
     ) -> Result<Response> {
         let t = now();
-        self.load(Some(&name), t)?;
+        this.load(Some(&name), t)?;
+        if let Some(req) = &resume {
+            // A resuming away peer's queue is read now, not at every wake.
+            let target = this
+                .core
+                .borrow()
+                .as_ref()
+                .and_then(|room| room.resume_target(&req.token));
+            if let Some(peer) = target {
+                this.load_queue(&peer, t)?;
+            }
+        }
         let pair = WebSocketPair::new()?;
         let conn = ConnId(u64::from_le_bytes(http::random()?));
         let tag = conn.tag();
-        self.state
+        this.state
             .as_raw()
             .accept_websocket_with_tags(pair.server.as_ref(), vec![tag.as_str().into()])
             .map_err(|e| worker::Error::RustError(format!("acceptWebSocket: {e:?}")))?;
-        self.sockets.borrow_mut().insert(conn, pair.server);
+        this.sockets.borrow_mut().insert(conn, pair.server);
         let join = Join {
             conn,
             meta,
             resume,
             fresh_peer: PeerId::from_random(http::random()?),
             fresh_token: ResumeToken::from_random(http::random()?),
+            fresh_trace: TraceId::from_random(http::random()?),
+            user,
         };
-        self.with_core(|room| room.handle_join(join, t));
-        self.after_event().await?;
+        this.with_core(|room| room.handle_join(join, t));
+        Inner::after_event(this).await?;
         Response::from_websocket(pair.client)
     }
 
-    async fn socket_gone(&self, ws: WebSocket, clean: bool) -> Result<()> {
+    async fn socket_gone(this: &Rc<Inner>, ws: WebSocket, clean: bool) -> Result<()> {
         let t = now();
-        let Some(conn) = self.conn_of(&ws) else {
+        let Some(conn) = this.conn_of(&ws) else {
             return Ok(());
         };
-        self.sockets.borrow_mut().remove(&conn);
-        self.load(None, t)?;
-        self.with_core(|room| room.handle_close(conn, clean, t));
+        this.sockets.borrow_mut().remove(&conn);
+        this.load(None, t)?;
+        this.with_core(|room| room.handle_close(conn, clean, t));
         // 1005/1006 may not be sent back; a normal close is always allowed.
         let _ = ws.close(Some(1000), Some("closed"));
-        self.after_event().await
+        Inner::after_event(this).await
     }
 
     fn conn_of(&self, ws: &WebSocket) -> Option<ConnId> {
@@ -236,6 +313,7 @@ impl Room {
             .collect()
     }
 
+    /// The socket for `conn`: from the cache, else (after hibernation) from the runtime by tag.
     fn socket(&self, conn: ConnId) -> Option<WebSocket> {
         if let Some(ws) = self.sockets.borrow().get(&conn) {
             return Some(ws.clone());
@@ -258,15 +336,34 @@ impl Room {
         }
     }
 
-    /// Builds the in-memory room from storage once per wake-up.
+    fn exec(
+        &self,
+        sql: &SqlStorage,
+        kind: &'static str,
+        query: &str,
+        bindings: Option<Vec<SqlStorageValue>>,
+    ) -> Result<worker::SqlCursor> {
+        *self.sql_counts.borrow_mut().entry(kind).or_default() += 1;
+        sql.exec(query, bindings)
+    }
+
+    /// Builds the in-memory room from storage once per wake-up: the records and
+    /// a summary per queue, not the queued frames (connected peers' queues
+    /// are read here; an away peer's when it resumes).
     fn load(&self, name: Option<&RoomName>, t: Millis) -> Result<()> {
         if self.core.borrow().is_some() {
             return Ok(());
         }
         let sql = self.state.storage().sql();
-        sql.exec(SCHEMA, None)?;
-        let stored_name: Option<RoomName> = sql
-            .exec("SELECT value FROM kv WHERE key = 'room'", None)?
+        self.exec(&sql, "schema", SCHEMA, None)?;
+        migrate_v1_queue(&sql)?;
+        let stored_name: Option<RoomName> = self
+            .exec(
+                &sql,
+                "load",
+                "SELECT value FROM kv WHERE key = 'room'",
+                None,
+            )?
             .to_array::<KvRow>()?
             .into_iter()
             .next()
@@ -284,20 +381,44 @@ impl Room {
                 return Err(worker::Error::RustError("room woke without a name".into()));
             }
         };
-        let records: Vec<PeerRecord> = sql
-            .exec("SELECT record FROM peers", None)?
+        let records: Vec<PeerRecord> = self
+            .exec(&sql, "load", "SELECT record FROM peers", None)?
             .to_array::<PeerRow>()?
             .into_iter()
             .filter_map(|r| serde_json::from_str(&r.record).ok())
             .collect();
-        let queued: Vec<(PeerId, u64, String)> = sql
-            .exec("SELECT peer_id, seq, frame FROM queue", None)?
-            .to_array::<QueueRow>()?
+        let stored: Vec<StoredQueue> = self
+            .exec(
+                &sql,
+                "load",
+                "SELECT peer_id, COUNT(*) AS n, SUM(bytes) AS b, MAX(seq) AS m FROM frames GROUP BY peer_id",
+                None,
+            )?
+            .to_array::<SummaryRow>()?
             .into_iter()
-            .filter_map(|r| PeerId::parse(&r.peer_id).map(|p| (p, r.seq as u64, r.frame)))
+            .filter_map(|r| {
+                Some(StoredQueue {
+                    peer: PeerId::parse(&r.peer_id)?,
+                    len: r.n as usize,
+                    bytes: r.b as usize,
+                    max_seq: r.m as u64,
+                })
+            })
             .collect();
-        let counters: Counters = sql
-            .exec("SELECT value FROM kv WHERE key = 'counters'", None)?
+        let next_body_id = self
+            .exec(&sql, "load", "SELECT MAX(id) AS m FROM bodies", None)?
+            .to_array::<MaxRow>()?
+            .into_iter()
+            .next()
+            .and_then(|r| r.m)
+            .map_or(1, |m| m as u64 + 1);
+        let counters: Counters = self
+            .exec(
+                &sql,
+                "load",
+                "SELECT value FROM kv WHERE key = 'counters'",
+                None,
+            )?
             .to_array::<KvRow>()?
             .into_iter()
             .next()
@@ -308,61 +429,110 @@ impl Room {
             limits: config::limits(&self.env),
             ice: config::ice(&self.env),
         };
-        *self.core.borrow_mut() = Some(core::Room::restore(cfg, records, queued, counters, t));
+        let room = core::Room::restore(cfg, records, stored, counters, next_body_id, t);
+        let to_load = room.peers_to_load();
+        *self.core.borrow_mut() = Some(room);
+        for peer in to_load {
+            self.load_queue(&peer, t)?;
+        }
         Ok(())
     }
 
-    /// Performs the room's outputs, persists counters and keeps the alarm right.
-    async fn after_event(&self) -> Result<()> {
-        let (outputs, counters, wake_at, room_name) = {
-            let mut guard = self.core.borrow_mut();
+    /// Reads one peer's queued frames into the room.
+    fn load_queue(&self, peer: &PeerId, t: Millis) -> Result<()> {
+        let sql = self.state.storage().sql();
+        let frames: Vec<StoredFrame> = self
+            .exec(
+                &sql,
+                "load_queue",
+                "SELECT f.seq AS seq, f.body_id AS body_id, b.ty AS ty, b.rest AS rest \
+                 FROM frames f JOIN bodies b ON b.id = f.body_id WHERE f.peer_id = ?",
+                Some(vec![SqlStorageValue::from(peer.as_str().to_owned())]),
+            )?
+            .to_array::<FrameRow>()?
+            .into_iter()
+            .filter_map(|r| {
+                Some(StoredFrame {
+                    seq: r.seq as u64,
+                    body_id: r.body_id as u64,
+                    body: SeqBody::stored(SeqType::parse(&r.ty)?, r.rest),
+                })
+            })
+            .collect();
+        self.with_core(|room| room.load_queue(peer, frames, t));
+        Ok(())
+    }
+
+    /// Performs the room's outputs and keeps the alarm and the checkpoint timer right.
+    async fn after_event(this: &Rc<Inner>) -> Result<()> {
+        let (outputs, wake_at, checkpoint_at, room_name) = {
+            let mut guard = this.core.borrow_mut();
             let Some(room) = guard.as_mut() else {
                 return Ok(());
             };
-            let outputs = room.drain_outputs();
-            let counters = room.take_dirty_counters().cloned();
             (
-                outputs,
-                counters,
+                room.drain_outputs(),
                 room.poll_timeout(),
+                room.poll_checkpoint(),
                 room.config().name.as_str().to_owned(),
             )
         };
-        let sql = self.state.storage().sql();
+        let sql = this.state.storage().sql();
         for out in outputs {
             match out {
                 Output::Send { conn, text } => {
-                    if let Some(ws) = self.socket(conn) {
+                    if let Some(ws) = this.socket(conn) {
                         let _ = ws.send_with_str(&text);
                     }
                 }
                 Output::Close { conn, code, reason } => {
                     // `socket` borrows the cache itself, so no borrow may be held here.
-                    if let Some(ws) = self.socket(conn) {
-                        let _ = ws.close(Some(code), Some(reason));
+                    if let Some(ws) = this.socket(conn) {
+                        let _ = ws.close(Some(code), Some(reason.as_str()));
                     }
-                    self.sockets.borrow_mut().remove(&conn);
+                    this.sockets.borrow_mut().remove(&conn);
                 }
-                Output::Store(op) => store(&sql, op)?,
-                Output::Log(l) => {
-                    let line = http::log_line(
-                        l.event,
-                        Some(&room_name),
-                        l.peer.as_ref().map(PeerId::as_str),
-                        l.detail,
-                    );
-                    worker::console_log!("{line}");
+                Output::Store(op) => this.store(&sql, op)?,
+                Output::Counters(c) => {
+                    let text = serde_json::to_string(&c).unwrap_or_default();
+                    this.exec(
+                        &sql,
+                        "counters",
+                        "INSERT OR REPLACE INTO kv (key, value) VALUES ('counters', ?)",
+                        Some(vec![SqlStorageValue::from(text)]),
+                    )?;
                 }
+                Output::Log(l) => worker::console_log!("{}", log_line(&room_name, &l)),
             }
         }
-        if let Some(c) = counters {
-            let text = serde_json::to_string(&c).unwrap_or_default();
-            sql.exec(
-                "INSERT OR REPLACE INTO kv (key, value) VALUES ('counters', ?)",
-                vec![SqlStorageValue::from(text)],
-            )?;
+        Inner::arm_checkpoint(this, checkpoint_at);
+        this.schedule(wake_at).await
+    }
+
+    /// Arms the in-memory checkpoint timer for `at`, unless one is armed already
+    /// (the room only ever asks for a checkpoint when none is pending).
+    fn arm_checkpoint(this: &Rc<Inner>, at: Option<Millis>) {
+        let Some(at) = at else {
+            return;
+        };
+        if this.timer_at.get().is_some() {
+            return;
         }
-        self.schedule(wake_at).await
+        this.timer_at.set(Some(at.0));
+        let delay = at.0.saturating_sub(now().0);
+        let inner = Rc::clone(this);
+        worker::wasm_bindgen_futures::spawn_local(async move {
+            worker::Delay::from(std::time::Duration::from_millis(delay)).await;
+            inner.timer_at.set(None);
+            let t = now();
+            inner.with_core(|room| room.handle_checkpoint(t));
+            if let Err(e) = Inner::after_event(&inner).await {
+                worker::console_error!(
+                    "{}",
+                    http::log_line("error", None, None, Some(&format!("checkpoint: {e}")))
+                );
+            }
+        });
     }
 
     /// Sets the alarm if the room needs to wake earlier than it is scheduled to.
@@ -390,40 +560,169 @@ impl Room {
         }
         Ok(())
     }
+
+    fn store(&self, sql: &SqlStorage, op: StoreOp) -> Result<()> {
+        let text = |s: &str| SqlStorageValue::from(s.to_owned());
+        match op {
+            StoreOp::PutPeer(rec) => {
+                let record = serde_json::to_string(&rec)
+                    .map_err(|e| worker::Error::RustError(e.to_string()))?;
+                self.exec(
+                    sql,
+                    "put_peer",
+                    "INSERT OR REPLACE INTO peers (peer_id, record) VALUES (?, ?)",
+                    Some(vec![text(rec.peer_id.as_str()), record.into()]),
+                )?;
+            }
+            StoreOp::DeletePeer(peer) => {
+                let id = || vec![text(peer.as_str())];
+                self.exec(
+                    sql,
+                    "delete_peer",
+                    "DELETE FROM peers WHERE peer_id = ?",
+                    Some(id()),
+                )?;
+                self.exec(
+                    sql,
+                    "delete_peer",
+                    "DELETE FROM frames WHERE peer_id = ?",
+                    Some(id()),
+                )?;
+            }
+            StoreOp::PutBody { id, body } => {
+                self.exec(
+                    sql,
+                    "put_body",
+                    "INSERT OR REPLACE INTO bodies (id, ty, rest) VALUES (?, ?, ?)",
+                    Some(vec![int(id), text(body.ty.as_str()), body.rest.into()]),
+                )?;
+            }
+            StoreOp::PushQueue {
+                peer,
+                seq,
+                body,
+                bytes,
+            } => {
+                self.exec(
+                    sql,
+                    "push_frame",
+                    "INSERT OR REPLACE INTO frames (peer_id, seq, body_id, bytes) VALUES (?, ?, ?, ?)",
+                    Some(vec![
+                        text(peer.as_str()),
+                        int(seq),
+                        int(body),
+                        int(bytes as u64),
+                    ]),
+                )?;
+            }
+            StoreOp::TrimQueue { peer, through } => {
+                self.exec(
+                    sql,
+                    "trim_frames",
+                    "DELETE FROM frames WHERE peer_id = ? AND seq <= ?",
+                    Some(vec![text(peer.as_str()), int(through)]),
+                )?;
+            }
+            StoreOp::Renumber { peer, from, to } => {
+                self.exec(
+                    sql,
+                    "renumber",
+                    "UPDATE frames SET seq = ? WHERE peer_id = ? AND seq = ?",
+                    Some(vec![int(to), text(peer.as_str()), int(from)]),
+                )?;
+            }
+            StoreOp::GcBodies { below } => {
+                self.exec(
+                    sql,
+                    "gc_bodies",
+                    "DELETE FROM bodies WHERE id < ? AND id NOT IN (SELECT body_id FROM frames)",
+                    Some(vec![int(below)]),
+                )?;
+            }
+        }
+        Ok(())
+    }
 }
 
-fn store(sql: &worker::SqlStorage, op: StoreOp) -> Result<()> {
-    match op {
-        StoreOp::PutPeer(rec) => {
-            let text =
-                serde_json::to_string(&rec).map_err(|e| worker::Error::RustError(e.to_string()))?;
-            sql.exec(
-                "INSERT OR REPLACE INTO peers (peer_id, record) VALUES (?, ?)",
-                vec![rec.peer_id.as_str().to_owned().into(), text.into()],
-            )?;
-        }
-        StoreOp::DeletePeer(peer) => {
-            let id = || SqlStorageValue::from(peer.as_str().to_owned());
-            sql.exec("DELETE FROM peers WHERE peer_id = ?", vec![id()])?;
-            sql.exec("DELETE FROM queue WHERE peer_id = ?", vec![id()])?;
-        }
-        StoreOp::PushQueue { peer, seq, text } => {
-            sql.exec(
-                "INSERT OR REPLACE INTO queue (peer_id, seq, frame) VALUES (?, ?, ?)",
-                vec![peer.as_str().to_owned().into(), seq_value(seq), text.into()],
-            )?;
-        }
-        StoreOp::TrimQueue { peer, through } => {
-            sql.exec(
-                "DELETE FROM queue WHERE peer_id = ? AND seq <= ?",
-                vec![peer.as_str().to_owned().into(), seq_value(through)],
-            )?;
-        }
+/// Rooms stored before bodies were shared kept whole frames in `queue`; move
+/// them into `bodies`/`frames` once, so a deploy loses no queued frame.
+fn migrate_v1_queue(sql: &SqlStorage) -> Result<()> {
+    #[derive(Deserialize)]
+    struct Old {
+        peer_id: String,
+        seq: f64,
+        frame: String,
     }
+    #[derive(Deserialize)]
+    struct Name {
+        #[allow(dead_code)] // only its presence matters
+        name: String,
+    }
+    let exists = !sql
+        .exec(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'queue'",
+            None,
+        )?
+        .to_array::<Name>()?
+        .is_empty();
+    if !exists {
+        return Ok(());
+    }
+    let rows = sql
+        .exec("SELECT peer_id, seq, frame FROM queue", None)?
+        .to_array::<Old>()?;
+    let mut next: u64 = sql
+        .exec("SELECT MAX(id) AS m FROM bodies", None)?
+        .to_array::<MaxRow>()?
+        .into_iter()
+        .next()
+        .and_then(|r| r.m)
+        .map_or(1, |m| m as u64 + 1);
+    for r in rows {
+        let Some(body) = split_v1_frame(&r.frame) else {
+            continue;
+        };
+        let bytes = body.len() as u64;
+        sql.exec(
+            "INSERT OR REPLACE INTO bodies (id, ty, rest) VALUES (?, ?, ?)",
+            vec![
+                int(next),
+                body.ty.as_str().to_owned().into(),
+                body.rest.into(),
+            ],
+        )?;
+        sql.exec(
+            "INSERT OR REPLACE INTO frames (peer_id, seq, body_id, bytes) VALUES (?, ?, ?, ?)",
+            vec![r.peer_id.into(), int(r.seq as u64), int(next), int(bytes)],
+        )?;
+        next += 1;
+    }
+    sql.exec("DROP TABLE queue", None)?;
     Ok(())
 }
 
-fn seq_value(seq: u64) -> SqlStorageValue {
-    // Sequence numbers stay far below 2^53 (one per frame), so the JS number is exact.
-    SqlStorageValue::Integer(i64::try_from(seq).unwrap_or(i64::MAX))
+/// `{"type":"T","seq":N,REST` (how v1 stored frames) into a body.
+fn split_v1_frame(frame: &str) -> Option<SeqBody> {
+    let after_type = frame.strip_prefix("{\"type\":\"")?;
+    let (ty, after) = after_type.split_once("\",\"seq\":")?;
+    let (_, rest) = after.split_once(',')?;
+    Some(SeqBody::stored(SeqType::parse(ty)?, rest.to_owned()))
+}
+
+/// One structured log line for a room event, with the peer's trace id.
+fn log_line(room: &str, l: &LogEvent) -> String {
+    serde_json::json!({
+        "ts": now().0,
+        "event": l.event,
+        "room": room,
+        "peer_id": l.peer.as_ref().map(PeerId::as_str),
+        "trace_id": l.trace.as_ref().map(TraceId::as_str),
+        "detail": l.detail,
+    })
+    .to_string()
+}
+
+fn int(n: u64) -> SqlStorageValue {
+    // Sequence numbers, ids and sizes stay far below 2^53, so the JS number is exact.
+    SqlStorageValue::Integer(i64::try_from(n).unwrap_or(i64::MAX))
 }

@@ -7,7 +7,7 @@ use worker::{Env, Headers, Method, Request, RequestInit, Response, Result, Url};
 
 use crate::config;
 use crate::http::{self, error, json, now, query_param};
-use crate::room::{Q_LAST_SEQ, Q_META, Q_RESUME, Q_ROOM};
+use crate::room::{Q_LAST_SEQ, Q_META, Q_RESUME, Q_RETRY_AFTER_MS, Q_ROOM};
 
 /// Routes one request.
 pub async fn handle(req: Request, env: &Env) -> Result<Response> {
@@ -39,6 +39,12 @@ pub async fn handle(req: Request, env: &Env) -> Result<Response> {
                 return invalid_room();
             };
             stats(req, env, room).await
+        }
+        ["v1", "rooms", room, "drain"] => {
+            let Some(room) = RoomName::parse(room) else {
+                return invalid_room();
+            };
+            drain(req, &url, env, room).await
         }
         _ => error(ErrorCode::NotFound, "no such endpoint"),
     }
@@ -195,6 +201,48 @@ async fn stats(req: Request, env: &Env, room: RoomName) -> Result<Response> {
         );
     }
     forward(env, &room, internal_url("stats", &room)?, Headers::new()).await
+}
+
+/// `POST /v1/rooms/{room}/drain?retry_after_ms=N` (admin): closes every socket
+/// of the room with 4003; the peers stay resumable.
+async fn drain(req: Request, url: &Url, env: &Env, room: RoomName) -> Result<Response> {
+    if req.method() != Method::Post {
+        return error(ErrorCode::MethodNotAllowed, "use POST");
+    }
+    if !is_admin(&req, env)? {
+        return error(
+            ErrorCode::Unauthorized,
+            "drain needs Authorization: Bearer <ADMIN_TOKEN>",
+        );
+    }
+    let retry = match query_param(url, Q_RETRY_AFTER_MS) {
+        None => 5000,
+        Some(n) => match n.parse::<u64>() {
+            Ok(n) => n.min(switchboard_proto::room::MAX_RETRY_AFTER_MS),
+            Err(_) => {
+                return error(
+                    ErrorCode::BadRequest,
+                    "retry_after_ms must be a non-negative integer",
+                );
+            }
+        },
+    };
+    let mut internal = internal_url("drain", &room)?;
+    internal
+        .query_pairs_mut()
+        .append_pair(Q_RETRY_AFTER_MS, &retry.to_string());
+    forward(env, &room, internal, Headers::new()).await
+}
+
+fn is_admin(req: &Request, env: &Env) -> Result<bool> {
+    let presented = req
+        .headers()
+        .get("authorization")?
+        .and_then(|h| h.strip_prefix("Bearer ").map(str::to_owned));
+    Ok(match (config::admin_token(env), presented) {
+        (Some(expected), Some(given)) => http::secret_eq(&expected, given.trim()),
+        _ => false,
+    })
 }
 
 async fn forward(env: &Env, room: &RoomName, url: Url, headers: Headers) -> Result<Response> {

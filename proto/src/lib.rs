@@ -15,8 +15,11 @@ pub mod room;
 pub mod types;
 pub mod wire;
 
-pub use types::{ConnId, Meta, Millis, PeerId, ResumeToken, RoomName, Seq};
+pub use types::{ConnId, Meta, Millis, PeerId, ResumeToken, RoomName, Seq, TraceId, UserId};
 pub use wire::ErrorCode;
 
 /// The protocol version spoken by this crate, sent in `welcome.v`.
 pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The revision of the version's backward-compatible additions, sent in `welcome.rev` (v1.1).
+pub const PROTOCOL_REV: u32 = 1;

@@ -21,6 +21,13 @@ pub struct Limits {
     pub queue_max_frames: usize,
     /// Bytes kept per peer for resume (`QUEUE_MAX_BYTES`).
     pub queue_max_bytes: usize,
+    /// Bytes kept for resume by all the room's queues together (`ROOM_QUEUE_MAX_BYTES`).
+    pub room_queue_max_bytes: usize,
+    /// How often in-memory state is made durable while there is some (`CHECKPOINT_MS`).
+    pub checkpoint_ms: u64,
+    /// How long a frame to a connected peer may stay unacknowledged in memory only
+    /// before a checkpoint writes it (`FLUSH_AFTER_MS`).
+    pub flush_after_ms: u64,
 }
 
 impl Default for Limits {
@@ -34,6 +41,9 @@ impl Default for Limits {
             rate_burst: 100,
             queue_max_frames: 256,
             queue_max_bytes: 1024 * 1024,
+            room_queue_max_bytes: 16 * 1024 * 1024,
+            checkpoint_ms: 250,
+            flush_after_ms: 1000,
         }
     }
 }
@@ -66,13 +76,31 @@ impl TokenBucket {
         }
     }
 
-    /// Takes one token if there is one; `false` means rate limited.
-    pub fn try_take(&mut self, now: Millis) -> bool {
+    fn refill(&mut self, now: Millis) {
         let elapsed = now.since(self.last);
         // per_s tokens per 1000 ms = per_s milli-tokens per ms.
         let refill = elapsed.saturating_mul(self.refill_per_s);
         self.milli_tokens = self.milli_tokens.saturating_add(refill).min(self.capacity);
         self.last = self.last.max(now);
+    }
+
+    /// Milliseconds from `now` until a token is available (0 if one is).
+    pub fn wait_ms(&mut self, now: Millis) -> u64 {
+        self.refill(now);
+        let missing = 1000u64.saturating_sub(self.milli_tokens);
+        if missing == 0 {
+            0
+        } else if self.refill_per_s == 0 {
+            // A zero rate never refills; say "a minute" rather than forever.
+            60_000
+        } else {
+            missing.div_ceil(self.refill_per_s)
+        }
+    }
+
+    /// Takes one token if there is one; `false` means rate limited.
+    pub fn try_take(&mut self, now: Millis) -> bool {
+        self.refill(now);
         if self.milli_tokens >= 1000 {
             self.milli_tokens -= 1000;
             true
@@ -94,6 +122,8 @@ mod tests {
             assert!(b.try_take(t0));
         }
         assert!(!b.try_take(t0), "the burst is 100");
+        assert_eq!(b.wait_ms(t0), 20);
+        assert_eq!(b.wait_ms(t0.plus(5)), 15);
         // 50/s = one token per 20 ms.
         assert!(!b.try_take(t0.plus(19)));
         assert!(b.try_take(t0.plus(20)));

@@ -66,6 +66,52 @@ impl fmt::Display for PeerId {
     }
 }
 
+/// A peer's trace id: 16 lower-case hex characters, random per fresh join,
+/// kept across resumes; logged with every event about the peer and carried in
+/// its TURN username so one trace spans browser, room and relay.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TraceId(String);
+
+impl TraceId {
+    /// Length of the random part, in bytes.
+    pub const RANDOM_BYTES: usize = 8;
+
+    /// A trace id made from caller-supplied random bytes.
+    pub fn from_random(bytes: [u8; Self::RANDOM_BYTES]) -> TraceId {
+        TraceId(hex(&bytes))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The stable user behind a peer: `[A-Za-z0-9_-]{1,64}` (a JWT `sub`, or a
+/// per-client id the router derives); the relay's quota key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct UserId(String);
+
+impl UserId {
+    /// Accepts a user id that matches the grammar; `None` otherwise.
+    pub fn parse(s: &str) -> Option<UserId> {
+        let ok = !s.is_empty() && s.len() <= 64 && s.bytes().all(is_name_byte);
+        ok.then(|| UserId(s.to_owned()))
+    }
+
+    /// A peer id is always a valid user id (same grammar).
+    pub fn of_peer(peer: &PeerId) -> UserId {
+        UserId(peer.as_str().to_owned())
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// A room name: `[A-Za-z0-9_-]{1,64}`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]

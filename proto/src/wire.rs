@@ -38,8 +38,10 @@ pub enum ErrorCode {
     Unauthorized,
     /// A resume token was wrong or expired, or the requested frames are gone.
     ResumeFailed,
-    /// An away peer's queue is full; the frame was not accepted.
+    /// An away peer's queue (or the room's queues together) is full; the frame was not accepted.
     QueueFull,
+    /// A client `cseq` skipped ahead; earlier frames were lost on the way (v1.1).
+    OutOfOrder,
     /// The room name does not match `[A-Za-z0-9_-]{1,64}`.
     InvalidRoom,
     /// The `meta` given at join is not JSON or exceeds 1 KiB.
@@ -58,7 +60,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation and stats.
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::BadJson,
         ErrorCode::InvalidFrame,
         ErrorCode::UnknownType,
@@ -70,6 +72,7 @@ impl ErrorCode {
         ErrorCode::Unauthorized,
         ErrorCode::ResumeFailed,
         ErrorCode::QueueFull,
+        ErrorCode::OutOfOrder,
         ErrorCode::InvalidRoom,
         ErrorCode::InvalidMeta,
         ErrorCode::BadRequest,
@@ -93,6 +96,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::ResumeFailed => "resume_failed",
             ErrorCode::QueueFull => "queue_full",
+            ErrorCode::OutOfOrder => "out_of_order",
             ErrorCode::InvalidRoom => "invalid_room",
             ErrorCode::InvalidMeta => "invalid_meta",
             ErrorCode::BadRequest => "bad_request",
@@ -155,24 +159,30 @@ impl LeaveReason {
 /// A frame a client sent, borrowed from the text it came in.
 #[derive(Debug)]
 pub enum ClientFrame<'a> {
-    /// `{"type":"signal","to":…,"payload":…}`: to one peer.
+    /// `{"type":"signal","to":…,"payload":…,"cseq":n?}`: to one peer.
     Signal {
         /// The addressee.
         to: PeerId,
         /// Passed through untouched.
         payload: &'a RawValue,
+        /// The client's sequence number (v1.1), if it sent one.
+        cseq: Option<u64>,
     },
-    /// `{"type":"broadcast","payload":…}`: to every other peer, as `signal`.
+    /// `{"type":"broadcast","payload":…,"cseq":n?}`: to every other peer, as `signal`.
     Broadcast {
         /// Passed through untouched.
         payload: &'a RawValue,
+        /// The client's sequence number (v1.1), if it sent one.
+        cseq: Option<u64>,
     },
-    /// `{"type":"relay","to":…,"data":…}`: data over the WebSocket, the last rung.
+    /// `{"type":"relay","to":…,"data":…,"cseq":n?}`: data over the WebSocket, the last rung.
     Relay {
         /// The addressee.
         to: PeerId,
         /// Passed through untouched.
         data: &'a RawValue,
+        /// The client's sequence number (v1.1), if it sent one.
+        cseq: Option<u64>,
     },
     /// `{"type":"ack","seq":n}`: frames up to `seq` were processed.
     Ack {
@@ -185,13 +195,16 @@ pub enum ClientFrame<'a> {
     Ping,
 }
 
-/// A refused client frame: the code and a human-readable reason.
+/// A refused client frame: the code, a human-readable reason and, when the
+/// frame's `cseq` could be read, that `cseq`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FrameError {
     /// The stable code.
     pub code: ErrorCode,
     /// What was wrong, for humans.
     pub message: Cow<'static, str>,
+    /// The refused frame's `cseq` (v1.1), when it had a valid one.
+    pub cseq: Option<u64>,
 }
 
 impl FrameError {
@@ -200,7 +213,13 @@ impl FrameError {
         FrameError {
             code,
             message: Cow::Borrowed(message),
+            cseq: None,
         }
+    }
+
+    fn with_cseq(mut self, cseq: Option<u64>) -> FrameError {
+        self.cseq = cseq;
+        self
     }
 }
 
@@ -216,6 +235,8 @@ struct RawFrame<'a> {
     data: Option<&'a RawValue>,
     #[serde(borrow)]
     seq: Option<&'a RawValue>,
+    #[serde(borrow)]
+    cseq: Option<&'a RawValue>,
 }
 
 /// Parses one client text frame. Size and rate limits are checked by the caller first.
@@ -236,17 +257,34 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame<'_>, FrameError> {
         ));
     };
     match ty.as_ref() {
-        "signal" => Ok(ClientFrame::Signal {
-            to: peer_field(raw.to)?,
-            payload: required(raw.payload, "`signal` needs a non-null `payload`")?,
-        }),
-        "broadcast" => Ok(ClientFrame::Broadcast {
-            payload: required(raw.payload, "`broadcast` needs a non-null `payload`")?,
-        }),
-        "relay" => Ok(ClientFrame::Relay {
-            to: peer_field(raw.to)?,
-            data: required(raw.data, "`relay` needs a non-null `data`")?,
-        }),
+        "signal" => {
+            let cseq = cseq_field(raw.cseq)?;
+            let frame = || {
+                Ok(ClientFrame::Signal {
+                    to: peer_field(raw.to)?,
+                    payload: required(raw.payload, "`signal` needs a non-null `payload`")?,
+                    cseq,
+                })
+            };
+            frame().map_err(|e: FrameError| e.with_cseq(cseq))
+        }
+        "broadcast" => {
+            let cseq = cseq_field(raw.cseq)?;
+            let payload = required(raw.payload, "`broadcast` needs a non-null `payload`")
+                .map_err(|e| e.with_cseq(cseq))?;
+            Ok(ClientFrame::Broadcast { payload, cseq })
+        }
+        "relay" => {
+            let cseq = cseq_field(raw.cseq)?;
+            let frame = || {
+                Ok(ClientFrame::Relay {
+                    to: peer_field(raw.to)?,
+                    data: required(raw.data, "`relay` needs a non-null `data`")?,
+                    cseq,
+                })
+            };
+            frame().map_err(|e: FrameError| e.with_cseq(cseq))
+        }
         "ack" => {
             let seq = raw
                 .seq
@@ -261,6 +299,18 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame<'_>, FrameError> {
         _ => Err(FrameError::new(
             ErrorCode::UnknownType,
             "unknown frame `type`; expected signal, broadcast, relay, ack, leave or ping",
+        )),
+    }
+}
+
+/// `cseq`: absent, or an integer >= 1. Anything else refuses the frame (without a cseq).
+fn cseq_field(v: Option<&RawValue>) -> Result<Option<u64>, FrameError> {
+    let Some(v) = v else { return Ok(None) };
+    match serde_json::from_str::<u64>(v.get()) {
+        Ok(n) if n >= 1 => Ok(Some(n)),
+        _ => Err(FrameError::new(
+            ErrorCode::InvalidFrame,
+            "`cseq` must be an integer >= 1",
         )),
     }
 }
@@ -284,7 +334,18 @@ pub struct PeerInfo<'a> {
     pub meta: &'a RawValue,
 }
 
-/// A frame the server sends. Serialized with [`ServerFrame::to_json`].
+/// The limits a room announces in `welcome.limits` (v1.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct WireLimits {
+    /// Sustained client frames per second.
+    pub rate_per_s: u32,
+    /// Burst of the rate limiter.
+    pub rate_burst: u32,
+    /// Largest client frame in bytes.
+    pub max_frame_bytes: usize,
+}
+
+/// A frame the server sends outside the sequenced stream. Serialized with [`ServerFrame::to_json`].
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum ServerFrame<'a> {
@@ -292,6 +353,8 @@ pub enum ServerFrame<'a> {
     Welcome {
         /// Protocol version.
         v: u32,
+        /// Revision of the protocol's additions (v1.1 = 1).
+        rev: u32,
         /// This peer's id.
         peer_id: &'a PeerId,
         /// The secret for `?resume=`.
@@ -306,52 +369,53 @@ pub enum ServerFrame<'a> {
         heartbeat_ms: u64,
         /// Whether this continues an earlier session.
         resumed: bool,
+        /// The peer's trace id, kept across resumes.
+        trace_id: &'a str,
+        /// The room's client-frame limits.
+        limits: WireLimits,
+        /// Highest client `cseq` whose outcome is settled (0 on a fresh join).
+        cseq: u64,
     },
-    /// A peer joined (or came back after being reported gone).
-    PeerJoined {
-        /// Recipient sequence number.
-        seq: u64,
-        /// The peer.
-        peer_id: &'a PeerId,
-        /// Its meta.
-        meta: &'a RawValue,
+    /// Client frames up to `cseq` are accepted (cumulative).
+    Ack {
+        /// Highest accepted client sequence number.
+        cseq: u64,
     },
-    /// A peer left.
-    PeerLeft {
-        /// Recipient sequence number.
-        seq: u64,
-        /// The peer.
-        peer_id: &'a PeerId,
-        /// Why.
-        reason: LeaveReason,
-    },
-    /// A `signal` or `broadcast` from another peer.
-    Signal {
-        /// Recipient sequence number.
-        seq: u64,
-        /// The sender.
-        from: &'a PeerId,
-        /// Untouched payload.
-        payload: &'a RawValue,
-    },
-    /// Data relayed over the WebSocket.
-    Relay {
-        /// Recipient sequence number.
-        seq: u64,
-        /// The sender.
-        from: &'a PeerId,
-        /// Untouched data.
-        data: &'a RawValue,
-    },
-    /// A refused request.
-    Error {
-        /// Stable code.
-        code: &'static str,
-        /// Human-readable reason.
-        message: &'a str,
-    },
+    /// A refused request outside the sequenced stream.
+    Error(ErrorInfo<'a>),
     /// Answer to a ping.
     Pong,
+}
+
+/// The fields of an `error` frame.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ErrorInfo<'a> {
+    /// Stable code.
+    pub code: &'static str,
+    /// Human-readable reason.
+    pub message: &'a str,
+    /// The refused frame's `cseq`, when it had one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cseq: Option<u64>,
+    /// `out_of_order`: the `cseq` the room expects next.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected: Option<u64>,
+    /// `rate_limited`: milliseconds until a frame is accepted again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+}
+
+impl<'a> ErrorInfo<'a> {
+    /// An error with only a code and a message.
+    pub fn new(code: ErrorCode, message: &'a str) -> ErrorInfo<'a> {
+        ErrorInfo {
+            code: code.as_str(),
+            message,
+            cseq: None,
+            expected: None,
+            retry_after_ms: None,
+        }
+    }
 }
 
 impl ServerFrame<'_> {
@@ -363,13 +427,178 @@ impl ServerFrame<'_> {
     }
 }
 
-/// The JSON text of an `error` frame.
+/// The JSON text of an unsequenced `error` frame.
 pub fn error_frame(code: ErrorCode, message: &str) -> String {
-    ServerFrame::Error {
-        code: code.as_str(),
-        message,
+    ServerFrame::Error(ErrorInfo::new(code, message)).to_json()
+}
+
+/// The JSON text of an `ack` frame.
+pub fn ack_frame(cseq: u64) -> String {
+    ServerFrame::Ack { cseq }.to_json()
+}
+
+/// The type of a sequenced server frame (one that carries `seq` and is replayed on resume).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeqType {
+    /// `signal`: a `signal` or `broadcast` from another peer.
+    Signal,
+    /// `relay`: data relayed over the WebSocket.
+    Relay,
+    /// `peer-joined`.
+    PeerJoined,
+    /// `peer-left`.
+    PeerLeft,
+    /// `error` about a client frame that carried a `cseq` (v1.1).
+    Error,
+}
+
+impl SeqType {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SeqType::Signal => "signal",
+            SeqType::Relay => "relay",
+            SeqType::PeerJoined => "peer-joined",
+            SeqType::PeerLeft => "peer-left",
+            SeqType::Error => "error",
+        }
     }
-    .to_json()
+
+    /// Decodes [`SeqType::as_str`].
+    pub fn parse(s: &str) -> Option<SeqType> {
+        match s {
+            "signal" => Some(SeqType::Signal),
+            "relay" => Some(SeqType::Relay),
+            "peer-joined" => Some(SeqType::PeerJoined),
+            "peer-left" => Some(SeqType::PeerLeft),
+            "error" => Some(SeqType::Error),
+            _ => None,
+        }
+    }
+}
+
+/// A sequenced server frame without its `seq`.
+///
+/// This is what resume queues hold and what storage keeps, once, however many
+/// peers a broadcast goes to. The frame text for one recipient is
+/// `{"type":<ty>,"seq":<seq>,` followed by `rest`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeqBody {
+    /// The frame's type.
+    pub ty: SeqType,
+    /// The JSON object's members after `seq`, with the closing brace.
+    pub rest: String,
+}
+
+#[derive(Serialize)]
+struct SignalRest<'a> {
+    from: &'a PeerId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cseq: Option<u64>,
+    payload: &'a RawValue,
+}
+
+#[derive(Serialize)]
+struct RelayRest<'a> {
+    from: &'a PeerId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cseq: Option<u64>,
+    data: &'a RawValue,
+}
+
+#[derive(Serialize)]
+struct JoinedRest<'a> {
+    peer_id: &'a PeerId,
+    meta: &'a RawValue,
+}
+
+#[derive(Serialize)]
+struct LeftRest<'a> {
+    peer_id: &'a PeerId,
+    reason: LeaveReason,
+}
+
+#[derive(Serialize)]
+struct ErrorRest<'a> {
+    code: &'static str,
+    message: &'a str,
+    cseq: u64,
+}
+
+impl SeqBody {
+    fn of(ty: SeqType, fields: &impl Serialize) -> SeqBody {
+        // A struct serializes to `{…}`; everything after the `{` follows the seq.
+        let json = serde_json::to_string(fields).unwrap_or_else(|_| String::from("{}"));
+        let rest = json.strip_prefix('{').unwrap_or("}").to_owned();
+        SeqBody { ty, rest }
+    }
+
+    /// A stored body, as read back from storage.
+    pub fn stored(ty: SeqType, rest: String) -> SeqBody {
+        SeqBody { ty, rest }
+    }
+
+    /// `signal` from `from`, carrying the sender's `cseq` when it sent one.
+    pub fn signal(from: &PeerId, cseq: Option<u64>, payload: &RawValue) -> SeqBody {
+        Self::of(
+            SeqType::Signal,
+            &SignalRest {
+                from,
+                cseq,
+                payload,
+            },
+        )
+    }
+
+    /// `relay` from `from`, carrying the sender's `cseq` when it sent one.
+    pub fn relay(from: &PeerId, cseq: Option<u64>, data: &RawValue) -> SeqBody {
+        Self::of(SeqType::Relay, &RelayRest { from, cseq, data })
+    }
+
+    /// `peer-joined`.
+    pub fn peer_joined(peer_id: &PeerId, meta: &RawValue) -> SeqBody {
+        Self::of(SeqType::PeerJoined, &JoinedRest { peer_id, meta })
+    }
+
+    /// `peer-left`.
+    pub fn peer_left(peer_id: &PeerId, reason: LeaveReason) -> SeqBody {
+        Self::of(SeqType::PeerLeft, &LeftRest { peer_id, reason })
+    }
+
+    /// A sequenced `error` refusing the client frame `cseq`.
+    pub fn error(code: ErrorCode, message: &str, cseq: u64) -> SeqBody {
+        Self::of(
+            SeqType::Error,
+            &ErrorRest {
+                code: code.as_str(),
+                message,
+                cseq,
+            },
+        )
+    }
+
+    /// The frame's text with sequence number `seq`.
+    pub fn text(&self, seq: u64) -> String {
+        let ty = self.ty.as_str();
+        let mut out = String::with_capacity(self.rest.len() + ty.len() + 32);
+        out.push_str("{\"type\":\"");
+        out.push_str(ty);
+        out.push_str("\",\"seq\":");
+        out.push_str(&seq.to_string());
+        out.push(',');
+        out.push_str(&self.rest);
+        out
+    }
+
+    /// Bytes this body accounts for in resume queues.
+    pub fn len(&self) -> usize {
+        self.rest.len() + 32
+    }
+
+    /// Never true: every body has members; present for clippy's `len_without_is_empty`.
+    pub fn is_empty(&self) -> bool {
+        self.rest.is_empty()
+    }
 }
 
 /// The body of an HTTP error: `{"error":{"code":…,"message":…}}`.
@@ -391,18 +620,20 @@ mod tests {
         match parse_client_frame(r#"{"type":"signal","to":"ab12","payload":{"sdp":"v=0"}}"#)
             .unwrap()
         {
-            ClientFrame::Signal { to, payload } => {
+            ClientFrame::Signal { to, payload, cseq } => {
+                assert_eq!(cseq, None);
                 assert_eq!(to.as_str(), "ab12");
                 assert_eq!(payload.get(), r#"{"sdp":"v=0"}"#);
             }
             other => panic!("{other:?}"),
         }
         match parse_client_frame(r#"{"type":"broadcast","payload":[1, 2]}"#).unwrap() {
-            ClientFrame::Broadcast { payload } => assert_eq!(payload.get(), "[1, 2]"),
+            ClientFrame::Broadcast { payload, .. } => assert_eq!(payload.get(), "[1, 2]"),
             other => panic!("{other:?}"),
         }
-        match parse_client_frame(r#"{"type":"relay","to":"x","data":"hi"}"#).unwrap() {
-            ClientFrame::Relay { to, data } => {
+        match parse_client_frame(r#"{"type":"relay","to":"x","data":"hi","cseq":7}"#).unwrap() {
+            ClientFrame::Relay { to, data, cseq } => {
+                assert_eq!(cseq, Some(7));
                 assert_eq!(to.as_str(), "x");
                 assert_eq!(data.get(), r#""hi""#);
             }
@@ -467,28 +698,54 @@ mod tests {
     }
 
     #[test]
+    fn cseq_is_read_even_from_a_refused_frame() {
+        let e =
+            parse_client_frame(r#"{"type":"signal","to":"a b","payload":1,"cseq":4}"#).unwrap_err();
+        assert_eq!((e.code, e.cseq), (ErrorCode::InvalidFrame, Some(4)));
+        let e = parse_client_frame(r#"{"type":"broadcast","cseq":9}"#).unwrap_err();
+        assert_eq!(e.cseq, Some(9));
+        // (`"cseq":null` reads as absent, like any null field.)
+        for bad in ["0", "-1", "1.5", "\"2\""] {
+            let text = format!(r#"{{"type":"signal","to":"a","payload":1,"cseq":{bad}}}"#);
+            let e = parse_client_frame(&text).unwrap_err();
+            assert_eq!((e.code, e.cseq), (ErrorCode::InvalidFrame, None), "{text}");
+        }
+    }
+
+    #[test]
     fn server_frames_serialize_with_kebab_types() {
         let p = PeerId::parse("p1").unwrap();
         let payload = RawValue::from_string("{\"x\":1}".into()).unwrap();
-        let s = ServerFrame::Signal {
-            seq: 3,
-            from: &p,
-            payload: &payload,
-        }
-        .to_json();
+        let s = SeqBody::signal(&p, None, &payload).text(3);
         assert_eq!(
             s,
             r#"{"type":"signal","seq":3,"from":"p1","payload":{"x":1}}"#
         );
-        let left = ServerFrame::PeerLeft {
-            seq: 1,
-            peer_id: &p,
-            reason: LeaveReason::Timeout,
-        }
-        .to_json();
+        let s = SeqBody::relay(&p, Some(5), &payload).text(4);
+        assert_eq!(
+            s,
+            r#"{"type":"relay","seq":4,"from":"p1","cseq":5,"data":{"x":1}}"#
+        );
+        let left = SeqBody::peer_left(&p, LeaveReason::Timeout).text(1);
         assert_eq!(
             left,
             r#"{"type":"peer-left","seq":1,"peer_id":"p1","reason":"timeout"}"#
+        );
+        let err = SeqBody::error(ErrorCode::UnknownPeer, "no", 2).text(9);
+        assert_eq!(
+            err,
+            r#"{"type":"error","seq":9,"code":"unknown_peer","message":"no","cseq":2}"#
+        );
+        assert_eq!(ack_frame(12), r#"{"type":"ack","cseq":12}"#);
+        let limited = ServerFrame::Error(ErrorInfo {
+            cseq: Some(3),
+            retry_after_ms: Some(20),
+            ..ErrorInfo::new(ErrorCode::RateLimited, "slow")
+        })
+        .to_json();
+        assert_eq!(
+            limited,
+            r#"{"type":"error","code":"rate_limited","message":"slow","cseq":3,"retry_after_ms":20}"#
         );
         assert_eq!(ServerFrame::Pong.to_json(), PONG);
         assert_eq!(

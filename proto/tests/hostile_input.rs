@@ -13,7 +13,7 @@ use switchboard_proto::ice::IceConfig;
 use switchboard_proto::limits::Limits;
 use switchboard_proto::room::{Join, Output, Room, RoomConfig};
 use switchboard_proto::wire::parse_client_frame;
-use switchboard_proto::{ConnId, Meta, Millis, PeerId, ResumeToken, RoomName};
+use switchboard_proto::{ConnId, Meta, Millis, PeerId, ResumeToken, RoomName, TraceId};
 
 /// xorshift64*: deterministic, so a failure reproduces exactly.
 struct Rng(u64);
@@ -31,7 +31,10 @@ impl Rng {
     }
 }
 
-const SEEDS: [&str; 8] = [
+const SEEDS: [&str; 11] = [
+    r#"{"type":"signal","to":"PEER","payload":1,"cseq":1}"#,
+    r#"{"type":"broadcast","payload":1,"cseq":2}"#,
+    r#"{"type":"relay","to":"nobody","data":1,"cseq":18446744073709551615}"#,
     r#"{"type":"signal","to":"PEER","payload":{"sdp":"v=0"}}"#,
     r#"{"type":"broadcast","payload":[1,2,{"a":null}]}"#,
     r#"{"type":"relay","to":"PEER","data":"aGVsbG8="}"#,
@@ -100,6 +103,8 @@ fn garbage_never_panics_and_the_room_keeps_routing() {
                 resume: None,
                 fresh_peer: PeerId::from_random([id; 8]),
                 fresh_token: ResumeToken::from_random([id; 16]),
+                fresh_trace: TraceId::from_random([id; 8]),
+                user: None,
             },
             now,
         );

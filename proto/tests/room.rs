@@ -10,9 +10,11 @@ use serde_json::{Value, json};
 use switchboard_proto::ice::IceConfig;
 use switchboard_proto::limits::Limits;
 use switchboard_proto::room::{
-    Counters, Join, Output, PeerRecord, ResumeRequest, Room, RoomConfig, StoreOp, close_code,
+    Counters, Join, Output, PeerRecord, ResumeRequest, Room, RoomConfig, StoreOp, StoredFrame,
+    StoredQueue, close_code,
 };
-use switchboard_proto::{ConnId, Meta, Millis, PeerId, ResumeToken, RoomName};
+use switchboard_proto::wire::SeqBody;
+use switchboard_proto::{ConnId, Meta, Millis, PeerId, ResumeToken, RoomName, TraceId};
 
 const T0: Millis = Millis(1_700_000_000_000);
 
@@ -24,8 +26,15 @@ struct Harness {
     inbox: std::collections::HashMap<u64, Vec<Value>>,
     closed: std::collections::HashMap<u64, u16>,
     records: std::collections::BTreeMap<String, PeerRecord>,
-    queue: std::collections::BTreeMap<(String, u64), String>,
+    /// (peer, seq) -> (body id, bytes), as the `queue` table.
+    queue: std::collections::BTreeMap<(String, u64), (u64, usize)>,
+    /// The `bodies` table.
+    bodies: std::collections::BTreeMap<u64, SeqBody>,
+    counters: Option<Counters>,
+    /// Kinds of outputs in order: `send:<conn>`, `store`, `counters`, `close`, `log`.
+    ops: Vec<String>,
     logs: Vec<(&'static str, Option<&'static str>)>,
+    limits: Limits,
 }
 
 struct Client {
@@ -44,6 +53,9 @@ fn limits() -> Limits {
         rate_burst: 20,
         queue_max_frames: 5,
         queue_max_bytes: 4096,
+        room_queue_max_bytes: 1 << 20,
+        checkpoint_ms: 100,
+        flush_after_ms: 500,
     }
 }
 
@@ -67,19 +79,30 @@ impl Harness {
 
     fn with(limits: Limits) -> Harness {
         Harness {
-            room: Room::new(config(limits)),
+            room: Room::new(config(limits.clone())),
             next_conn: 1,
             next_id: 1,
             inbox: Default::default(),
             closed: Default::default(),
             records: Default::default(),
             queue: Default::default(),
+            bodies: Default::default(),
+            counters: None,
+            ops: Vec::new(),
             logs: Vec::new(),
+            limits,
         }
     }
 
     fn pump(&mut self) {
         for o in self.room.drain_outputs() {
+            self.ops.push(match &o {
+                Output::Send { conn, .. } => format!("send:{}", conn.0),
+                Output::Close { .. } => "close".into(),
+                Output::Store(_) => "store".into(),
+                Output::Counters(_) => "counters".into(),
+                Output::Log(_) => "log".into(),
+            });
             match o {
                 Output::Send { conn, text } => {
                     let v: Value = serde_json::from_str(&text).unwrap();
@@ -96,14 +119,34 @@ impl Harness {
                         self.records.remove(p.as_str());
                         self.queue.retain(|(peer, _), _| peer != p.as_str());
                     }
-                    StoreOp::PushQueue { peer, seq, text } => {
-                        self.queue.insert((peer.to_string(), seq), text);
+                    StoreOp::PutBody { id, body } => {
+                        self.bodies.insert(id, body);
+                    }
+                    StoreOp::PushQueue {
+                        peer,
+                        seq,
+                        body,
+                        bytes,
+                    } => {
+                        assert!(self.bodies.contains_key(&body), "body {body} written first");
+                        self.queue.insert((peer.to_string(), seq), (body, bytes));
                     }
                     StoreOp::TrimQueue { peer, through } => {
                         self.queue
                             .retain(|(p, s), _| !(p == peer.as_str() && *s <= through));
                     }
+                    StoreOp::Renumber { peer, from, to } => {
+                        let row = self.queue.remove(&(peer.to_string(), from)).unwrap();
+                        assert!(self.queue.insert((peer.to_string(), to), row).is_none());
+                    }
+                    StoreOp::GcBodies { below } => {
+                        let used: std::collections::HashSet<u64> =
+                            self.queue.values().map(|(b, _)| *b).collect();
+                        self.bodies
+                            .retain(|id, _| *id >= below || used.contains(id));
+                    }
                 },
+                Output::Counters(c) => self.counters = Some(c),
                 Output::Log(l) => self.logs.push((l.event, l.detail)),
             }
         }
@@ -132,6 +175,14 @@ impl Harness {
         let conn = ConnId(self.next_conn);
         self.next_conn += 1;
         let (fresh_peer, fresh_token) = self.fresh_ids();
+        if let Some(target) = resume
+            .as_ref()
+            .and_then(|r| self.room.resume_target(&r.token))
+        {
+            let frames = self.stored_frames(&target);
+            self.room.load_queue(&target, frames, now);
+        }
+        let n = self.next_id;
         self.room.handle_join(
             Join {
                 conn,
@@ -139,6 +190,8 @@ impl Harness {
                 resume,
                 fresh_peer,
                 fresh_token,
+                fresh_trace: TraceId::from_random([n; 8]),
+                user: None,
             },
             now,
         );
@@ -186,15 +239,59 @@ impl Harness {
         frames[0]["code"].as_str().unwrap().to_owned()
     }
 
-    /// Rebuilds the room from what storage holds, as after hibernation.
+    fn stored_frames(&self, peer: &PeerId) -> Vec<StoredFrame> {
+        self.queue
+            .iter()
+            .filter(|((p, _), _)| p == peer.as_str())
+            .map(|((_, seq), (body_id, _))| StoredFrame {
+                seq: *seq,
+                body_id: *body_id,
+                body: self.bodies[body_id].clone(),
+            })
+            .collect()
+    }
+
+    /// Rebuilds the room from what storage holds, as after hibernation or a
+    /// restart: records, queue summaries, then the connected peers' queues.
     fn hibernate(&mut self, now: Millis) {
         let records: Vec<PeerRecord> = self.records.values().cloned().collect();
-        let queued = self
-            .queue
-            .iter()
-            .map(|((p, s), t)| (PeerId::parse(p).unwrap(), *s, t.clone()))
-            .collect();
-        self.room = Room::restore(config(limits()), records, queued, Counters::default(), now);
+        let mut summaries: std::collections::BTreeMap<String, StoredQueue> = Default::default();
+        for ((p, seq), (_, bytes)) in &self.queue {
+            let s = summaries.entry(p.clone()).or_insert(StoredQueue {
+                peer: PeerId::parse(p).unwrap(),
+                len: 0,
+                bytes: 0,
+                max_seq: 0,
+            });
+            s.len += 1;
+            s.bytes += bytes;
+            s.max_seq = s.max_seq.max(*seq);
+        }
+        let next_body = self.bodies.keys().max().map_or(1, |m| m + 1);
+        self.room = Room::restore(
+            config(self.limits.clone()),
+            records,
+            summaries.into_values().collect(),
+            self.counters.clone().unwrap_or_default(),
+            next_body,
+            now,
+        );
+        for peer in self.room.peers_to_load() {
+            let frames = self.stored_frames(&peer);
+            self.room.load_queue(&peer, frames, now);
+        }
+    }
+
+    /// The Worker restarts: memory is lost, every socket is gone.
+    fn crash(&mut self, now: Millis) {
+        self.hibernate(now);
+        self.room.handle_sweep(&[], now);
+        self.pump();
+    }
+
+    fn checkpoint(&mut self, now: Millis) {
+        self.room.handle_checkpoint(now);
+        self.pump();
     }
 }
 
@@ -219,11 +316,23 @@ fn join_presence_and_welcome() {
     );
     let ice = w["ice_servers"].as_array().unwrap();
     assert_eq!(ice.len(), 2);
+    // v1.1: TURN username `<expiry>:<user>.<trace>`; the user is the peer id
+    // when the router names none.
+    let trace = w["trace_id"].as_str().unwrap();
+    assert_eq!(trace.len(), 16);
+    assert!(trace.bytes().all(|b| b.is_ascii_hexdigit()));
+    let user = format!("{}.{trace}", w["peer_id"].as_str().unwrap());
     assert!(
         ice[1]["username"]
             .as_str()
             .unwrap()
-            .ends_with(w["peer_id"].as_str().unwrap())
+            .ends_with(&format!(":{user}"))
+    );
+    assert_eq!(w["rev"], 1);
+    assert_eq!(w["cseq"], 0);
+    assert_eq!(
+        w["limits"],
+        json!({"rate_per_s":10,"rate_burst":20,"max_frame_bytes":256})
     );
     let joined = h.take(a.conn);
     assert_eq!(
@@ -428,6 +537,12 @@ fn ack_trims_and_a_resume_from_before_the_floor_fails() {
         h.send(&a, signal_to(&b.peer, json!(i)), T0);
     }
     h.send(&b, json!({"type":"ack","seq":2}), T0);
+    // Acknowledged rows leave storage at the next checkpoint, not per ack.
+    assert_eq!(
+        h.queue.keys().filter(|(p, _)| p == b.peer.as_str()).count(),
+        3
+    );
+    h.checkpoint(T0.plus(100));
     assert_eq!(
         h.queue.keys().filter(|(p, _)| p == b.peer.as_str()).count(),
         1
@@ -513,7 +628,8 @@ fn away_queue_is_bounded_with_queue_full() {
 #[test]
 fn zombie_is_reaped_announced_and_can_come_back() {
     let (mut h, a, b) = Harness::pair();
-    assert_eq!(h.room.poll_timeout(), Some(T0.plus(1000)));
+    // The sweep runs at the earliest death deadline (3 heartbeats), not every heartbeat.
+    assert_eq!(h.room.poll_timeout(), Some(T0.plus(3001)));
     // a pings (auto-answered), b is silent.
     let t = T0.plus(3500);
     h.room.handle_sweep(&[(a.conn, Some(t)), (b.conn, None)], t);
@@ -552,7 +668,7 @@ fn away_peer_expires_after_the_window() {
     h.pump();
     assert_eq!(h.room.stats().peers_away, 1);
     let at = T0.plus(5000);
-    assert_eq!(h.room.poll_timeout(), Some(T0.plus(1000)));
+    assert_eq!(h.room.poll_timeout(), Some(T0.plus(3001)));
     h.room.handle_sweep(&[(a.conn, Some(at))], at);
     h.pump();
     let left = h.take(a.conn);
@@ -619,4 +735,443 @@ fn connected_peer_queue_keeps_only_the_newest_frames() {
         .collect();
     assert_eq!(kept, vec![4, 5, 6, 7, 8]);
     assert_eq!(h.records[b.peer.as_str()].floor, 3);
+}
+
+fn cseq_signal(to: &PeerId, payload: Value, cseq: u64) -> Value {
+    json!({"type":"signal","to":to.as_str(),"payload":payload,"cseq":cseq})
+}
+
+fn rows_of(h: &Harness, p: &PeerId) -> Vec<u64> {
+    h.queue
+        .keys()
+        .filter(|(q, _)| q == p.as_str())
+        .map(|(_, s)| *s)
+        .collect()
+}
+
+fn resume(h: &mut Harness, c: &Client, last_seq: u64, now: Millis) -> (ConnId, Vec<Value>) {
+    let conn = h.join_with(
+        "{}",
+        Some(ResumeRequest {
+            token: ResumeToken::presented(&c.token),
+            last_seq: Some(last_seq),
+        }),
+        now,
+    );
+    let frames = h.take(conn);
+    assert_eq!(frames[0]["type"], "welcome", "{frames:?}");
+    (conn, frames)
+}
+
+#[test]
+fn cseq_frame_to_a_connected_peer_is_delivered_from_memory_and_acked_once_settled() {
+    let (mut h, a, b) = Harness::pair();
+    h.ops.clear();
+    h.send(&a, cseq_signal(&b.peer, json!("x"), 1), T0);
+    let got = h.take(b.conn);
+    assert_eq!(
+        got[0]["cseq"], 1,
+        "recipients can drop duplicates by (from, cseq)"
+    );
+    assert_eq!(got[0]["from"], a.peer.as_str());
+    assert!(
+        !h.ops.iter().any(|o| o == "store"),
+        "nothing is written before delivery: {:?}",
+        h.ops
+    );
+    assert!(
+        h.take(a.conn).is_empty(),
+        "no ack while the frame is only in memory"
+    );
+    // b acknowledges it: the frame never needs writing, and a hears its ack.
+    h.send(&b, json!({"type":"ack","seq":got[0]["seq"]}), T0.plus(10));
+    let at = h.room.poll_checkpoint().unwrap();
+    assert!(at <= T0.plus(110));
+    h.checkpoint(at);
+    assert_eq!(h.take(a.conn), vec![json!({"type":"ack","cseq":1})]);
+    assert!(rows_of(&h, &b.peer).is_empty());
+    assert_eq!(h.records[a.peer.as_str()].cseq_hi, 1);
+    // A duplicate (a resend) is acked again, not delivered again.
+    h.send(&a, cseq_signal(&b.peer, json!("x"), 1), T0.plus(200));
+    assert!(h.take(b.conn).is_empty());
+    assert_eq!(h.take(a.conn), vec![json!({"type":"ack","cseq":1})]);
+}
+
+#[test]
+fn unacknowledged_frames_are_written_after_flush_after_then_acked() {
+    let (mut h, a, b) = Harness::pair();
+    for n in 1..=3 {
+        h.send(&a, cseq_signal(&b.peer, json!(n), n), T0);
+    }
+    assert_eq!(h.take(b.conn).len(), 3);
+    h.checkpoint(T0.plus(100));
+    assert!(
+        h.take(a.conn).is_empty(),
+        "younger than flush_after: not written, not acked"
+    );
+    assert!(rows_of(&h, &b.peer).is_empty());
+    h.ops.clear();
+    h.checkpoint(T0.plus(500));
+    assert_eq!(rows_of(&h, &b.peer), vec![1, 2, 3]);
+    assert_eq!(
+        h.take(a.conn),
+        vec![json!({"type":"ack","cseq":3})],
+        "one coalesced ack"
+    );
+    let first_send = h.ops.iter().position(|o| o.starts_with("send")).unwrap();
+    assert!(
+        h.ops[..first_send].iter().filter(|o| *o == "store").count() >= 4,
+        "the writes precede the ack: {:?}",
+        h.ops
+    );
+    assert_eq!(h.room.poll_checkpoint(), None, "nothing left to settle");
+}
+
+#[test]
+fn v1_frames_are_written_before_they_are_delivered() {
+    let (mut h, a, b) = Harness::pair();
+    h.ops.clear();
+    h.send(&a, signal_to(&b.peer, json!("v1")), T0);
+    let send_b = format!("send:{}", b.conn.0);
+    let store = h.ops.iter().position(|o| o == "store").unwrap();
+    let send = h.ops.iter().position(|o| *o == send_b).unwrap();
+    assert!(store < send, "{:?}", h.ops);
+    assert_eq!(rows_of(&h, &b.peer), vec![1]);
+    assert!(h.take(a.conn).is_empty(), "v1 frames get no ack");
+}
+
+#[test]
+fn gaps_duplicates_and_refusals_follow_the_cseq_rules() {
+    let (mut h, a, b) = Harness::pair();
+    h.send(&a, cseq_signal(&b.peer, json!(1), 1), T0);
+    // A gap: refused, unsequenced, at most once per window.
+    h.send(&a, cseq_signal(&b.peer, json!(3), 3), T0);
+    h.send(&a, cseq_signal(&b.peer, json!(4), 4), T0);
+    let errs = h.take(a.conn);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0]["code"], "out_of_order");
+    assert_eq!(errs[0]["cseq"], 3);
+    assert_eq!(errs[0]["expected"], 2);
+    assert!(errs[0].get("seq").is_none());
+    assert_eq!(h.take(b.conn).len(), 1, "only cseq 1 was delivered");
+    // A refusal: sequenced, carries the cseq, written at once with what came before.
+    let nobody = PeerId::parse("nobody").unwrap();
+    h.send(&a, cseq_signal(&nobody, json!(2), 2), T0.plus(1));
+    let got = h.take(a.conn);
+    assert_eq!(got[0]["type"], "error");
+    assert_eq!(got[0]["code"], "unknown_peer");
+    assert_eq!(got[0]["cseq"], 2);
+    let err_seq = got[0]["seq"].as_u64().unwrap();
+    assert_eq!(
+        got[1],
+        json!({"type":"ack","cseq":2}),
+        "everything of a is durable now"
+    );
+    assert_eq!(rows_of(&h, &a.peer), vec![1, err_seq]);
+    assert_eq!(
+        rows_of(&h, &b.peer),
+        vec![1],
+        "a's earlier frame was written with it"
+    );
+    assert_eq!(h.records[a.peer.as_str()].cseq_hi, 2);
+    // An invalid frame whose cseq could be read is a refusal too.
+    h.send_raw(
+        a.conn,
+        r#"{"type":"signal","cseq":3,"payload":1}"#,
+        T0.plus(2),
+    );
+    let got = h.take(a.conn);
+    assert_eq!(got[0]["code"], "invalid_frame");
+    assert_eq!(got[0]["cseq"], 3);
+    assert_eq!(got[0]["seq"], err_seq + 1);
+    // The refusals are replayed on resume like any sequenced frame.
+    h.room.handle_close(a.conn, false, T0.plus(3));
+    h.pump();
+    let (_, frames) = resume(&mut h, &a, 1, T0.plus(4));
+    assert_eq!(frames[0]["cseq"], 3, "welcome says which cseqs are settled");
+    let codes: Vec<&str> = frames[1..]
+        .iter()
+        .map(|f| f["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes, vec!["unknown_peer", "invalid_frame"]);
+}
+
+#[test]
+fn rate_limited_answers_once_per_window_then_drops_quietly() {
+    let (mut h, a, b) = Harness::pair();
+    for n in 1..=20 {
+        h.send(&a, cseq_signal(&b.peer, json!(n), n), T0);
+    }
+    h.take(b.conn);
+    h.logs.clear();
+    h.send(&a, cseq_signal(&b.peer, json!(21), 21), T0);
+    let got = h.take(a.conn);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["code"], "rate_limited");
+    assert_eq!(got[0]["cseq"], 21);
+    assert_eq!(
+        got[0]["retry_after_ms"], 100,
+        "10 frames/s: a token every 100 ms"
+    );
+    assert_eq!(h.logs.len(), 1);
+    // Within the window: dropped without a word, a log line or an error count,
+    // binary frames included.
+    h.send(&a, cseq_signal(&b.peer, json!(21), 21), T0.plus(50));
+    h.room.handle_binary(a.conn, T0.plus(60));
+    h.pump();
+    assert!(h.take(a.conn).is_empty());
+    assert!(h.take(b.conn).is_empty());
+    assert_eq!(h.logs.len(), 1);
+    assert_eq!(h.room.stats().errors["rate_limited"], 1);
+    // After it, the resent frame is processed (cseq_hi did not move).
+    h.send(&a, cseq_signal(&b.peer, json!(21), 21), T0.plus(100));
+    assert_eq!(h.take(b.conn)[0]["cseq"], 21);
+    // Binary frames spend tokens too.
+    for _ in 0..5 {
+        h.room.handle_binary(a.conn, T0.plus(100));
+    }
+    h.pump();
+    let got = h.take(a.conn);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["code"], "rate_limited");
+    assert!(got[0].get("cseq").is_none());
+}
+
+#[test]
+fn a_restart_loses_only_unsettled_frames_and_their_senders_resend_them() {
+    let (mut h, a, b) = Harness::pair();
+    // Settled: cseq 1 and 2 are written and acknowledged.
+    h.send(&a, cseq_signal(&b.peer, json!(1), 1), T0);
+    h.send(&a, cseq_signal(&b.peer, json!(2), 2), T0);
+    h.checkpoint(T0.plus(500));
+    assert_eq!(h.take(a.conn), vec![json!({"type":"ack","cseq":2})]);
+    // Unsettled: 3 and 4 reached b from memory, 5 did not reach it (its socket is dying).
+    for n in 3..=5 {
+        h.send(&a, cseq_signal(&b.peer, json!(n), n), T0.plus(600));
+    }
+    let got = h.take(b.conn);
+    let b_saw = got[3]["seq"].as_u64().unwrap(); // b read the frames with cseq 1..=4
+    assert_eq!(got[3]["cseq"], 4);
+    h.crash(T0.plus(700));
+    // a resumes: welcome.cseq = 2, so it resends 3, 4, 5.
+    let (a2, frames) = resume(&mut h, &a, 0, T0.plus(800));
+    assert_eq!(frames[0]["cseq"], 2);
+    // b resumes from what it saw, ahead of what storage kept.
+    let (b2, frames) = resume(&mut h, &b, b_saw, T0.plus(800));
+    assert_eq!(
+        frames.len(),
+        1,
+        "nothing stored after what b saw: {frames:?}"
+    );
+    let a2c = Client {
+        conn: a2,
+        peer: a.peer.clone(),
+        token: a.token.clone(),
+    };
+    for n in 3..=5 {
+        h.send(&a2c, cseq_signal(&b.peer, json!(n), n), T0.plus(900));
+    }
+    let got = h.take(b2);
+    let seqs: Vec<u64> = got.iter().map(|f| f["seq"].as_u64().unwrap()).collect();
+    assert_eq!(
+        seqs,
+        vec![b_saw + 1, b_saw + 2, b_saw + 3],
+        "seq continues after last_seq"
+    );
+    // b keeps one frame per (from, cseq): 3 and 4 are duplicates of what it saw.
+    let fresh: Vec<u64> = got
+        .iter()
+        .map(|f| f["cseq"].as_u64().unwrap())
+        .filter(|c| *c > 4)
+        .collect();
+    assert_eq!(fresh, vec![5]);
+}
+
+#[test]
+fn gaps_left_by_a_restart_are_closed_on_replay() {
+    let (mut h, a, b) = Harness::pair();
+    // seq 1 (cseq frame, memory only), seq 2 (v1 frame, written), then a crash.
+    h.send(&a, cseq_signal(&b.peer, json!("memory"), 1), T0);
+    h.send(&a, signal_to(&b.peer, json!("written")), T0);
+    assert_eq!(rows_of(&h, &b.peer), vec![2]);
+    h.crash(T0.plus(10));
+    // b had read neither.
+    let (_, frames) = resume(&mut h, &b, 0, T0.plus(20));
+    assert_eq!(frames[1]["payload"], "written");
+    assert_eq!(frames[1]["seq"], 1, "renumbered: no gap in what b sees");
+    assert_eq!(rows_of(&h, &b.peer), vec![1]);
+}
+
+#[test]
+fn a_peer_going_away_has_its_memory_frames_written() {
+    let (mut h, a, b) = Harness::pair();
+    h.send(&a, cseq_signal(&b.peer, json!(1), 1), T0);
+    assert!(rows_of(&h, &b.peer).is_empty());
+    h.room.handle_close(b.conn, false, T0.plus(5));
+    h.pump();
+    assert_eq!(rows_of(&h, &b.peer), vec![1]);
+    // Written, so a's ack may go out at once on the next checkpoint.
+    h.checkpoint(T0.plus(100));
+    assert_eq!(h.take(a.conn), vec![json!({"type":"ack","cseq":1})]);
+    h.crash(T0.plus(200));
+    let (_, frames) = resume(&mut h, &b, 0, T0.plus(300));
+    assert_eq!(frames[1]["payload"], 1);
+}
+
+#[test]
+fn broadcast_bodies_are_stored_once() {
+    let mut h = Harness::new();
+    let a = h.join(T0);
+    let others: Vec<Client> = (0..3).map(|_| h.join(T0)).collect();
+    for c in &others {
+        h.room.handle_close(c.conn, false, T0);
+    }
+    h.pump();
+    let before = h.bodies.len();
+    h.send(
+        &a,
+        json!({"type":"broadcast","payload":"x".repeat(100)}),
+        T0,
+    );
+    assert_eq!(h.bodies.len(), before + 1, "one body row");
+    let newest = *h.bodies.keys().max().unwrap();
+    for c in &others {
+        let last = *rows_of(&h, &c.peer).last().unwrap();
+        assert_eq!(h.queue[&(c.peer.to_string(), last)].0, newest);
+    }
+    // Acknowledged everywhere, the body goes too.
+    for c in &others {
+        let (conn, frames) = resume(&mut h, c, 0, T0.plus(10));
+        let last = frames.last().unwrap()["seq"].clone();
+        h.send_raw(
+            conn,
+            &json!({"type":"ack","seq":last}).to_string(),
+            T0.plus(10),
+        );
+    }
+    h.send(&a, json!({"type":"ack","seq":3}), T0.plus(10)); // a's three peer-joined
+    h.checkpoint(T0.plus(200));
+    assert!(h.queue.is_empty());
+    assert!(h.bodies.is_empty(), "{:?}", h.bodies.keys());
+}
+
+#[test]
+fn the_room_wide_queue_cap_refuses_with_queue_full() {
+    let mut l = limits();
+    l.room_queue_max_bytes = 600;
+    l.queue_max_bytes = 10_000;
+    l.queue_max_frames = 100;
+    let mut h = Harness::with(l);
+    let a = h.join(T0);
+    let b = h.join(T0);
+    let c = h.join(T0);
+    h.room.handle_close(b.conn, false, T0);
+    h.room.handle_close(c.conn, false, T0);
+    h.pump();
+    h.take(a.conn);
+    let mut sent = 0;
+    for i in 0..10 {
+        let to = if i % 2 == 0 { &b.peer } else { &c.peer };
+        h.send(&a, signal_to(to, json!("y".repeat(100))), T0.plus(i));
+        let got = h.take(a.conn);
+        if got.is_empty() {
+            sent += 1;
+        } else {
+            assert_eq!(got[0]["code"], "queue_full");
+            break;
+        }
+    }
+    assert!((2..8).contains(&sent), "{sent}");
+    assert!(h.room.stats().queued_bytes <= 600);
+}
+
+#[test]
+fn away_queues_are_loaded_only_when_their_peer_resumes() {
+    let (mut h, a, b) = Harness::pair();
+    h.room.handle_close(b.conn, false, T0);
+    h.pump();
+    h.send(&a, signal_to(&b.peer, json!("queued")), T0);
+    h.hibernate(T0.plus(10));
+    let token = ResumeToken::presented(&b.token);
+    assert_eq!(h.room.resume_target(&token), Some(b.peer.clone()));
+    assert_eq!(
+        h.room.stats().queued_bytes,
+        h.queue.values().map(|(_, n)| n).sum::<usize>()
+    );
+    // Frames for it while unloaded are written, counted and kept in order.
+    h.send(&a, signal_to(&b.peer, json!("after wake")), T0.plus(20));
+    let (_, frames) = resume(&mut h, &b, 0, T0.plus(30));
+    let p: Vec<Value> = frames[1..].iter().map(|f| f["payload"].clone()).collect();
+    assert_eq!(p, vec![json!("queued"), json!("after wake")]);
+    assert_eq!(frames[1]["seq"], 1);
+    assert_eq!(h.room.resume_target(&token), None);
+}
+
+#[test]
+fn drain_closes_every_socket_with_4003_and_keeps_the_peers() {
+    let (mut h, a, b) = Harness::pair();
+    assert_eq!(h.room.handle_drain(90_000, T0), 2);
+    h.pump();
+    assert_eq!(h.closed.get(&a.conn.0), Some(&close_code::GOING_AWAY));
+    assert_eq!(h.closed.get(&b.conn.0), Some(&close_code::GOING_AWAY));
+    assert_eq!(h.room.stats().peers_away, 2);
+    assert!(h.take(a.conn).is_empty(), "nobody is told anyone left");
+    let (_, frames) = resume(&mut h, &a, 1, T0.plus(10));
+    assert_eq!(frames[0]["resumed"], true);
+}
+
+#[test]
+fn drain_reason_carries_the_capped_retry_after() {
+    let mut h = Harness::new();
+    let _a = h.join(T0);
+    h.room.handle_drain(90_000, T0);
+    let outs = h.room.drain_outputs();
+    let reason = outs.iter().find_map(|o| match o {
+        Output::Close { code, reason, .. } if *code == close_code::GOING_AWAY => {
+            Some(reason.clone())
+        }
+        _ => None,
+    });
+    assert_eq!(reason.as_deref(), Some("retry_after_ms=60000"));
+}
+
+#[test]
+fn counters_are_persisted_from_checkpoints_and_sweeps_never_per_frame() {
+    let (mut h, a, b) = Harness::pair();
+    h.counters = None;
+    for i in 0..5 {
+        h.send(&a, signal_to(&b.peer, json!(i)), T0);
+    }
+    assert!(h.counters.is_none(), "no counters write per frame");
+    h.checkpoint(T0.plus(100));
+    assert!(
+        h.counters.is_none(),
+        "a checkpoint with nothing else to write waits: {:?}",
+        h.ops
+    );
+    h.checkpoint(T0.plus(5100));
+    assert_eq!(h.counters.as_ref().unwrap().frames_in, 5);
+    h.send(&a, signal_to(&b.peer, json!(9)), T0.plus(5200));
+    h.room.handle_sweep(
+        &[(a.conn, Some(T0.plus(5200))), (b.conn, Some(T0.plus(5200)))],
+        T0.plus(5300),
+    );
+    h.pump();
+    assert_eq!(h.counters.as_ref().unwrap().frames_in, 6);
+}
+
+#[test]
+fn trace_ids_are_kept_across_resume_and_logged() {
+    let (mut h, _a, b) = Harness::pair();
+    let trace = h.records[b.peer.as_str()].trace_id.clone();
+    h.room.handle_close(b.conn, false, T0);
+    h.pump();
+    let (_, frames) = resume(&mut h, &b, 0, T0.plus(1));
+    assert_eq!(frames[0]["trace_id"], trace.as_str());
+    h.room.handle_close(ConnId(h.next_conn - 1), false, T0);
+    let logs = h.room.drain_outputs();
+    assert!(
+        logs.iter()
+            .any(|o| matches!(o, Output::Log(l) if l.trace.as_ref() == Some(&trace)))
+    );
 }

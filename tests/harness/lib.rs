@@ -220,6 +220,26 @@ impl Client {
         self.send(json!({"type":"signal","to":to,"payload":payload}));
     }
 
+    /// Sends `signal` to `to` with client sequence number `cseq` (protocol v1.1).
+    pub fn signal_cseq(&self, to: &str, payload: Value, cseq: u64) {
+        self.send(json!({"type":"signal","to":to,"payload":payload,"cseq":cseq}));
+    }
+
+    /// Reads frames until an `ack` covering `cseq` arrives; returns the other frames seen.
+    pub async fn wait_ack(&mut self, cseq: u64) -> Vec<Value> {
+        let mut others = Vec::new();
+        loop {
+            let f = self.next().await;
+            if f["type"] == "ack" {
+                if f["cseq"].as_u64().unwrap_or(0) >= cseq {
+                    return others;
+                }
+            } else {
+                others.push(f);
+            }
+        }
+    }
+
     /// The next frame, failing the test after [`DEADLINE`].
     pub async fn next(&mut self) -> Value {
         match tokio::time::timeout(DEADLINE, self.rx.recv()).await {
@@ -236,6 +256,50 @@ impl Client {
                     self.last_seq = seq;
                 }
                 v
+            }
+        }
+    }
+
+    /// The next frame, allowing `within` instead of [`DEADLINE`].
+    pub async fn next_within(&mut self, within: Duration) -> Value {
+        match tokio::time::timeout(within, self.rx.recv()).await {
+            Err(_) => panic!("no frame within {within:?}"),
+            Ok(None) => panic!("connection ended"),
+            Ok(Some(Err(closed))) => panic!("connection closed: {closed}"),
+            Ok(Some(Ok(v))) => v,
+        }
+    }
+
+    /// The next frame that is not an `ack`.
+    pub async fn next_skip_acks(&mut self) -> Value {
+        loop {
+            let f = self.next().await;
+            if f["type"] != "ack" {
+                return f;
+            }
+        }
+    }
+
+    /// Every frame until the server closes the connection (checking `seq` as
+    /// [`Client::next`] does), and the close.
+    pub async fn frames_until_closed(&mut self) -> (Vec<Value>, String) {
+        let mut frames = Vec::new();
+        loop {
+            match tokio::time::timeout(DEADLINE, self.rx.recv()).await {
+                Err(_) => panic!("connection not closed within {DEADLINE:?}"),
+                Ok(None) => return (frames, "ended".into()),
+                Ok(Some(Err(closed))) => return (frames, closed),
+                Ok(Some(Ok(v))) => {
+                    if let Some(seq) = v.get("seq").and_then(Value::as_u64) {
+                        assert_eq!(
+                            seq,
+                            self.last_seq + 1,
+                            "seq must increase by exactly 1: {v}"
+                        );
+                        self.last_seq = seq;
+                    }
+                    frames.push(v);
+                }
             }
         }
     }
@@ -293,8 +357,9 @@ fn spawn_io(
                     let _ = frames_tx.send(Ok(v));
                 }
                 Ok(Message::Close(frame)) => {
+                    // "close <code> <reason>", e.g. "close 4003 retry_after_ms=1000".
                     let code = frame
-                        .map(|f| u16::from(f.code).to_string())
+                        .map(|f| format!("{} {}", u16::from(f.code), f.reason))
                         .unwrap_or_else(|| "no code".into());
                     let _ = frames_tx.send(Err(format!("close {code}")));
                     return;
@@ -352,6 +417,7 @@ pub fn upgrade_request(base: &str, path_and_query: &str) -> HttpResponse {
 #[derive(Debug)]
 pub struct WorkerProcess {
     child: std::process::Child,
+    persist: std::path::PathBuf,
     /// Base URL, `http://127.0.0.1:PORT`.
     pub base: String,
 }
@@ -416,7 +482,11 @@ impl WorkerProcess {
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        WorkerProcess { child, base }
+        WorkerProcess {
+            child,
+            persist: persist.to_owned(),
+            base,
+        }
     }
 
     /// Stops the whole process group (wrangler, its proxy and workerd) and waits for it.
@@ -425,11 +495,20 @@ impl WorkerProcess {
     }
 
     fn kill_group(&mut self) {
-        let pgid = format!("-{}", self.child.id());
-        let _ = std::process::Command::new("kill")
-            .args(["-KILL", "--", &pgid])
-            .status();
+        // kill(2) on the group, never the `kill` command (procps once read a
+        // negative pid as "every process").
+        let pid = i32::try_from(self.child.id())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw);
+        if let Some(pid) = pid {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
         let _ = self.child.wait();
+    }
+
+    /// The wrangler dev log so far (the Worker's console lines included).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.persist.join("wrangler.log")).unwrap_or_default()
     }
 }
 
