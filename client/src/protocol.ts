@@ -64,6 +64,8 @@ export interface SignalFrame {
   type: "signal";
   seq: number;
   from: string;
+  /** The sender's `cseq` (v1.1), when it used one. */
+  cseq?: number;
   payload: unknown;
 }
 
@@ -71,6 +73,8 @@ export interface RelayFrame {
   type: "relay";
   seq: number;
   from: string;
+  /** The sender's `cseq` (v1.1), when it used one. */
+  cseq?: number;
   data: unknown;
 }
 

@@ -223,6 +223,13 @@ export class SignalingConnection {
   private cseqAcked = 0;
   /** Entries the room processed before a resume (cseq <= welcome.cseq) whose outcome arrives after it. */
   private decided: OutboxEntry[] = [];
+  /**
+   * Per sender, the highest `cseq` delivered to this client. After a Worker
+   * restart the room may deliver a frame again (same sender and `cseq`, new
+   * `seq`); a sender's frames reach a recipient in `cseq` order, so anything
+   * at or below this is such a duplicate.
+   */
+  private readonly senderCseq = new Map<string, number>();
 
   /** The client-side token bucket (`limits.rate_per_s`, `limits.rate_burst`). */
   private tokens = DEFAULT_LIMITS.rate_burst;
@@ -606,6 +613,7 @@ export class SignalingConnection {
       // A fresh identity: the server numbers frames from 1 again, and forgot this client's cseq.
       this.lastSeqValue = 0;
       this.lastAckedSeq = 0;
+      this.senderCseq.clear();
       if (previousPeerId !== undefined) this.failOutbox(this.error("resume_failed", "the session was not resumed; frames of the old session were dropped", { source: "server" }));
       this.nextCseq = 1;
       this.cseqAcked = 0;
@@ -720,6 +728,14 @@ export class SignalingConnection {
       return;
     }
     this.lastSeqValue = frame.seq;
+    if ((frame.type === "signal" || frame.type === "relay") && typeof frame.cseq === "number") {
+      const seen = this.senderCseq.get(frame.from) ?? 0;
+      if (frame.cseq <= seen) {
+        this.scheduleAck();
+        return;
+      }
+      this.senderCseq.set(frame.from, frame.cseq);
+    }
     if (frame.type === "error") {
       const error = this.serverError(frame);
       if (frame.cseq !== undefined) this.settleUpTo(frame.cseq, error);

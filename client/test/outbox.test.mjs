@@ -192,3 +192,13 @@ test("signals overtake relay data that waits for tokens; relay data keeps its ow
   assert.deepEqual(order, ["r1", "r2", "s99", "r3", "r4"]);
   assert.deepEqual(server.last.frames().filter((f) => f.cseq).map((f) => f.cseq), [1, 2, 3, 4, 5]);
 });
+
+test("a frame delivered again after a Worker restart (same sender and cseq, new seq) is dropped", async () => {
+  const { server, frames } = await joined();
+  server.last.receive({ type: "signal", seq: 1, from: "p2", cseq: 7, payload: "a" });
+  server.last.receive({ type: "relay", seq: 2, from: "p2", cseq: 8, data: "b" });
+  server.last.receive({ type: "relay", seq: 3, from: "p2", cseq: 8, data: "b" });
+  server.last.receive({ type: "relay", seq: 4, from: "p3", cseq: 8, data: "other sender" });
+  server.last.receive({ type: "signal", seq: 5, from: "p2", payload: "v1 sender, no cseq" });
+  assert.deepEqual(frames.map((f) => f.payload ?? f.data), ["a", "b", "other sender", "v1 sender, no cseq"]);
+});
