@@ -155,6 +155,8 @@ interface Conn {
   /** Local tracks may be attached: at once on the controller, after the first remote offer on the follower. */
   mediaReady: boolean;
   readonly attached: Set<MediaStreamTrack>;
+  /** Transceivers given a local track (`replaceTrack` is asynchronous: `sender.track` is set later). */
+  readonly claimed: Set<RTCRtpTransceiver>;
   /** Remote tracks of a connection that is not carrying the pair yet; surfaced when it takes over. */
   readonly heldTracks: Array<{ track: MediaStreamTrack; streams: readonly MediaStream[] }>;
   readonly candidates: RTCIceCandidateInit[];
@@ -612,6 +614,7 @@ export class PeerLink {
       settingRemoteAnswer: false,
       mediaReady: false,
       attached: new Set(),
+      claimed: new Set(),
       heldTracks: [],
       candidates: [],
       candidateTimer: new Timer(this.host.clock),
@@ -798,8 +801,10 @@ export class PeerLink {
         (t) =>
           t.receiver.track?.kind === track.kind &&
           t.sender.track === null &&
+          !conn.claimed.has(t) &&
           (t.direction === "sendrecv" || t.direction === "sendonly"),
       );
+    if (free) conn.claimed.add(free);
     const onError = (error: unknown) => {
       if (!conn.closed) this.reportError("could not send a track", error);
     };

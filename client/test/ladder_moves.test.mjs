@@ -453,3 +453,15 @@ test("the path is turn when either end's candidate is relayed, as each end repor
   pcs[0].dc.receive({ sb: "r", relay: false });
   assert.deepEqual(paths, ["turn", "p2p"]);
 });
+
+test("two tracks of a kind added before replaceTrack completes do not share the free transceiver", async () => {
+  const { server, room, pcs } = await joinWithFakes("p9");
+  fromPeer(server, hello);
+  const audio = pcs[0].transceivers.find((t) => t.receiver.track.kind === "audio");
+  audio.sender.replaceTrack = () => new Promise(() => undefined); // never completes within the test
+  const first = { kind: "audio", id: "a1" };
+  const second = { kind: "audio", id: "a2" };
+  room.addTrack(first);
+  room.addTrack(second);
+  assert.deepEqual(pcs[0].tracks, [second], "the second one is added, not swapped onto the first one's transceiver");
+});

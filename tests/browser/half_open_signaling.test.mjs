@@ -1,5 +1,7 @@
-// A half-open signaling connection: iptables silently drops the WebSocket's
-// TCP packets (no FIN, no RST) while page A sends 50 signals to B. The frames
+// A half-open signaling connection: iptables silently drops the TCP packets
+// of A's WebSocket (no FIN, no RST) while page A sends 50 signals to B. A
+// reaches the Worker through a TCP forwarder of its own, so only A's
+// connection is cut; B stays connected. The frames
 // are written into a dead socket; A's outbox keeps them (protocol v1.1) until
 // the room acknowledges them. Once the SDK notices (three unanswered pings)
 // and resumes, it resends from the first frame the room has not processed
@@ -7,14 +9,20 @@
 // of A's `signal()` promises resolves.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { blackholeTcpPort, diagnostics, openPair, peerIdOf, uniqueRoom, waitForPath, workerAndBrowser } from "./harness.mjs";
+import { blackholeTcpPort, diagnostics, openDemo, peerIdOf, tcpForwarder, uniqueRoom, waitForPath, workerAndBrowser } from "./harness.mjs";
 
 const env = workerAndBrowser();
 const COUNT = 50;
+const FORWARDER_PORT = 18851;
 
 test("half-open socket: 50 signals sent into it reach B exactly once after the resume", async (t) => {
   const room = uniqueRoom("halfopen");
-  const [a, b] = await openPair(t, env.browser, env.dev.url, { room, camera: "0" });
+  const forwarder = await tcpForwarder(FORWARDER_PORT, Number(new URL(env.dev.url).port));
+  t.after(() => forwarder.close());
+  const a = await openDemo(env.browser, forwarder.url, { room, camera: "0", name: "alice" });
+  t.after(() => a.context().close());
+  const b = await openDemo(env.browser, env.dev.url, { room, camera: "0", name: "bob" });
+  t.after(() => b.context().close());
   try {
     const [idA, idB] = [await peerIdOf(a), await peerIdOf(b)];
     await waitForPath(a, idB, "p2p");
@@ -30,8 +38,7 @@ test("half-open socket: 50 signals sent into it reach B exactly once after the r
     });
     assert.equal(await a.evaluate(() => window.switchboardDemo.room.diagnostics().signaling.rev), 1, "the room speaks v1.1");
 
-    const port = Number(new URL(env.dev.url).port);
-    const lift = blackholeTcpPort(port);
+    const lift = blackholeTcpPort(FORWARDER_PORT);
     t.after(lift);
     // Written into the dead socket: nothing comes back, not even an error.
     await a.evaluate(
@@ -59,6 +66,8 @@ test("half-open socket: 50 signals sent into it reach B exactly once after the r
     assert.deepEqual(await b.evaluate(() => window.__signals), Array.from({ length: COUNT }, (_, i) => i + 1));
     assert.deepEqual(await a.evaluate(() => window.__sendResults), Array(COUNT).fill("ok"), "every signal() resolved on the room's ack");
     assert.equal(await a.evaluate(() => window.switchboardDemo.room.peerId), idA, "resumed, not rejoined");
+    const bStates = await b.evaluate(() => window.switchboardDemo.room.signalingState);
+    assert.equal(bStates, "open");
   } catch (error) {
     error.message += `\n${await diagnostics([a, b], env.dev)}`;
     throw error;

@@ -3,6 +3,7 @@
 // Chromium through playwright-core, and deadline-bounded waits.
 import { spawn, spawnSync } from "node:child_process";
 import { createSocket } from "node:dgram";
+import { connect, createServer } from "node:net";
 import { randomBytes } from "node:crypto";
 import { after, before } from "node:test";
 import { createRequire } from "node:module";
@@ -378,25 +379,59 @@ export function assertInTestNamespace() {
   }
 }
 
-/** Pages' ephemeral UDP ports (the namespace's local port range) vs. the relay's relayed ports. */
-export const PAGE_PORTS = "30000:39999";
-export const RELAY_PORTS = "50000-50999";
+/**
+ * The pages' ephemeral ports (the namespace's local port range, set by
+ * `blockDirectPaths`), below the kernel's default range where the shared
+ * Worker's own listening ports were taken; the relay relays from 50000-50999.
+ */
+export const PAGE_PORTS = "20000:29999";
 
 /**
- * Blocks direct page-to-page UDP (both ends in the pages' ephemeral range);
- * TURN (page ↔ 3478, relay ports ↔ page) and every TCP flow are untouched.
- * Returns the function that lifts the block.
+ * Blocks direct page-to-page traffic: UDP and ICE-TCP where both ends are in
+ * the pages' ephemeral range. TURN (page ↔ 3478, relay ports ↔ page) and the
+ * pages' and Worker's other TCP flows (one end on a listening port outside
+ * the range) are untouched. Returns the function that lifts the block.
  */
-export function blockDirectUdp() {
+export function blockDirectPaths() {
   assertInTestNamespace();
   run("sysctl", ["-q", "-w", `net.ipv4.ip_local_port_range=${PAGE_PORTS.replace(":", " ")}`]);
-  const rule = ["OUTPUT", "-p", "udp", "--sport", PAGE_PORTS, "--dport", PAGE_PORTS, "-j", "DROP"];
-  run("iptables", ["-A", ...rule]);
+  const rules = ["udp", "tcp"].map((proto) => ["OUTPUT", "-p", proto, "--sport", PAGE_PORTS, "--dport", PAGE_PORTS, "-j", "DROP"]);
+  for (const rule of rules) run("iptables", ["-A", ...rule]);
   let lifted = false;
   return () => {
     if (lifted) return;
     lifted = true;
-    run("iptables", ["-D", ...rule]);
+    for (const rule of rules) run("iptables", ["-D", ...rule]);
+  };
+}
+
+/**
+ * A plain TCP forwarder from 127.0.0.1:`port` to 127.0.0.1:`target`, so one
+ * page can reach the Worker over a port of its own (and only that page's
+ * connection can be cut). `close()` stops it.
+ */
+export async function tcpForwarder(port, target) {
+  const sockets = new Set();
+  const server = createServer((client) => {
+    const upstream = connect(target, "127.0.0.1");
+    for (const socket of [client, upstream]) {
+      sockets.add(socket);
+      socket.on("close", () => sockets.delete(socket));
+      socket.on("error", () => {
+        client.destroy();
+        upstream.destroy();
+      });
+    }
+    client.pipe(upstream);
+    upstream.pipe(client);
+  });
+  await new Promise((resolve, reject) => server.listen(port, "127.0.0.1", resolve).once("error", reject));
+  return {
+    url: `http://127.0.0.1:${port}`,
+    async close() {
+      for (const socket of sockets) socket.destroy();
+      await new Promise((resolve) => server.close(resolve));
+    },
   };
 }
 

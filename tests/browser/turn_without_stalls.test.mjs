@@ -1,15 +1,16 @@
-// Direct page-to-page UDP is dropped by iptables (the pages' ephemeral ports
-// are one range, the relay's relayed ports another); TURN through our relay
-// works. With direct and relayed candidates in one ICE agent the pair reaches
+// Direct page-to-page traffic (UDP, and ICE-TCP, which Chromium would
+// otherwise use as a direct path) is dropped by iptables: the pages'
+// ephemeral ports are one range, the relay's relayed ports another; TURN
+// through our relay works. With direct and relayed candidates in one ICE agent the pair reaches
 // `turn` without waiting for a rung timeout, and the upgrade probes for a
-// direct path never interrupt the video. When direct UDP comes back mid-call
+// direct path never interrupt the video. When direct traffic comes back mid-call
 // the pair moves turn → p2p, again without a visible stall. Video is sampled
 // every 100 ms (framesDecoded of the pair's current connection) and on every
 // frame the page presents (requestVideoFrameCallback).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import {
-  blockDirectUdp, diagnostics, launchBrowser, openPair, peerIdOf, selectedCandidateType, startRelay,
+  blockDirectPaths, diagnostics, launchBrowser, openPair, peerIdOf, selectedCandidateType, startRelay,
   startVideoSampling, uniqueRoom, waitFor, waitForDecodedVideo, waitForPath, worker,
 } from "./harness.mjs";
 
@@ -49,7 +50,7 @@ async function pairOnTurn(t, pages) {
 }
 
 test("P2P blocked, TURN working: turn in under 3 s, and upgrade probes never stall the video", async (t) => {
-  const unblock = blockDirectUdp();
+  const unblock = blockDirectPaths();
   t.after(unblock);
   const pages = [];
   try {
@@ -86,8 +87,8 @@ test("P2P blocked, TURN working: turn in under 3 s, and upgrade probes never sta
   }
 });
 
-test("upgrade without interruption: direct UDP comes back mid-call, the pair moves turn → p2p, the video never stalls", async (t) => {
-  const unblock = blockDirectUdp();
+test("upgrade without interruption: direct paths come back mid-call, the pair moves turn → p2p, the video never stalls", async (t) => {
+  const unblock = blockDirectPaths();
   t.after(unblock);
   const pages = [];
   try {
