@@ -847,7 +847,15 @@ export class PeerLink {
       conn.deadline.set(this.host.options.rungTimeoutMs, () => {
         if (conn.closed || conn.pc.connectionState === "connected") return;
         this.closeConn(conn, true);
-        this.onBuildFailed(conn.mode, false);
+        if (this.forcedPair()) {
+          this.onBuildFailed(conn.mode, false);
+          return;
+        }
+        // The network changed under the pair: relay frames carry it while a fresh
+        // connection (direct and relayed candidates again) is tried at once.
+        this.goWebsocket();
+        const target = upgradeTarget("websocket", this.host.rtcSupported);
+        if (target?.rung === "rtc") this.build(target.mode, true);
       });
     }
   }

@@ -266,6 +266,11 @@ test("an active connection that fails: data moves to relay frames at once, ICE r
   assert.deepEqual(paths, ["p2p"]);
   mock.timers.tick(1);
   assert.deepEqual(paths, ["p2p", "websocket"]);
+  assert.ok(pcs[0].closed);
+  assert.equal(pcs.length, 2, "a fresh connection is tried at once");
+  assert.deepEqual(pcs[1].config, { iceServers: ICE, iceTransportPolicy: "all" });
+  await pcs[1].connect();
+  assert.deepEqual(paths, ["p2p", "websocket", "p2p"]);
 });
 
 test("disconnected restarts ICE only after the grace period, and recovery keeps the connection", async () => {
