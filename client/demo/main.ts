@@ -24,6 +24,8 @@ interface DemoHandle {
   /** Every rung change, in order, with the time it happened (`Date.now()`): the ladder made observable. */
   paths: Array<{ peerId: string; path: Path; previous: Path | null; at: number }>;
   cameraStarted: boolean;
+  /** Every signaling state change after the join (reconnects, resumes). */
+  signaling: Array<{ state: string; resumed?: boolean; reason?: string; at: number }>;
   sendChat(text: string): Promise<void>;
 }
 
@@ -47,6 +49,7 @@ const handle: DemoHandle = {
   errors: [],
   paths: [],
   cameraStarted: false,
+  signaling: [],
   sendChat: async () => {
     throw new Error("not joined yet");
   },
@@ -181,7 +184,11 @@ async function main(): Promise<void> {
     if (name) names.set(peer.peerId, name);
   }
 
-  room.on("signaling-state", ({ state, resumed }) => {
+  room.on("signaling-state", ({ state, resumed, reason }) => {
+    const entry: DemoHandle["signaling"][number] = { state, at: Date.now() };
+    if (resumed !== undefined) entry.resumed = resumed;
+    if (reason !== undefined) entry.reason = reason;
+    handle.signaling.push(entry);
     const pill = $("signaling");
     pill.dataset.state = state;
     pill.textContent = state === "open" && resumed ? "open (resumed)" : state;

@@ -292,6 +292,7 @@ export async function diagnostics(pages, dev) {
           peers: demo?.room?.peers,
           paths: demo?.paths,
           errors: demo?.errors,
+          signaling: demo?.signaling,
         });
       })
       .catch((error) => `unavailable: ${error.message}`);

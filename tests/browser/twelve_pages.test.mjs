@@ -33,6 +33,7 @@ test("twelve pages in one room with trickle ICE: no rate_limited, every pair con
             return {
               connected: room.peers.filter((p) => p.state === "connected" && p.path === "p2p").length,
               errors: window.switchboardDemo.errors,
+              reconnects: window.switchboardDemo.signaling.filter((s) => s.state === "reconnecting").map((s) => s.reason),
             };
           }),
         ),
@@ -50,6 +51,8 @@ test("twelve pages in one room with trickle ICE: no rate_limited, every pair con
     assert.equal(connected, PAGES * (PAGES - 1));
     const errors = last.flatMap((s) => s.errors);
     if (errors.length > 0) t.diagnostic(`errors: ${JSON.stringify(errors)}`);
+    const reconnects = last.flatMap((s) => s.reconnects);
+    if (reconnects.length > 0) t.diagnostic(`reconnects: ${JSON.stringify(reconnects)}`);
     assert.deepEqual(errors.filter((e) => e.startsWith("rate_limited")), [], "no page tripped the room's rate limit");
     assert.deepEqual(errors.filter((e) => e.startsWith("webrtc")), [], "no WebRTC errors");
   } catch (error) {
