@@ -127,6 +127,9 @@ function randomId(): string {
   return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
+/** How long a connection must look direct before a pair on `turn` reports `p2p`. */
+const ROUTE_SETTLE_MS = 300;
+
 /** The counter part of an epoch `<link>.<n>`: later connections of a controller have larger ones. */
 function epochOrder(epoch: string): number {
   const n = Number(epoch.slice(epoch.lastIndexOf(".") + 1));
@@ -149,6 +152,9 @@ interface Conn {
   /** Whether this end's / the other end's candidate of the selected pair is relayed (`null`: not known yet). */
   localRelay: boolean | null;
   remoteRelay: boolean | null;
+  /** The remote candidate of the selected pair, as seen here, is a (signalled) relayed one. */
+  remoteSeenRelay: boolean;
+  readonly routeTimer: Timer;
   makingOffer: boolean;
   ignoreOffer: boolean;
   settingRemoteAnswer: boolean;
@@ -563,7 +569,9 @@ export class PeerLink {
         });
         const pair = pairId === undefined ? undefined : byId.get(pairId);
         const local = pair && byId.get(pair.localCandidateId as string);
+        const remote = pair && byId.get(pair.remoteCandidateId as string);
         if (local) relay = local.candidateType === "relay";
+        conn.remoteSeenRelay = remote?.candidateType === "relay";
       }
     } catch {
       // No stats (the connection closed meanwhile): keep what is known.
@@ -573,7 +581,24 @@ export class PeerLink {
 
   /** `turn` when either end's candidate of the selected pair is relayed, else `p2p`. */
   private computeRoute(conn: Conn): void {
-    conn.route = conn.localRelay === true || conn.remoteRelay === true ? "turn" : "p2p";
+    const route = conn.localRelay === true || conn.remoteRelay === true || conn.remoteSeenRelay ? "turn" : "p2p";
+    // While ICE settles, the two ends' reports can cross (each switched its own end of the
+    // pair, neither has heard of the other's switch yet): only a `p2p` that lasts is believed.
+    if (conn === this.active && conn.route === "turn" && route === "p2p") {
+      if (!conn.routeTimer.armed) {
+        conn.routeTimer.set(ROUTE_SETTLE_MS, () => {
+          void this.refreshLocal(conn).then(() => {
+            if (!conn.closed && conn.localRelay !== true && conn.remoteRelay !== true && !conn.remoteSeenRelay) {
+              conn.route = "p2p";
+              if (conn === this.active) this.updatePath();
+            }
+          });
+        });
+      }
+      return;
+    }
+    conn.routeTimer.clear();
+    conn.route = route;
     if (conn === this.active) this.updatePath();
   }
 
@@ -609,6 +634,8 @@ export class PeerLink {
       route: null,
       localRelay: null,
       remoteRelay: null,
+      remoteSeenRelay: false,
+      routeTimer: new Timer(this.host.clock),
       makingOffer: false,
       ignoreOffer: false,
       settingRemoteAnswer: false,
@@ -685,7 +712,7 @@ export class PeerLink {
     if (conn.closed) return;
     conn.closed = true;
     this.conns.delete(conn.epoch);
-    for (const timer of [conn.candidateTimer, conn.deadline, conn.graceTimer]) timer.clear();
+    for (const timer of [conn.candidateTimer, conn.deadline, conn.graceTimer, conn.routeTimer]) timer.clear();
     if (announce && this.controller) this.host.sendSignal(this.peerId, { sb: "rtc", t: "close", epoch: conn.epoch });
     const dc = conn.dc;
     if (dc) {
@@ -769,7 +796,10 @@ export class PeerLink {
       return;
     }
     if (sb === "r") {
-      this.computeRoute(conn);
+      // Our own view of the pair may have changed too: read it again before deciding.
+      void this.refreshLocal(conn).then(() => {
+        if (!conn.closed) this.computeRoute(conn);
+      });
       return;
     }
     const envelope = parseEnvelope(message);

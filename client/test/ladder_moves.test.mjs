@@ -454,9 +454,32 @@ test("the path is turn when either end's candidate is relayed, as each end repor
   assert.equal(room.path("p5"), "turn");
   const probe = pcs[0].dc.sent.find((m) => m.sb === "p");
   assert.equal(probe.relay, false, "this end reports its own (host) candidate");
-  // The other end's ICE moves to a direct pair and says so.
+  // The other end's ICE moves to a direct pair and says so; a direct pair that lasts is believed.
+  pcs[0].remoteType = "host";
   pcs[0].dc.receive({ sb: "r", relay: false });
+  await settle();
+  assert.deepEqual(paths, ["turn"]);
+  mock.timers.tick(300);
+  await settle();
   assert.deepEqual(paths, ["turn", "p2p"]);
+});
+
+test("crossed reports while ICE settles do not flap the path: a p2p claim must last", async () => {
+  const { server, pcs, paths } = await joinWithFakes("p9");
+  fromPeer(server, hello);
+  pcs[0].localType = "relay";
+  await pcs[0].connect();
+  assert.deepEqual(paths, ["turn"]);
+  // This end's pair becomes (host, relay) and the other end has not reported its switch yet.
+  pcs[0].localType = "host";
+  pcs[0].dc.receive({ sb: "r", relay: false });
+  await settle();
+  mock.timers.tick(100);
+  pcs[0].dc.receive({ sb: "r", relay: true });
+  await settle();
+  mock.timers.tick(300);
+  await settle();
+  assert.deepEqual(paths, ["turn"]);
 });
 
 test("two tracks of a kind added before replaceTrack completes do not share the free transceiver", async () => {
