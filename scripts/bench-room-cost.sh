@@ -43,7 +43,7 @@ cd "$ROOT"
 mkdir -p client/site   # the [assets] directory wrangler.toml names
 setsid "$HERE/node_modules/.bin/wrangler" dev --local --ip 127.0.0.1 --port 18900 --inspector-port 19900 \
   --persist-to "$PERSIST" --env-file "$WORK/empty.env" --show-interactive-dev-session=false \
-  --var RATE_PER_S:1000 --var RATE_BURST:2000 > "$WORK/wrangler.log" 2>&1 < /dev/null &
+  --var RATE_PER_S:1000 --var RATE_BURST:2000 --var ADMIN_TOKEN:bench-admin > "$WORK/wrangler.log" 2>&1 < /dev/null &
 PGID=$!
 ready=0
 for _ in $(seq 1 120); do
@@ -68,7 +68,7 @@ if [ "$PROFILE" != 0 ]; then
   (sleep 12; node "$HERE/scripts/profile-worker.mjs" 19900 "$PROFILE" > "$WORK/profile.txt" 2>&1) &
   PROF_PID=$!
 fi
-summary=$(node "$HERE/scripts/room-load.mjs" --url http://127.0.0.1:18900 "$@")
+summary=$(node "$HERE/scripts/room-load.mjs" --url http://127.0.0.1:18900 --admin bench-admin "$@")
 after=$(cpu_ticks)
 if [ -n "$PROF_PID" ]; then wait "$PROF_PID" || true; cat "$WORK/profile.txt" >&2; fi
 hz=$(getconf CLK_TCK)

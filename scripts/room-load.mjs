@@ -98,12 +98,21 @@ await new Promise((resolve) => {
 // Drain: up to 5 s for frames still in flight.
 for (let i = 0; i < 50 && received + dup < sent; i++) await new Promise((r) => setTimeout(r, 100));
 const settledAcks = peers.reduce((s, c) => s + (c.ackedCseq ?? 0), 0);
+// With --admin: the SQL statements room 0 ran since its object woke, per frame it received.
+let sql;
+if (args.admin) {
+  const base = url.replace("ws://", "http://");
+  const r = await fetch(`${base}/v1/rooms/${prefix}-0/stats`, { headers: { authorization: `Bearer ${args.admin}` } });
+  const st = await r.json();
+  const frames = st.frames_in ?? 0;
+  sql = { room_frames_in: frames, per_frame_in: Object.fromEntries(Object.entries(st.sql_since_wake ?? {}).map(([k, v]) => [k, Number((v / Math.max(1, frames)).toFixed(3))])) };
+}
 lat.sort((a, b) => a - b);
 const q = (p) => (lat.length ? Number(lat[Math.min(lat.length - 1, Math.floor(p * lat.length))].toFixed(2)) : null);
 console.log(JSON.stringify({
   clients: peers.length, failed, join_ms: Math.round(joinMs), rate, seconds, bytes, cseq: useCseq,
   sent, received, lost: sent - received, duplicated: dup, acked_cseqs: useCseq ? settledAcks : undefined,
-  msgs_per_s: Math.round(received / seconds), p50_ms: q(0.5), p99_ms: q(0.99), max_ms: q(1), errors,
+  msgs_per_s: Math.round(received / seconds), p50_ms: q(0.5), p99_ms: q(0.99), max_ms: q(1), errors, sql,
 }));
 for (const c of peers) c.ws.close(1000);
 setTimeout(() => process.exit(0), 500);

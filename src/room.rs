@@ -166,9 +166,16 @@ impl DurableObject for Room {
                 let body = {
                     this.load(Some(&name), now())?;
                     let core = this.core.borrow();
-                    let stats = core.as_ref().map(core::Room::stats);
-                    let sql = this.sql_counts.borrow();
-                    serde_json::json!({ "room": stats, "sql_since_wake": *sql }).to_string()
+                    let mut stats = core
+                        .as_ref()
+                        .map(core::Room::stats)
+                        .and_then(|s| serde_json::to_value(s).ok())
+                        .unwrap_or_default();
+                    if let Some(obj) = stats.as_object_mut() {
+                        let sql = this.sql_counts.borrow();
+                        obj.insert("sql_since_wake".into(), serde_json::json!(*sql));
+                    }
+                    stats.to_string()
                 };
                 json(200, &body)
             }
@@ -509,13 +516,14 @@ impl Inner {
         this.schedule(wake_at).await
     }
 
-    /// Arms the in-memory checkpoint timer for `at`, unless one is armed already
-    /// (the room only ever asks for a checkpoint when none is pending).
+    /// Arms the in-memory checkpoint timer for `at`, unless one armed fires by then.
+    /// A timer that fires runs the checkpoint only if it is due (an earlier
+    /// one may have run it, and the room may since want a later one).
     fn arm_checkpoint(this: &Rc<Inner>, at: Option<Millis>) {
         let Some(at) = at else {
             return;
         };
-        if this.timer_at.get().is_some() {
+        if this.timer_at.get().is_some_and(|t| t <= at.0) {
             return;
         }
         this.timer_at.set(Some(at.0));
@@ -523,9 +531,15 @@ impl Inner {
         let inner = Rc::clone(this);
         worker::wasm_bindgen_futures::spawn_local(async move {
             worker::Delay::from(std::time::Duration::from_millis(delay)).await;
-            inner.timer_at.set(None);
+            if inner.timer_at.get() == Some(at.0) {
+                inner.timer_at.set(None);
+            }
             let t = now();
-            inner.with_core(|room| room.handle_checkpoint(t));
+            inner.with_core(|room| {
+                if room.poll_checkpoint().is_some_and(|due| due <= t) {
+                    room.handle_checkpoint(t);
+                }
+            });
             if let Err(e) = Inner::after_event(&inner).await {
                 worker::console_error!(
                     "{}",

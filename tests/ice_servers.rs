@@ -73,5 +73,11 @@ fn http_endpoint_issues_verifiable_turn_credentials() {
 async fn welcome_carries_the_same_list_bound_to_the_peer() {
     let e = env();
     let c = Client::join(&e.open, &unique_room("ice"), "").await;
-    check_list(&c.welcome["ice_servers"], Some(&c.peer_id()));
+    // v1.1: `<user>.<trace_id>`, the user being the peer id when the router names none.
+    let user = format!(
+        "{}.{}",
+        c.peer_id(),
+        c.welcome["trace_id"].as_str().unwrap()
+    );
+    check_list(&c.welcome["ice_servers"], Some(&user));
 }

@@ -824,6 +824,10 @@ fn unacknowledged_frames_are_written_after_flush_after_then_acked() {
         "the writes precede the ack: {:?}",
         h.ops
     );
+    // Only the counters are left; they are written at most every 5 s, then the timer stops.
+    h.counters = None;
+    h.checkpoint(T0.plus(5600));
+    assert!(h.counters.is_some());
     assert_eq!(h.room.poll_checkpoint(), None, "nothing left to settle");
 }
 
@@ -1174,4 +1178,35 @@ fn trace_ids_are_kept_across_resume_and_logged() {
         logs.iter()
             .any(|o| matches!(o, Output::Log(l) if l.trace.as_ref() == Some(&trace)))
     );
+}
+
+#[test]
+fn presence_overflowing_a_stored_queue_drops_it_and_the_resume_fails_loudly() {
+    let (mut h, a, b) = Harness::pair();
+    h.room.handle_close(b.conn, false, T0);
+    h.pump();
+    for i in 0..5 {
+        h.send(&a, signal_to(&b.peer, json!(i)), T0);
+    }
+    h.hibernate(T0.plus(10));
+    // b's queue (5 frames, the limit) is only in storage; a join adds presence.
+    let _c = h.join(T0.plus(20));
+    assert_eq!(
+        rows_of(&h, &b.peer),
+        vec![6],
+        "only the newest frame is kept"
+    );
+    assert_eq!(
+        h.room.stats().queued_bytes,
+        h.queue.values().map(|(_, n)| n).sum::<usize>()
+    );
+    let conn = h.join_with(
+        "{}",
+        Some(ResumeRequest {
+            token: ResumeToken::presented(&b.token),
+            last_seq: Some(0),
+        }),
+        T0.plus(30),
+    );
+    assert_eq!(h.take(conn)[0]["code"], "resume_failed");
 }

@@ -672,7 +672,7 @@ impl Room {
             });
         }
         self.by_conn.insert(conn, peer_id.clone());
-        self.trim(&peer_id, last);
+        self.trim(&peer_id, last, now);
         self.renumber_after(&peer_id, last);
         self.send_welcome(conn, &peer_id, &req.token, true, now);
         let was_announced = self
@@ -696,7 +696,7 @@ impl Room {
         self.counters_dirty = true;
         self.log("resume", Some(&peer_id), None);
         self.schedule_sweep(now);
-        self.want_checkpoint(now);
+        self.want_lazy_checkpoint(now);
         Ok(())
     }
 
@@ -786,7 +786,7 @@ impl Room {
     fn admit(&mut self, conn: ConnId, from: &PeerId, text: Option<&str>, now: Millis) -> bool {
         self.counters.frames_in += 1;
         self.counters_dirty = true;
-        self.want_checkpoint(now);
+        self.want_lazy_checkpoint(now);
         let Some(p) = self.peers.get_mut(from) else {
             return true;
         };
@@ -878,8 +878,7 @@ impl Room {
                     .peers
                     .get(from)
                     .map_or(0, |p| p.next_seq.saturating_sub(1));
-                self.trim(from, seq.0.min(last_sent));
-                self.want_checkpoint(now);
+                self.trim(from, seq.0.min(last_sent), now);
             }
             ClientFrame::Leave => self.leave(conn, from, now),
             ClientFrame::Ping => {
@@ -1007,7 +1006,9 @@ impl Room {
             return;
         };
         if p.nondurable_from > 0 {
-            self.want_checkpoint(now);
+            // The recipient's ack or the flush deadline (both schedule a
+            // checkpoint) unblocks it.
+            let _ = now;
             return;
         }
         let advanced = p.cseq_hi > p.rec.cseq_hi;
@@ -1087,7 +1088,10 @@ impl Room {
             p.rec.away_since = Some(now);
             p.rec.away_reason = reason;
         }
-        self.flush_queue(peer_id);
+        if self.flush_queue(peer_id) {
+            // Senders whose frames were only in memory may be acknowledged now.
+            self.want_checkpoint(now);
+        }
         self.persist_peer(peer_id);
         self.schedule_sweep(now);
     }
@@ -1193,13 +1197,12 @@ impl Room {
     }
 
     /// The checkpoint: writes frames unacknowledged for `flush_after_ms`, the
-    /// records that changed and, when due, the counters; then acknowledges
+    /// records that changed and, at most every 5 s, the counters; then acknowledges
     /// every client frame whose effects are now durable (the acks leave only
     /// after the writes before them are confirmed).
     pub fn handle_checkpoint(&mut self, now: Millis) {
         self.checkpoint_at = None;
         let flush_after = self.cfg.limits.flush_after_ms;
-        let mut wrote = false;
         let ids: Vec<PeerId> = self.peers.keys().cloned().collect();
         let mut gone = Vec::new();
         for id in &ids {
@@ -1210,7 +1213,6 @@ impl Room {
                 if !e.durable && now.since(e.at) >= flush_after {
                     write_entry(&mut self.out, id, e);
                     gone.push(e.origin.take());
-                    wrote = true;
                 }
             }
         }
@@ -1248,7 +1250,6 @@ impl Room {
         for id in &ids {
             if self.peers.get(id).is_some_and(|p| p.dirty) {
                 self.persist_peer(id);
-                wrote = true;
             }
         }
         if std::mem::take(&mut self.gc_due) {
@@ -1261,9 +1262,10 @@ impl Room {
                 .min()
                 .unwrap_or(self.next_body_id);
             self.out.push(Output::Store(StoreOp::GcBodies { below }));
-            wrote = true;
         }
-        self.persist_counters(now, wrote);
+        // Counters ride along at most every COUNTERS_EVERY_MS, even when this
+        // checkpoint writes anyway: a busy room checkpoints four times a second.
+        self.persist_counters(now, false);
         for (conn, cseq) in acks {
             self.out.push(Output::Send {
                 conn,
@@ -1271,11 +1273,28 @@ impl Room {
             });
             self.counters.frames_out += 1;
         }
-        let pending = self.nondurable > 0
-            || self.counters_dirty
-            || self.peers.values().any(|p| p.cseq_hi > p.rec.cseq_hi);
-        if pending {
-            self.checkpoint_at = Some(now.plus(self.cfg.limits.checkpoint_ms));
+        // Next: when the oldest frame still only in memory is due for writing
+        // (a recipient's ack, which unblocks acks sooner, asks for its own),
+        // or lazily for counters.
+        let oldest = self
+            .peers
+            .values()
+            .flat_map(|p| p.queue.iter())
+            .filter(|e| !e.durable)
+            .map(|e| e.at)
+            .min();
+        if let Some(at) = oldest {
+            self.want_checkpoint_at(at.plus(flush_after));
+        }
+        if self
+            .peers
+            .values()
+            .any(|p| p.cseq_hi > p.rec.cseq_hi && p.nondurable_from == 0)
+        {
+            self.want_checkpoint(now);
+        }
+        if self.counters_dirty {
+            self.want_lazy_checkpoint(now);
         }
     }
 
@@ -1288,9 +1307,26 @@ impl Room {
         }
     }
 
+    /// A checkpoint soon (`checkpoint_ms`, so that acks are batched).
     fn want_checkpoint(&mut self, now: Millis) {
+        self.want_checkpoint_at(now.plus(self.cfg.limits.checkpoint_ms));
+    }
+
+    /// A checkpoint by `at` at the latest.
+    fn want_checkpoint_at(&mut self, at: Millis) {
+        if self.checkpoint_at.is_none_or(|t| t > at) {
+            self.checkpoint_at = Some(at);
+        }
+    }
+
+    /// A checkpoint for what may wait (counters, records): when the counters
+    /// are next due, at most every COUNTERS_EVERY_MS.
+    fn want_lazy_checkpoint(&mut self, now: Millis) {
         if self.checkpoint_at.is_none() {
-            self.checkpoint_at = Some(now.plus(self.cfg.limits.checkpoint_ms));
+            let due = self
+                .counters_written
+                .map_or(now, |t| t.plus(COUNTERS_EVERY_MS));
+            self.checkpoint_at = Some(due.max(now.plus(self.cfg.limits.checkpoint_ms)));
         }
     }
 
@@ -1457,15 +1493,16 @@ impl Room {
             && let Some(op) = self.peers.get_mut(&o)
         {
             op.nondurable_from += 1;
+            self.want_checkpoint_at(now.plus(self.cfg.limits.flush_after_ms));
         }
-        self.bound_queue(to);
+        self.bound_queue(to, len);
         Ok(())
     }
 
     /// Over a bound, the oldest frames go; a later resume from before them
     /// fails loudly with `resume_failed` rather than losing frames silently, so
     /// the raised floor is written at once.
-    fn bound_queue(&mut self, peer_id: &PeerId) {
+    fn bound_queue(&mut self, peer_id: &PeerId, added: usize) {
         let limits = &self.cfg.limits;
         let Some(p) = self.peers.get_mut(peer_id) else {
             return;
@@ -1477,11 +1514,12 @@ impl Room {
             // keeps just the newest frame.
             if over_peer(p) {
                 let through = p.next_seq.saturating_sub(2);
-                let last_len = p.bytes.min(limits.queue_max_bytes);
-                self.room_bytes = self.room_bytes.saturating_sub(p.bytes);
+                self.room_bytes = self
+                    .room_bytes
+                    .saturating_sub(p.bytes)
+                    .saturating_add(added);
                 p.len = 1;
-                p.bytes = last_len.min(p.bytes);
-                self.room_bytes = self.room_bytes.saturating_add(p.bytes);
+                p.bytes = added;
                 p.rec.floor = p.rec.floor.max(through);
                 p.trim_through = Some(through);
                 self.persist_peer(peer_id);
@@ -1521,7 +1559,7 @@ impl Room {
 
     /// Forgets frames of `peer` with `seq <= through` (acknowledged by it); the
     /// record and the rows follow at the next checkpoint.
-    fn trim(&mut self, peer: &PeerId, through: u64) {
+    fn trim(&mut self, peer: &PeerId, through: u64, now: Millis) {
         let Some(p) = self.peers.get_mut(peer) else {
             return;
         };
@@ -1544,8 +1582,14 @@ impl Room {
         }
         p.rec.floor = through;
         p.dirty = true;
+        let unblocked = !origins.is_empty();
         for o in origins {
             self.nondurable_gone(&o);
+        }
+        if unblocked {
+            self.want_checkpoint(now);
+        } else {
+            self.want_lazy_checkpoint(now);
         }
     }
 
@@ -1559,19 +1603,21 @@ impl Room {
         }
     }
 
-    /// Writes every queued frame of `peer` that is only in memory.
-    fn flush_queue(&mut self, peer_id: &PeerId) {
+    /// Writes every queued frame of `peer` that is only in memory; whether there was one.
+    fn flush_queue(&mut self, peer_id: &PeerId) -> bool {
         let Some(p) = self.peers.get_mut(peer_id) else {
-            return;
+            return false;
         };
         let mut origins = Vec::new();
         for e in p.queue.iter_mut().filter(|e| !e.durable) {
             write_entry(&mut self.out, peer_id, e);
             origins.push(e.origin.take());
         }
+        let any = !origins.is_empty();
         for o in origins {
             self.nondurable_gone(&o);
         }
+        any
     }
 
     /// Writes every frame from `sender` that is only in memory.
