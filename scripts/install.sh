@@ -9,8 +9,9 @@ export PATH="$HOME/.cargo/bin:$PATH"
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
 # Debian packages: Chromium for browser tests, coturn as TURN reference client/baseline,
-# Prometheus to check the relay's Grafana dashboard against a real scrape.
-APT_PACKAGES=(chromium coturn openssl curl ca-certificates pkg-config util-linux iproute2 python3-venv prometheus)
+# Prometheus to check the relay's Grafana dashboard against a real scrape; iptables for
+# network faults inside the browser tests' own namespaces.
+APT_PACKAGES=(chromium coturn openssl curl ca-certificates pkg-config util-linux iproute2 python3-venv prometheus iptables)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -4,7 +4,8 @@
  *
  * URL: `/?room=lobby` or `/#lobby`. Extra query parameters, mainly for tests:
  * `path` (force a rung), `camera=0` (no camera), `name`,
- * `rung_timeout_ms`, `upgrade_interval_ms`.
+ * `rung_timeout_ms`, `upgrade_interval_ms`, `join=0` (do not join: tests call
+ * `window.SwitchboardSDK.Switchboard.join` themselves).
  */
 import { Switchboard, SwitchboardError, type Path, type Room } from "../src/index.js";
 
@@ -20,15 +21,18 @@ interface DemoHandle {
   room: Room | null;
   messages: ChatMessage[];
   errors: string[];
-  /** Every rung change, in order: the ladder made observable. */
-  paths: Array<{ peerId: string; path: Path; previous: Path | null }>;
+  /** Every rung change, in order, with the time it happened (`Date.now()`): the ladder made observable. */
+  paths: Array<{ peerId: string; path: Path; previous: Path | null; at: number }>;
   cameraStarted: boolean;
+  /** Every signaling state change after the join (reconnects, resumes). */
+  signaling: Array<{ state: string; resumed?: boolean; reason?: string; at: number }>;
   sendChat(text: string): Promise<void>;
 }
 
 declare global {
   interface Window {
     switchboardDemo: DemoHandle;
+    SwitchboardSDK: { Switchboard: typeof Switchboard; SwitchboardError: typeof SwitchboardError };
   }
 }
 
@@ -45,11 +49,13 @@ const handle: DemoHandle = {
   errors: [],
   paths: [],
   cameraStarted: false,
+  signaling: [],
   sendChat: async () => {
     throw new Error("not joined yet");
   },
 };
 window.switchboardDemo = handle;
+window.SwitchboardSDK = { Switchboard, SwitchboardError };
 
 function numberParam(name: string): number | undefined {
   const value = params.get(name);
@@ -178,7 +184,11 @@ async function main(): Promise<void> {
     if (name) names.set(peer.peerId, name);
   }
 
-  room.on("signaling-state", ({ state, resumed }) => {
+  room.on("signaling-state", ({ state, resumed, reason }) => {
+    const entry: DemoHandle["signaling"][number] = { state, at: Date.now() };
+    if (resumed !== undefined) entry.resumed = resumed;
+    if (reason !== undefined) entry.reason = reason;
+    handle.signaling.push(entry);
     const pill = $("signaling");
     pill.dataset.state = state;
     pill.textContent = state === "open" && resumed ? "open (resumed)" : state;
@@ -194,7 +204,7 @@ async function main(): Promise<void> {
     renderPeers(room);
   });
   room.on("path", (event) => {
-    handle.paths.push(event);
+    handle.paths.push({ ...event, at: Date.now() });
     renderPeers(room);
   });
   room.on("connection-state", () => renderPeers(room));
@@ -234,4 +244,4 @@ async function main(): Promise<void> {
   if (params.get("camera") !== "0") await startCamera(room);
 }
 
-main().catch((error: unknown) => showError(String(error)));
+if (params.get("join") !== "0") main().catch((error: unknown) => showError(String(error)));

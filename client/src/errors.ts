@@ -8,6 +8,8 @@ export type ServerErrorCode =
   | "unknown_peer"
   | "rate_limited"
   | "queue_full"
+  | "out_of_order"
+  | "unauthorized"
   | "resume_failed"
   | "room_full"
   | "internal";
@@ -29,7 +31,9 @@ export type ClientErrorCode =
   /** Refreshing TURN credentials from `/v1/ice-servers` failed. */
   | "ice_servers"
   /** An event listener threw; the SDK caught it so it never escapes into a timer. */
-  | "listener";
+  | "listener"
+  /** Reconnecting did not succeed within `giveUpAfterMs`; the session is closed. */
+  | "reconnect_timeout";
 
 export type ErrorCode = ServerErrorCode | ClientErrorCode;
 
@@ -42,16 +46,32 @@ export class SwitchboardError extends Error {
   readonly source: "server" | "client";
   /** The peer the error is about, when there is one. */
   readonly peerId: string | undefined;
+  /** The client frame (`cseq`, protocol v1.1) the room refused, when the error is about one. */
+  readonly cseq: number | undefined;
+  /** `rate_limited`: how long the room refuses frames. */
+  readonly retryAfterMs: number | undefined;
+  /** This peer's `trace_id` from `welcome` (the room logs it with every event about the peer). */
+  traceId: string | undefined;
 
   constructor(
     code: ErrorCode,
     message: string,
-    options: { source?: "server" | "client"; peerId?: string; cause?: unknown } = {},
+    options: {
+      source?: "server" | "client";
+      peerId?: string;
+      cause?: unknown;
+      cseq?: number;
+      retryAfterMs?: number;
+      traceId?: string;
+    } = {},
   ) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.name = "SwitchboardError";
     this.code = code;
     this.source = options.source ?? "client";
     this.peerId = options.peerId;
+    this.cseq = options.cseq;
+    this.retryAfterMs = options.retryAfterMs;
+    this.traceId = options.traceId;
   }
 }

@@ -9,33 +9,63 @@ import { SwitchboardError } from "./errors.js";
 import { isPath, type Path } from "./ladder.js";
 import { PeerLink, defaultLadderOptions, isInternalPayload, type LadderOptions, type LinkState, type PeerLinkHost } from "./peer.js";
 import type { IceServer, PeerLeftReason, SequencedFrame, WelcomeFrame } from "./protocol.js";
-import { SignalingConnection, type SignalingOptions, type SignalingState } from "./signaling.js";
+import { SignalingConnection, type SignalingDiagnostics, type SignalingOptions, type SignalingState, type TokenSource } from "./signaling.js";
 
 export { SwitchboardError } from "./errors.js";
 export type { ErrorCode, ServerErrorCode, ClientErrorCode } from "./errors.js";
-export type { Path } from "./ladder.js";
-export { PATHS, availablePaths, rtcConfiguration, startPath, lowerPath } from "./ladder.js";
+export type { Path, Rung, RtcMode, Target } from "./ladder.js";
+export { PATHS, RUNGS, availablePaths, rtcConfiguration, startTarget, lowerRung, upgradeTarget } from "./ladder.js";
 export type { LinkState, LadderOptions } from "./peer.js";
 export type { IceServer, PeerLeftReason } from "./protocol.js";
 export { SignalingConnection, backoffDelay } from "./signaling.js";
-export type { SignalingState, SignalingOptions, WebSocketLike, WebSocketFactory, BackoffOptions } from "./signaling.js";
+export type {
+  SignalingState,
+  SignalingOptions,
+  SignalingDiagnostics,
+  WebSocketLike,
+  WebSocketFactory,
+  BackoffOptions,
+  TokenSource,
+} from "./signaling.js";
 export type { Clock } from "./clock.js";
 
 export interface JoinOptions {
-  /** HS256 JWT, when the Worker requires one. */
-  token?: string;
+  /**
+   * HS256 JWT, when the Worker requires one: a string, or a function returning
+   * (a promise of) a fresh one, called before every (re)connect and TURN
+   * credential refresh. On a 401 the function is asked once more; a second
+   * refusal (or any refusal of a fixed token) ends the session with
+   * `unauthorized`.
+   */
+  token?: TokenSource;
   /** Describes this peer to the others (JSON, at most 1 KiB). */
   meta?: unknown;
   /** Pin the pair to one rung ("p2p" | "turn" | "websocket"); `null`/absent lets the ladder choose. */
   forcePath?: Path | null;
   /** Ladder timing: `rungTimeoutMs`, `upgradeIntervalMs`, `iceGraceMs`, `maxDataChannelBuffer`. */
   ladder?: Partial<LadderOptions>;
-  /** Signaling tuning: backoff, queue bounds, ack cadence, connect timeout; and injection points for tests. */
-  signaling?: Omit<SignalingOptions, "url" | "token" | "meta">;
+  /** Signaling tuning: backoff, give-up time, outbox bounds, ack cadence, connect timeout; and injection points for tests. */
+  signaling?: Omit<SignalingOptions, "url" | "token" | "meta" | "fetch">;
+  /**
+   * On `pagehide` (a reload, a navigation, a closed tab) send `leave`, so the
+   * others see `peer-left` `leave` at once instead of a ghost peer for the
+   * resume window. Default `true`; a reloaded page joins as a new peer.
+   */
+  leaveOnPageHide?: boolean;
   /** Creates the RTCPeerConnection for a rung (defaults to `new RTCPeerConnection(config)`). */
   createPeerConnection?: (config: RTCConfiguration) => RTCPeerConnection;
   /** Used to refresh TURN credentials from `/v1/ice-servers`. */
   fetch?: typeof fetch;
+}
+
+export interface RoomDiagnostics {
+  room: string;
+  traceId: string | undefined;
+  signaling: SignalingDiagnostics;
+  forcedPath: Path | null;
+  peers: Array<{ peerId: string; path: Path | null; state: LinkState; connections: number; unacknowledged: number }>;
+  /** How many `error` events were emitted, by code. */
+  errors: Record<string, number>;
 }
 
 export interface PeerSummary {
@@ -55,7 +85,7 @@ export interface RoomEvents {
   "connection-state": { peerId: string; state: LinkState; path: Path };
   /** The pair moved to another rung of the ladder. */
   path: { peerId: string; path: Path; previous: Path | null };
-  /** App data from a peer, whichever path it took. */
+  /** App data from a peer, whichever path it took: exactly once and in order per sender (see `send`). */
   data: { from: string; data: unknown; via: "datachannel" | "relay" };
   track: { peerId: string; track: MediaStreamTrack; streams: readonly MediaStream[] };
   /** The signaling session: connecting, open (resumed or not), reconnecting (with the backoff delay), closed. */
@@ -103,6 +133,8 @@ export class Room {
   private forced: Path | null;
   private iceServersValue: IceServer[] = [];
   private left = false;
+  private onPageHide: (() => void) | undefined;
+  private readonly errorCounts = new Map<string, number>();
 
   /** Use `Switchboard.join`. */
   constructor(
@@ -123,6 +155,11 @@ export class Room {
     const signalingOptions: SignalingOptions = { ...options.signaling, url: roomUrl(url, roomName) };
     if (options.token !== undefined) signalingOptions.token = options.token;
     if (options.meta !== undefined) signalingOptions.meta = options.meta;
+    if (options.fetch !== undefined) signalingOptions.fetch = options.fetch;
+    if (options.leaveOnPageHide !== false && typeof addEventListener === "function" && typeof document !== "undefined") {
+      this.onPageHide = () => this.leave();
+      addEventListener("pagehide", this.onPageHide);
+    }
     this.signaling = new SignalingConnection(signalingOptions);
     this.signaling.events.on("welcome", ({ frame, previousPeerId }) => this.onWelcome(frame, previousPeerId));
     this.signaling.events.on("frame", (frame) => this.onFrame(frame));
@@ -160,6 +197,33 @@ export class Room {
 
   get iceServers(): readonly IceServer[] {
     return this.iceServersValue;
+  }
+
+  /** This peer's `trace_id` from `welcome` (protocol v1.1): the room logs it with every event about the peer. */
+  get traceId(): string | undefined {
+    return this.signaling.traceId;
+  }
+
+  /**
+   * A snapshot for bug reports and support: the signaling session (trace id,
+   * protocol revision, seq and cseq positions, outbox, limits), every pair
+   * (path, state, connections, unacknowledged messages) and error counts.
+   */
+  diagnostics(): RoomDiagnostics {
+    return {
+      room: this.roomName,
+      traceId: this.signaling.traceId,
+      signaling: this.signaling.diagnostics(),
+      forcedPath: this.forced,
+      peers: [...this.links.values()].map((link) => ({
+        peerId: link.peerId,
+        path: link.path,
+        state: link.state,
+        connections: link.connectionCount,
+        unacknowledged: link.unacknowledged,
+      })),
+      errors: Object.fromEntries(this.errorCounts),
+    };
   }
 
   on<K extends keyof RoomEvents>(name: K, listener: (event: RoomEvents[K]) => void): () => void {
@@ -201,8 +265,13 @@ export class Room {
 
   /**
    * Sends app data (any JSON value but `null`) to one peer or to all (`"*"`):
-   * over the pair's DataChannel when it is open, as `relay` frames otherwise.
-   * Rejects with `backpressure` when the bounded queues are full.
+   * over the pair's DataChannel when one is usable, as `relay` frames
+   * otherwise. Each message is numbered in the pair's stream and kept until
+   * the receiver acknowledges it, so it arrives exactly once and in order
+   * whatever path switches happen. Resolves once the message is in the
+   * stream; rejects with `backpressure` (too many unacknowledged),
+   * `payload_too_large` (it would not fit a `relay` frame), `unknown_peer`,
+   * `invalid_data` or `closed`.
    */
   send(to: string, data: unknown): Promise<void> {
     if (this.left) return Promise.reject(new SwitchboardError("closed", "the room was left"));
@@ -245,6 +314,7 @@ export class Room {
 
   private onClosed(): void {
     this.left = true;
+    if (this.onPageHide) removeEventListener("pagehide", this.onPageHide);
     this.iceRefreshTimer.clear();
     for (const link of this.links.values()) link.close();
     this.links.clear();
@@ -276,9 +346,12 @@ export class Room {
       case "peer-left":
         this.removePeer(frame.peer_id, frame.reason);
         return;
-      case "relay":
-        this.events.emit("data", { from: frame.from, data: frame.data, via: "relay" });
+      case "relay": {
+        const link = this.links.get(frame.from);
+        if (link) link.onRelay(frame.data);
+        else this.events.emit("data", { from: frame.from, data: frame.data, via: "relay" });
         return;
+      }
       case "signal":
         if (isInternalPayload(frame.payload)) {
           let link = this.links.get(frame.from);
@@ -322,6 +395,8 @@ export class Room {
         this.signaling.send({ type: "signal", to, payload }).catch((error: unknown) => this.emitError(error));
       },
       sendRelay: (to, data) => this.signaling.send({ type: "relay", to, data }),
+      relayHasRoom: () => this.signaling.hasRoom(),
+      maxRelayBytes: () => this.signaling.maxFrameBytes,
       createPeerConnection: create,
       onPath: (peerId, path, previous) => this.events.emit("path", { peerId, path, previous }),
       onState: (peerId, state, path) => this.events.emit("connection-state", { peerId, state, path }),
@@ -355,7 +430,9 @@ export class Room {
     url.pathname = url.pathname.replace(/\/v1\/rooms\/[^/]*$/, "/v1/ice-servers");
     try {
       const headers: Record<string, string> = {};
-      if (this.options.token !== undefined) headers.authorization = `Bearer ${this.options.token}`;
+      const source = this.options.token;
+      const token = typeof source === "function" ? await source() : source;
+      if (token !== undefined) headers.authorization = `Bearer ${token}`;
       const response = await doFetch(url.toString(), { headers });
       if (!response.ok) throw new Error(`HTTP ${response.status}`);
       const body = (await response.json()) as { iceServers?: IceServer[] };
@@ -371,6 +448,8 @@ export class Room {
   private emitError(error: unknown): void {
     const typed =
       error instanceof SwitchboardError ? error : new SwitchboardError("internal", String(error), { cause: error });
+    if (typed.traceId === undefined) typed.traceId = this.signaling.traceId;
+    this.errorCounts.set(typed.code, (this.errorCounts.get(typed.code) ?? 0) + 1);
     if (this.events.listenerCount("error") > 0) this.events.emit("error", typed);
     else console.warn(typed);
   }

@@ -17,6 +17,16 @@ export interface PeerInfo {
 
 export type PeerLeftReason = "leave" | "timeout" | "closed";
 
+/** The room's limits as announced in `welcome` (protocol v1.1). */
+export interface RoomLimits {
+  rate_per_s: number;
+  rate_burst: number;
+  max_frame_bytes: number;
+}
+
+/** The limits of protocol v1 (PROTOCOL.md, "Limits and errors"), assumed when `welcome` announces none. */
+export const DEFAULT_LIMITS: RoomLimits = { rate_per_s: 50, rate_burst: 100, max_frame_bytes: 65536 };
+
 export interface WelcomeFrame {
   type: "welcome";
   v: number;
@@ -27,6 +37,13 @@ export interface WelcomeFrame {
   ice_servers: IceServer[];
   heartbeat_ms: number;
   resumed: boolean;
+  /** Protocol revision: 1 announces acked client frames (`cseq`). Absent in v1. */
+  rev?: number;
+  /** Minted per peer at its fresh join, kept across resumes (v1.1). */
+  trace_id?: string;
+  limits?: RoomLimits;
+  /** The highest client `cseq` the room has processed for this peer (v1.1). */
+  cseq?: number;
 }
 
 export interface PeerJoinedFrame {
@@ -47,6 +64,8 @@ export interface SignalFrame {
   type: "signal";
   seq: number;
   from: string;
+  /** The sender's `cseq` (v1.1), when it used one. */
+  cseq?: number;
   payload: unknown;
 }
 
@@ -54,6 +73,8 @@ export interface RelayFrame {
   type: "relay";
   seq: number;
   from: string;
+  /** The sender's `cseq` (v1.1), when it used one. */
+  cseq?: number;
   data: unknown;
 }
 
@@ -61,6 +82,20 @@ export interface ErrorFrame {
   type: "error";
   code: string;
   message: string;
+  /** The client frame the error is about (v1.1). */
+  cseq?: number;
+  /** Present when the error is part of the sequenced stream (a refused frame, v1.1). */
+  seq?: number;
+  /** `out_of_order`: the `cseq` the room expects next. */
+  expected?: number;
+  /** `rate_limited`: how long until the room accepts frames again. */
+  retry_after_ms?: number;
+}
+
+/** The room accepted every client frame up to `cseq` (v1.1). */
+export interface AckFrame {
+  type: "ack";
+  cseq: number;
 }
 
 export interface PongFrame {
@@ -70,15 +105,15 @@ export interface PongFrame {
 /** Frames that carry `seq` and count towards `ack`/`last_seq`. */
 export type SequencedFrame = PeerJoinedFrame | PeerLeftFrame | SignalFrame | RelayFrame;
 
-export type ServerFrame = WelcomeFrame | SequencedFrame | ErrorFrame | PongFrame;
+export type ServerFrame = WelcomeFrame | SequencedFrame | ErrorFrame | AckFrame | PongFrame;
 
-export type ClientFrame =
+/** Client frames that may carry `cseq` and are kept in the outbox until the room decided on them. */
+export type OutboxFrame =
   | { type: "signal"; to: string; payload: unknown }
   | { type: "broadcast"; payload: unknown }
-  | { type: "relay"; to: string; data: unknown }
-  | { type: "ack"; seq: number }
-  | { type: "leave" }
-  | { type: "ping" };
+  | { type: "relay"; to: string; data: unknown };
+
+export type ClientFrame = OutboxFrame | { type: "ack"; seq: number } | { type: "leave" } | { type: "ping" };
 
 /** The exact ping text: the runtime auto-answers only this spelling (PROTOCOL.md, Heartbeats). */
 export const PING_TEXT = '{"type":"ping"}';
@@ -89,6 +124,8 @@ export const CloseCode = {
   HeartbeatTimeout: 4000,
   Replaced: 4001,
   RoomFull: 4002,
+  /** The server is going away; the reason is `retry_after_ms=<n>`: resume after a random delay in [0, n]. */
+  GoingAway: 4003,
   NoSuchPeer: 4004,
 } as const;
 
@@ -96,7 +133,7 @@ function isObject(value: unknown): value is Record<string, unknown> {
   return typeof value === "object" && value !== null && !Array.isArray(value);
 }
 
-/** Parses one server text frame; `null` for anything that is not a frame of protocol v1. */
+/** Parses one server text frame; `null` for anything that is not a frame of protocol v1 or v1.1. */
 export function parseServerFrame(text: string): ServerFrame | null {
   let value: unknown;
   try {
@@ -120,8 +157,17 @@ export function parseServerFrame(text: string): ServerFrame | null {
       return typeof value.seq === "number" && typeof value.from === "string"
         ? (value as unknown as SequencedFrame)
         : null;
-    case "error":
-      return typeof value.code === "string" ? (value as unknown as ErrorFrame) : null;
+    case "error": {
+      if (typeof value.code !== "string") return null;
+      const frame: ErrorFrame = { type: "error", code: value.code, message: typeof value.message === "string" ? value.message : "" };
+      for (const key of ["cseq", "seq", "expected", "retry_after_ms"] as const) {
+        const n = value[key];
+        if (typeof n === "number" && Number.isSafeInteger(n) && n >= 0) frame[key] = n;
+      }
+      return frame;
+    }
+    case "ack":
+      return typeof value.cseq === "number" && Number.isSafeInteger(value.cseq) ? { type: "ack", cseq: value.cseq } : null;
     case "pong":
       return { type: "pong" };
     default:

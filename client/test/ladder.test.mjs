@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { availablePaths, lowerPath, rtcConfiguration, startPath, PATHS } from "../dist/ladder.js";
+import { availablePaths, lowerRung, rtcConfiguration, startTarget, upgradeTarget, PATHS, RUNGS } from "../dist/ladder.js";
 
 const stun = { urls: ["stun:127.0.0.1:3478"] };
 const turn = {
@@ -9,20 +9,23 @@ const turn = {
   credential: "secret=",
 };
 
-test("the ladder is p2p, turn, sfu, websocket, best first", () => {
+test("the ladder is rtc, sfu, websocket; paths are p2p, turn, sfu, websocket", () => {
+  assert.deepEqual(RUNGS, ["rtc", "sfu", "websocket"]);
   assert.deepEqual(PATHS, ["p2p", "turn", "sfu", "websocket"]);
 });
 
-test("p2p uses STUN entries only; turn uses TURN entries only with the relay policy", () => {
+test("auto puts STUN and TURN in one ICE agent; p2p is STUN only; turn is TURN only with the relay policy", () => {
+  assert.deepEqual(rtcConfiguration("auto", [stun, turn]), { iceServers: [stun, turn], iceTransportPolicy: "all" });
   assert.deepEqual(rtcConfiguration("p2p", [stun, turn]), { iceServers: [stun], iceTransportPolicy: "all" });
   assert.deepEqual(rtcConfiguration("turn", [stun, turn]), { iceServers: [turn], iceTransportPolicy: "relay" });
-  assert.equal(rtcConfiguration("websocket", [stun, turn]), null);
+  assert.equal(rtcConfiguration("turn", [stun]), null);
 });
 
-test("a mixed entry is split by URL scheme", () => {
+test("a mixed entry is split by URL scheme; TURN without credentials is left out", () => {
   const mixed = { urls: ["stun:a:1", "turn:a:1"], username: "1:x", credential: "c" };
   assert.deepEqual(rtcConfiguration("p2p", [mixed]).iceServers[0].urls, ["stun:a:1"]);
   assert.deepEqual(rtcConfiguration("turn", [mixed]).iceServers[0].urls, ["turn:a:1"]);
+  assert.deepEqual(rtcConfiguration("auto", [stun, { urls: "turn:x:1" }]).iceServers, [stun]);
 });
 
 test("turn is available only with TURN credentials; the SFU rung is not offered by any relay yet", () => {
@@ -32,18 +35,26 @@ test("turn is available only with TURN credentials; the SFU rung is not offered 
   assert.deepEqual(availablePaths([stun, turn], false), ["websocket"]);
 });
 
-test("start rung: the best available, or the worse of the two forced rungs", () => {
-  const all = ["p2p", "turn", "websocket"];
-  assert.equal(startPath(all, null, null), "p2p");
-  assert.equal(startPath(all, "turn", null), "turn");
-  assert.equal(startPath(all, null, "websocket"), "websocket");
-  assert.equal(startPath(all, "websocket", "turn"), "websocket");
-  assert.equal(startPath(["p2p", "websocket"], "turn", null), "websocket", "forced TURN without TURN servers falls below");
+test("start: rtc in auto mode, or the worse of the two forced paths", () => {
+  const ice = [stun, turn];
+  assert.deepEqual(startTarget(ice, true, null, null), { rung: "rtc", mode: "auto" });
+  assert.deepEqual(startTarget(ice, true, "p2p", null), { rung: "rtc", mode: "p2p" });
+  assert.deepEqual(startTarget(ice, true, "turn", null), { rung: "rtc", mode: "turn" });
+  assert.deepEqual(startTarget(ice, true, "p2p", "turn"), { rung: "rtc", mode: "turn" });
+  assert.deepEqual(startTarget(ice, true, null, "websocket"), { rung: "websocket" });
+  assert.deepEqual(startTarget([stun], true, "turn", null), { rung: "websocket" }, "forced TURN without TURN servers falls below");
+  assert.deepEqual(startTarget(ice, false, null, null), { rung: "websocket" });
+  assert.deepEqual(startTarget(ice, true, "sfu", null), { rung: "websocket" }, "no relay offers the SFU rung yet");
 });
 
-test("moving down skips unavailable rungs and stops at the bottom", () => {
-  assert.equal(lowerPath(["p2p", "turn", "websocket"], "p2p"), "turn");
-  assert.equal(lowerPath(["p2p", "turn", "websocket"], "turn"), "websocket");
-  assert.equal(lowerPath(["p2p", "websocket"], "p2p"), "websocket");
-  assert.equal(lowerPath(["p2p", "websocket"], "websocket"), null);
+test("below rtc comes websocket (sfu slots in between once a relay offers it)", () => {
+  assert.equal(lowerRung("rtc"), "websocket");
+  assert.equal(lowerRung("websocket"), null);
+});
+
+test("upgrade probes: from turn a direct-only connection, from websocket the auto rtc rung, none from p2p", () => {
+  assert.deepEqual(upgradeTarget("turn", true), { rung: "rtc", mode: "p2p" });
+  assert.deepEqual(upgradeTarget("websocket", true), { rung: "rtc", mode: "auto" });
+  assert.equal(upgradeTarget("p2p", true), null);
+  assert.equal(upgradeTarget("websocket", false), null);
 });

@@ -74,12 +74,24 @@ test("as controller, a hello from the other end makes this end announce the forc
   assert.equal(room.path("p2"), "websocket");
 });
 
-test("on the websocket rung data goes as relay frames and relay frames arrive as data", async () => {
+test("on the websocket rung data goes as numbered relay frames; relay frames arrive as data, acknowledged", async () => {
   const { server, room, events } = await joinRoom();
   await room.send("p2", { text: "hi" });
-  assert.deepEqual(server.last.frames().filter((f) => f.type === "relay"), [{ type: "relay", to: "p2", data: { text: "hi" } }]);
-  server.last.receive({ type: "relay", seq: 1, from: "p2", data: { text: "hello" } });
-  assert.deepEqual(events.data, [{ from: "p2", data: { text: "hello" }, via: "relay" }]);
+  const [frame] = server.last.frames().filter((f) => f.type === "relay");
+  assert.equal(frame.to, "p2");
+  assert.deepEqual([frame.data.sb, frame.data.n, frame.data.d], ["d", 1, { text: "hi" }]);
+  server.last.receive({ type: "relay", seq: 1, from: "p2", data: { sb: "d", s: "L2.1", n: 1, d: { text: "hello" } } });
+  server.last.receive({ type: "relay", seq: 2, from: "p2", data: { sb: "d", s: "L2.1", n: 1, d: { text: "hello" } } });
+  assert.deepEqual(events.data, [{ from: "p2", data: { text: "hello" }, via: "relay" }], "the duplicate is dropped");
+  mock.timers.tick(100);
+  const acks = server.last.frames().filter((f) => f.type === "relay" && f.data.sb === "a");
+  assert.deepEqual(acks.map((f) => f.data), [{ sb: "a", s: "L2.1", n: 1 }]);
+});
+
+test("relay data from a client without the SDK's envelope arrives as is", async () => {
+  const { server, events } = await joinRoom();
+  server.last.receive({ type: "relay", seq: 1, from: "p2", data: { text: "plain" } });
+  assert.deepEqual(events.data, [{ from: "p2", data: { text: "plain" }, via: "relay" }]);
 });
 
 test("app signals surface as signal events; SDK-internal ones never do", async () => {
@@ -152,4 +164,18 @@ test("leave sends leave and closes every pair", async () => {
   assert.deepEqual(server.last.frames().at(-1), { type: "leave" });
   assert.deepEqual(room.peers, []);
   await assert.rejects(room.send("*", 1), { code: "closed" });
+});
+
+test("trace_id from welcome is on the room, in its errors and in diagnostics()", async () => {
+  const { server, room, events } = await joinRoom({}, { rev: 1, trace_id: "00aa11bb22cc33dd", limits: { rate_per_s: 50, rate_burst: 100, max_frame_bytes: 4096 }, cseq: 0 });
+  assert.equal(room.traceId, "00aa11bb22cc33dd");
+  server.last.receive({ type: "error", code: "bad_json", message: "?" });
+  assert.equal(events.errors[0].traceId, "00aa11bb22cc33dd");
+  await assert.rejects(room.send("p2", "x".repeat(5000)), { code: "payload_too_large" });
+  const d = room.diagnostics();
+  assert.equal(d.traceId, "00aa11bb22cc33dd");
+  assert.equal(d.signaling.rev, 1);
+  assert.deepEqual(d.signaling.limits, { rate_per_s: 50, rate_burst: 100, max_frame_bytes: 4096 });
+  assert.deepEqual(d.peers.map((p) => [p.peerId, p.unacknowledged]), [["p2", 0]]);
+  assert.equal(d.errors.bad_json, 1);
 });

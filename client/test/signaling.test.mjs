@@ -281,3 +281,147 @@ test("close 4001 (replaced by a newer connection) ends the session without recon
   mock.timers.tick(60_000);
   assert.equal(server.sockets.length, 1);
 });
+
+test("a gap in server seq resumes at once from the last contiguous seq; nothing past the gap is delivered", async () => {
+  const { server, conn, events } = await joined();
+  server.last.receive({ type: "relay", seq: 1, from: "p2", data: "a" });
+  server.last.receive({ type: "relay", seq: 3, from: "p2", data: "c" });
+  assert.deepEqual(events.frames.map((f) => f.data), ["a"]);
+  assert.equal(conn.state, "reconnecting");
+  assert.equal(events.states.at(-1).delayMs, 0);
+  mock.timers.tick(0);
+  assert.equal(server.sockets.length, 2);
+  assert.equal(server.last.url.searchParams.get("last_seq"), "1");
+  server.last.accept();
+  server.last.receive(welcome({ resumed: true }));
+  server.last.receive({ type: "relay", seq: 2, from: "p2", data: "b" });
+  server.last.receive({ type: "relay", seq: 3, from: "p2", data: "c" });
+  assert.deepEqual(events.frames.map((f) => f.data), ["a", "b", "c"]);
+});
+
+test("close 4003 retry_after_ms=<n>: resume after a uniformly random delay in [0, n]", async () => {
+  for (const [random, expected] of [[0, 0], [0.25, 500], [1, 2000]]) {
+    const { server, events } = await joined({ random: () => random });
+    server.last.drop(4003, "retry_after_ms=2000");
+    const state = events.states.at(-1);
+    assert.equal(state.state, "reconnecting");
+    assert.equal(state.delayMs, expected);
+    mock.timers.tick(expected);
+    assert.equal(server.sockets.length, 2);
+    assert.equal(server.last.url.searchParams.get("resume"), "rt-1");
+  }
+});
+
+test("a token function is called before every (re)connect", async () => {
+  const tokens = [];
+  let n = 0;
+  const token = async () => {
+    n += 1;
+    tokens.push(`jwt-${n}`);
+    return `jwt-${n}`;
+  };
+  const server = new FakeServer();
+  const conn = new SignalingConnection({ url: URL_BASE, createWebSocket: server.factory, random: () => 0.5, token });
+  const ready = conn.connect();
+  await Promise.resolve();
+  await Promise.resolve();
+  assert.equal(server.last.url.searchParams.get("token"), "jwt-1");
+  server.last.accept();
+  server.last.receive(welcome());
+  await ready;
+  server.last.drop(1006);
+  mock.timers.tick(1000);
+  await Promise.resolve();
+  await Promise.resolve();
+  assert.equal(server.sockets.length, 2);
+  assert.equal(server.last.url.searchParams.get("token"), "jwt-2");
+});
+
+/** A reconnect whose upgrade is refused: the socket closes without a frame; the probe sees `status`. */
+async function refusedReconnect(token, statuses) {
+  const server = new FakeServer();
+  const probes = [];
+  const fetch = async (url, init) => {
+    probes.push({ url, authorization: init.headers.authorization });
+    return { status: statuses[Math.min(probes.length - 1, statuses.length - 1)] };
+  };
+  const conn = new SignalingConnection({ url: URL_BASE, createWebSocket: server.factory, random: () => 0.5, token, fetch });
+  const events = { errors: [], states: [] };
+  conn.events.on("error", (e) => events.errors.push(e));
+  conn.events.on("state", (s) => events.states.push(s.state));
+  const ready = conn.connect();
+  for (let i = 0; i < 4; i++) await Promise.resolve();
+  server.last.accept();
+  server.last.receive(welcome());
+  await ready;
+  server.last.drop(1006); // a network drop: reconnect
+  return { server, conn, events, probes };
+}
+
+const flush = async () => {
+  for (let i = 0; i < 10; i++) await new Promise((resolve) => setImmediate(resolve));
+};
+
+test("JWT expired: with a token function a 401 asks it once more and the resume succeeds", async () => {
+  let n = 0;
+  const token = async () => `jwt-${++n}`;
+  const { server, conn, probes } = await refusedReconnect(token, [401, 200]);
+  mock.timers.tick(1000);
+  await flush();
+  assert.equal(server.sockets.length, 2);
+  server.last.drop(1006); // the upgrade is refused (HTTP 401, invisible to WebSocket)
+  await flush();
+  assert.equal(probes.length, 1);
+  assert.equal(probes[0].url, "http://127.0.0.1:8787/v1/ice-servers");
+  assert.equal(probes[0].authorization, "Bearer jwt-2");
+  mock.timers.tick(0);
+  await flush();
+  assert.equal(server.sockets.length, 3);
+  assert.equal(server.last.url.searchParams.get("token"), "jwt-3");
+  server.last.accept();
+  server.last.receive(welcome({ resumed: true }));
+  assert.equal(conn.state, "open");
+});
+
+test("JWT expired: a fixed token ends with unauthorized and closed, without a reconnect loop", async () => {
+  const { server, conn, events } = await refusedReconnect("expired-jwt", [401]);
+  mock.timers.tick(1000);
+  await flush();
+  server.last.drop(1006);
+  await flush();
+  assert.equal(conn.state, "closed");
+  assert.equal(events.errors.at(-1).code, "unauthorized");
+  mock.timers.tick(600_000);
+  await flush();
+  assert.equal(server.sockets.length, 2);
+});
+
+test("JWT: a token function whose fresh token is refused too ends with unauthorized", async () => {
+  let n = 0;
+  const { server, conn, events } = await refusedReconnect(async () => `jwt-${++n}`, [401]);
+  mock.timers.tick(1000);
+  await flush();
+  server.last.drop(1006);
+  await flush();
+  mock.timers.tick(0);
+  await flush();
+  server.last.drop(1006);
+  await flush();
+  assert.equal(conn.state, "closed");
+  assert.equal(events.errors.at(-1).code, "unauthorized");
+  assert.equal(server.sockets.length, 3);
+});
+
+test("reconnecting gives up after giveUpAfterMs with a final reconnect_timeout error", async () => {
+  const { server, conn, events } = await joined({ giveUpAfterMs: 10_000, backoff: { initialMs: 1000, maxMs: 4000, factor: 2 } });
+  server.last.drop(1006);
+  for (let i = 0; i < 20 && conn.state !== "closed"; i++) {
+    mock.timers.tick(events.states.at(-1).delayMs ?? 0);
+    server.last.drop(1006);
+  }
+  assert.equal(conn.state, "closed");
+  assert.equal(events.errors.at(-1).code, "reconnect_timeout");
+  const sockets = server.sockets.length;
+  mock.timers.tick(600_000);
+  assert.equal(server.sockets.length, sockets);
+});

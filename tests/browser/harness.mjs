@@ -1,7 +1,10 @@
 // Shared helpers for the browser tests: `wrangler dev` in its own process
 // group (so it can be killed and restarted mid-test), headless Debian
 // Chromium through playwright-core, and deadline-bounded waits.
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
+import { createSocket } from "node:dgram";
+import { connect, createServer } from "node:net";
+import { randomBytes } from "node:crypto";
 import { after, before } from "node:test";
 import { createRequire } from "node:module";
 import { mkdtempSync, writeFileSync, readFileSync, mkdirSync, existsSync, rmSync, openSync, closeSync } from "node:fs";
@@ -171,10 +174,10 @@ export function workerAndBrowser({ worker: workerOptions, browser: browserOption
  * Alice's and Bob's demo pages (`openDemo` options each; Bob's default to
  * Alice's), both closed when test `t` ends.
  */
-export async function openPair(t, browser, url, alice, bob = alice) {
-  const a = await openDemo(browser, url, { ...alice, name: "alice" });
+export async function openPair(t, browser, url, alice, bob = alice, options = {}) {
+  const a = await openDemo(browser, url, { ...alice, name: "alice" }, options);
   t.after(() => a.context().close());
-  const b = await openDemo(browser, url, { ...bob, name: "bob" });
+  const b = await openDemo(browser, url, { ...bob, name: "bob" }, options);
   t.after(() => b.context().close());
   return [a, b];
 }
@@ -192,16 +195,22 @@ export async function waitFor(predicate, { timeoutMs = 20_000, intervalMs = 100,
   }
 }
 
-/** Opens the demo page in a fresh context and waits until it joined the room. */
-export async function openDemo(browser, baseUrl, query) {
+/**
+ * Opens the demo page in a fresh context and waits until it joined the room
+ * (unless `join=0`). `countPeerConnections: true` counts the page's
+ * RTCPeerConnections in `window.__peerConnectionsCreated`.
+ */
+export async function openDemo(browser, baseUrl, query, { countPeerConnections: count = false } = {}) {
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  if (count) await countPeerConnections(context);
   const page = await context.newPage();
   const consoleLines = [];
   page.on("console", (msg) => consoleLines.push(`[${msg.type()}] ${msg.text()}`));
   page.on("pageerror", (error) => consoleLines.push(`[pageerror] ${error.message}`));
   page.consoleLines = consoleLines;
   await page.goto(`${baseUrl}/?${new URLSearchParams(query)}`);
-  await page.waitForFunction(() => window.switchboardDemo?.room?.peerId, null, { timeout: 20_000 });
+  if (query.join === "0") await page.waitForFunction(() => window.SwitchboardSDK, null, { timeout: 20_000 });
+  else await page.waitForFunction(() => window.switchboardDemo?.room?.peerId, null, { timeout: 20_000 });
   return page;
 }
 
@@ -283,6 +292,7 @@ export async function diagnostics(pages, dev) {
           peers: demo?.room?.peers,
           paths: demo?.paths,
           errors: demo?.errors,
+          signaling: demo?.signaling,
         });
       })
       .catch((error) => `unavailable: ${error.message}`);
@@ -291,4 +301,236 @@ export async function diagnostics(pages, dev) {
   }
   if (dev?.log) lines.push("--- wrangler dev ---", dev.log());
   return lines.join("\n");
+}
+
+// ---- the relay (TURN) and network faults, for the ladder tests ----
+
+export const RELAY_BIN = [
+  process.env.SWITCHBOARD_RELAY_BIN,
+  join(ROOT, "target", "release", "relay"),
+  join(ROOT, "target", "debug", "relay"),
+].find((path) => path && existsSync(path));
+
+/** True once a STUN Binding request to 127.0.0.1:`port` gets any answer. */
+export function stunAnswers(port = 3478) {
+  return new Promise((resolve) => {
+    const socket = createSocket("udp4");
+    const request = Buffer.alloc(20);
+    request.writeUInt16BE(0x0001, 0); // Binding request
+    request.writeUInt16BE(0, 2);
+    request.writeUInt32BE(0x2112a442, 4); // RFC 5389 magic cookie
+    randomBytes(12).copy(request, 8);
+    const done = (ok) => {
+      clearTimeout(timer);
+      socket.close();
+      resolve(ok);
+    };
+    const timer = setTimeout(() => done(false), 300);
+    socket.on("message", () => done(true));
+    socket.on("error", () => done(false));
+    socket.send(request, port, "127.0.0.1");
+  });
+}
+
+/**
+ * Our Rust relay as the TURN server on 127.0.0.1:3478 (the shared Worker's
+ * TURN_URLS), in its own process group, relaying from `portRange`.
+ */
+export async function startRelay({ portRange = "50000-50999" } = {}) {
+  if (!RELAY_BIN) throw new Error("no relay binary: run `cargo build --release -p switchboard-relay` first");
+  const args = ["--listen", "127.0.0.1:3478", "--allow-loopback-peers", "--realm", "switchboard", "--port-range", portRange];
+  const child = spawn(RELAY_BIN, args, {
+    detached: true,
+    stdio: ["ignore", "ignore", "pipe"],
+    env: { ...process.env, RELAY_SECRET: TURN_SECRET },
+  });
+  const relay = {
+    stderrText: "",
+    async stop() {
+      const exited = new Promise((resolve) => child.once("exit", resolve));
+      try {
+        process.kill(-child.pid, "SIGKILL");
+      } catch {
+        // Already gone.
+      }
+      await exited;
+    },
+  };
+  child.stderr.on("data", (chunk) => {
+    relay.stderrText = (relay.stderrText + chunk).slice(-4000);
+  });
+  await waitFor(stunAnswers, { timeoutMs: 15_000, message: () => `relay answering STUN on 127.0.0.1:3478\n${relay.stderrText}` });
+  return relay;
+}
+
+/** Runs a command to completion; throws with its output when it fails. */
+export function run(command, args) {
+  const result = spawnSync(command, args, { encoding: "utf8" });
+  if (result.status !== 0) throw new Error(`${command} ${args.join(" ")} failed: ${result.stderr || result.stdout || result.error}`);
+  return result.stdout;
+}
+
+/**
+ * Network faults only make sense (and are only safe) inside the test's own
+ * network namespace, which tests/browser/run.sh creates.
+ */
+export function assertInTestNamespace() {
+  if (process.env.SWITCHBOARD_IN_NETNS !== "1") {
+    throw new Error("this test changes iptables rules and sysctls: run it through tests/browser/run.sh (its own network namespace)");
+  }
+}
+
+/**
+ * The pages' ephemeral ports (the namespace's local port range, set by
+ * `blockDirectPaths`), below the kernel's default range where the shared
+ * Worker's own listening ports were taken; the relay relays from 50000-50999.
+ */
+export const PAGE_PORTS = "20000:29999";
+
+/**
+ * Blocks direct page-to-page traffic: UDP and ICE-TCP where both ends are in
+ * the pages' ephemeral range. TURN (page ↔ 3478, relay ports ↔ page) and the
+ * pages' and Worker's other TCP flows (one end on a listening port outside
+ * the range) are untouched. Returns the function that lifts the block.
+ */
+export function blockDirectPaths() {
+  assertInTestNamespace();
+  run("sysctl", ["-q", "-w", `net.ipv4.ip_local_port_range=${PAGE_PORTS.replace(":", " ")}`]);
+  const rules = ["udp", "tcp"].map((proto) => ["OUTPUT", "-p", proto, "--sport", PAGE_PORTS, "--dport", PAGE_PORTS, "-j", "DROP"]);
+  for (const rule of rules) run("iptables", ["-A", ...rule]);
+  let lifted = false;
+  return () => {
+    if (lifted) return;
+    lifted = true;
+    for (const rule of rules) run("iptables", ["-D", ...rule]);
+  };
+}
+
+/**
+ * A plain TCP forwarder from 127.0.0.1:`port` to 127.0.0.1:`target`, so one
+ * page can reach the Worker over a port of its own (and only that page's
+ * connection can be cut). `close()` stops it.
+ */
+export async function tcpForwarder(port, target) {
+  const sockets = new Set();
+  const server = createServer((client) => {
+    const upstream = connect(target, "127.0.0.1");
+    for (const socket of [client, upstream]) {
+      sockets.add(socket);
+      socket.on("close", () => sockets.delete(socket));
+      socket.on("error", () => {
+        client.destroy();
+        upstream.destroy();
+      });
+    }
+    client.pipe(upstream);
+    upstream.pipe(client);
+  });
+  await new Promise((resolve, reject) => server.listen(port, "127.0.0.1", resolve).once("error", reject));
+  return {
+    url: `http://127.0.0.1:${port}`,
+    async close() {
+      for (const socket of sockets) socket.destroy();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
+/** Silently drops (no RST, no FIN) every TCP packet to and from `port`: a half-open connection. Returns the undo. */
+export function blackholeTcpPort(port) {
+  assertInTestNamespace();
+  const rules = [
+    ["INPUT", "-p", "tcp", "--dport", String(port), "-j", "DROP"],
+    ["INPUT", "-p", "tcp", "--sport", String(port), "-j", "DROP"],
+  ];
+  for (const rule of rules) run("iptables", ["-A", ...rule]);
+  let lifted = false;
+  return () => {
+    if (lifted) return;
+    lifted = true;
+    for (const rule of rules) run("iptables", ["-D", ...rule]);
+  };
+}
+
+/**
+ * Starts sampling what `page` shows of `peerId`'s video: every 100 ms the
+ * `framesDecoded` of the pair's current RTCPeerConnection, and every frame
+ * the remote <video> element presents (requestVideoFrameCallback). `stop()`
+ * returns the longest time without progress by each measure, in ms.
+ */
+export async function startVideoSampling(page, peerId) {
+  await page.evaluate((id) => {
+    const pcIds = new WeakMap();
+    let nextPcId = 1;
+    const state = { samples: [], frames: [], timer: 0, stopped: false };
+    window.__videoSampling = state;
+    state.timer = setInterval(async () => {
+      const pc = window.switchboardDemo.room.peerConnection(id);
+      let frames = 0;
+      if (pc) {
+        if (!pcIds.has(pc)) pcIds.set(pc, nextPcId++);
+        (await pc.getStats()).forEach((r) => {
+          if (r.type === "inbound-rtp" && r.kind === "video") frames = Math.max(frames, r.framesDecoded ?? 0);
+        });
+      }
+      state.samples.push({ t: performance.now(), pc: pc ? pcIds.get(pc) : 0, frames });
+    }, 100);
+    const video = document.querySelector(`#tile-${CSS.escape(id)} video`);
+    const onFrame = (now) => {
+      if (state.stopped) return;
+      state.frames.push(now);
+      video.requestVideoFrameCallback(onFrame);
+    };
+    if (video) video.requestVideoFrameCallback(onFrame);
+  }, peerId);
+  return {
+    async stop() {
+      return page.evaluate(() => {
+        const state = window.__videoSampling;
+        state.stopped = true;
+        clearInterval(state.timer);
+        const end = performance.now();
+        // framesDecoded: progress when the same connection decoded more, or a new connection already decodes.
+        let last = state.samples[0]?.t ?? end;
+        let decodedGap = 0;
+        const seen = new Map();
+        for (const s of state.samples) {
+          const before = seen.get(s.pc);
+          const progressed = s.pc !== 0 && s.frames > 0 && (before === undefined || s.frames > before);
+          seen.set(s.pc, s.frames);
+          if (progressed) {
+            decodedGap = Math.max(decodedGap, s.t - last);
+            last = s.t;
+          }
+        }
+        decodedGap = Math.max(decodedGap, end - last);
+        let presentedGap = 0;
+        let previous = state.frames[0] ?? end;
+        for (const t of state.frames) {
+          presentedGap = Math.max(presentedGap, t - previous);
+          previous = t;
+        }
+        presentedGap = Math.max(presentedGap, end - previous);
+        return {
+          decodedGapMs: Math.round(decodedGap),
+          presentedGapMs: Math.round(presentedGap),
+          samples: state.samples.length,
+          presented: state.frames.length,
+        };
+      });
+    },
+  };
+}
+
+/** Counts the RTCPeerConnections a page creates (install before the page loads). */
+export async function countPeerConnections(context) {
+  await context.addInitScript(() => {
+    const Original = window.RTCPeerConnection;
+    window.__peerConnectionsCreated = 0;
+    window.RTCPeerConnection = function (...args) {
+      window.__peerConnectionsCreated += 1;
+      return new Original(...args);
+    };
+    window.RTCPeerConnection.prototype = Original.prototype;
+  });
 }

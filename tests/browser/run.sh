@@ -6,8 +6,10 @@
 # Needs, already built: build/worker/shim.mjs (bash scripts/build-worker.sh)
 # and client/site (npm --prefix client run build); client/node_modules installed.
 # Usage: tests/browser/run.sh [test files...]   (default: tests/browser/*.test.mjs)
-# The forced-TURN test runs the relay from SWITCHBOARD_RELAY_BIN or
-# target/{release,debug}/relay and fails when there is none.
+# The tests that need TURN run the relay from SWITCHBOARD_RELAY_BIN or
+# target/{release,debug}/relay and fail when there is none. Tests that inject
+# network faults (iptables, sysctl) rely on this namespace (SWITCHBOARD_IN_NETNS=1)
+# and refuse to run outside it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
