@@ -108,6 +108,8 @@ pub struct Shared {
     pub errors: AtomicU64,
     /// Reconnects done.
     pub reconnects: AtomicU64,
+    /// v1.1 frames waiting for the room's `ack`, over all clients.
+    pub unacked: AtomicU64,
     /// Signalled when a client joined or failed.
     pub settled: Notify,
 }
@@ -408,6 +410,8 @@ impl Client {
             self.acked_seq = 0;
             if resume || self.peer_id.is_some() {
                 // A fresh join after a failed resume: the old peer and its outbox are gone.
+                let dropped = self.outbox.len() as u64;
+                self.shared.unacked.fetch_sub(dropped, Relaxed);
                 self.outbox = Outbox::default();
             }
         }
@@ -425,9 +429,15 @@ impl Client {
             }
         }
         if self.cfg.cseq {
-            self.outbox.confirm(f.cseq.unwrap_or(0));
+            self.confirm(f.cseq.unwrap_or(0));
         }
         Ok(())
+    }
+
+    /// Forgets outbox frames up to `cseq` and keeps the shared count in step.
+    fn confirm(&mut self, cseq: u64) {
+        let n = self.outbox.confirm(cseq) as u64;
+        self.shared.unacked.fetch_sub(n, Relaxed);
     }
 
     fn count_error(&mut self, code: &str) {
@@ -787,9 +797,7 @@ impl Client {
                     self.known.retain(|_, v| *v != id);
                 }
             }
-            "ack" => {
-                self.outbox.confirm(f.cseq.unwrap_or(0));
-            }
+            "ack" => self.confirm(f.cseq.unwrap_or(0)),
             "error" => {
                 let code = f.code.clone().unwrap_or_else(|| "unknown".into());
                 self.count_error(&code);
@@ -804,9 +812,7 @@ impl Client {
                             self.resend_at = Some((Instant::now() + wait, cseq));
                         }
                         // A sequenced refusal: the frame was processed (and not delivered).
-                        _ => {
-                            self.outbox.confirm(cseq);
-                        }
+                        _ => self.confirm(cseq),
                     }
                 }
             }

@@ -112,6 +112,10 @@ struct Args {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Exit with status 1 unless the run was correct: every client joined, every probe delivered
+    /// exactly once, no `error` frame, no sequence gap, no failed resume (no speed criteria).
+    #[arg(long)]
+    check: bool,
     /// Print CPU/RSS of the `--server-pgid` processes as JSON and exit.
     #[arg(long)]
     procstat: bool,
@@ -238,7 +242,67 @@ fn main() -> std::process::ExitCode {
         eprintln!("loadgen: writing {}: {e}", path.display());
         return std::process::ExitCode::FAILURE;
     }
+    if args.check {
+        let mut problems = violations(&summary, args.rate > 0.0);
+        if args.drop_every.is_some() && summary.reconnects == 0 {
+            problems.push("--drop-every was given but no client reconnected".into());
+        }
+        if !problems.is_empty() {
+            eprintln!("loadgen --check failed: {}", problems.join("; "));
+            return std::process::ExitCode::FAILURE;
+        }
+        eprintln!(
+            "loadgen --check: {} clients joined, {} probes delivered exactly once, no errors",
+            summary.connect.connected, summary.msgs.delivered
+        );
+    }
     std::process::ExitCode::SUCCESS
+}
+
+/// What makes a run incorrect (for `--check`).
+fn violations(s: &Summary, sending: bool) -> Vec<String> {
+    let mut v = Vec::new();
+    if s.connect.failed > 0 || s.connect.connected != u64::from(s.clients) {
+        v.push(format!(
+            "{} of {} clients joined ({:?})",
+            s.connect.connected, s.clients, s.connect.failed_by_reason
+        ));
+    }
+    let m = &s.msgs;
+    if sending && m.expected == 0 {
+        v.push("no probe was sent".into());
+    }
+    if m.lost > 0 || m.expected != m.delivered {
+        v.push(format!("{} of {} probes not delivered", m.lost, m.expected));
+    }
+    if m.duplicated > 0 || m.unexpected > 0 {
+        v.push(format!(
+            "{} duplicated, {} unexpected probes",
+            m.duplicated, m.unexpected
+        ));
+    }
+    if m.unacked > 0 {
+        v.push(format!("{} frames never acknowledged", m.unacked));
+    }
+    if !s.errors_by_code.is_empty() {
+        v.push(format!("error frames {:?}", s.errors_by_code));
+    }
+    if s.seq_gaps > 0 || s.seq_repeats > 0 {
+        v.push(format!(
+            "seq gaps {}, seq repeats {}",
+            s.seq_gaps, s.seq_repeats
+        ));
+    }
+    if s.resume_failed > 0 || !s.gave_up.is_empty() {
+        v.push(format!(
+            "{} resumes failed, gave up {:?}",
+            s.resume_failed, s.gave_up
+        ));
+    }
+    if s.deadline_hit {
+        v.push("the hard deadline was hit".into());
+    }
+    v
 }
 
 fn random_hex() -> String {
@@ -365,7 +429,9 @@ async fn run(args: &Args, nofile: u64) -> Summary {
         (Instant::now() + Duration::from_secs_f64(args.drain_secs.max(0.0))).min(hard_deadline);
     // Drain: until every expected delivery arrived and every v1.1 frame could be acked, or time is up.
     while Instant::now() < drain_end {
-        if shared.delivered.load(Relaxed) >= shared.expected.load(Relaxed) {
+        if shared.delivered.load(Relaxed) >= shared.expected.load(Relaxed)
+            && shared.unacked.load(Relaxed) == 0
+        {
             break;
         }
         sleep(Duration::from_millis(20)).await;
