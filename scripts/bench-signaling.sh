@@ -26,7 +26,9 @@ DRAIN=${BENCH_DRAIN:-5}
 PAYLOAD=${BENCH_PAYLOAD:-200}
 JOIN_CLIENTS=${BENCH_JOIN_CLIENTS:-2000}
 export PATH="$HOME/.cargo/bin:$PATH"
-WORK=$(mktemp -d /tmp/switchboard-bench-signaling.XXXXXX)
+# Server state (--persist-to) on tmpfs: Durable Object storage here is a local SQLite file per
+# object, and this shared box's disk, not the runtime, would set the pace (see docs/BENCHMARKS.md).
+WORK=$(mktemp -d "${BENCH_TMP:-/dev/shm}/switchboard-bench-signaling.XXXXXX")
 source "$ROOT/bench/servers.sh"
 trap 'stop_servers; rm -rf "$WORK"' EXIT
 ulimit -n "$(ulimit -Hn)"
@@ -52,15 +54,16 @@ for _ in range(60):
 PY
 }
 
-RESULTS="$WORK/results.jsonl"
+RESULTS="$ROOT/target/bench-signaling-runs.jsonl"   # kept: one line per run, as it finishes
 : > "$RESULTS"
-# run LABEL MODE PORT PGID CLIENTS RATE [loadgen args...]
+# run LABEL MODE PORT PGID CLIENTS RATE [loadgen args...]; RUN_SECS/RUN_DRAIN override the window.
 run() {
   local label=$1 mode=$2 port=$3 pgid=$4 clients=$5 rate=$6; shift 6
+  local secs=${RUN_SECS:-$SECS} drain=${RUN_DRAIN:-$DRAIN}
   wait_idle "$pgid"
-  echo "--- $label: $clients clients x $rate msg/s, ${SECS}s" >&2
+  echo "--- $label: $clients clients x $rate msg/s, ${secs}s" >&2
   "$LOADGEN" --mode "$mode" --target "127.0.0.1:$port" --clients "$clients" --rate "$rate" \
-    --duration "$SECS" --drain-secs "$DRAIN" --payload-bytes "$PAYLOAD" --connect-rate 500 \
+    --duration "$secs" --drain-secs "$drain" --payload-bytes "$PAYLOAD" --connect-rate 500 \
     --server-pgid "$pgid" --quiet --out "$WORK/run.json" "$@" > /dev/null
   python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d["label"]=sys.argv[2]; print(json.dumps(d))' \
     "$WORK/run.json" "$label" >> "$RESULTS"
@@ -73,7 +76,7 @@ for load in $LOADS; do
   run "peerjs" peerjs $PEERJS_PORT "$PEERJS_PGID" "$clients" "$rate"
 done
 # Join test: every client joins at 500/s and holds; none may fail.
-run "switchboard join" v1 $SB_PORT "$SB_PGID" "$JOIN_CLIENTS" 0 --duration 1 --drain-secs 0
+RUN_SECS=1 RUN_DRAIN=0 run "switchboard join" v1 $SB_PORT "$SB_PGID" "$JOIN_CLIENTS" 0
 
 COMMIT=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src proto Cargo.toml wrangler.toml || echo "+changes")
 python3 "$ROOT/bench/signaling_report.py" "$RESULTS" "$COMMIT" "$SECS" "$DRAIN" "$ROOT/target/bench-signaling.json" \

@@ -12,7 +12,9 @@ fi
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo build -q -p switchboard-loadgen
 LOADGEN="$ROOT/target/debug/loadgen"
-WORK=$(mktemp -d /tmp/switchboard-loadgen-smoke.XXXXXX)
+# Server state (--persist-to) on tmpfs: Durable Object storage here is a local SQLite file per
+# object, and this shared box's disk, not the runtime, would set the pace (see docs/BENCHMARKS.md).
+WORK=$(mktemp -d "${BENCH_TMP:-/dev/shm}/switchboard-loadgen-smoke.XXXXXX")
 source "$ROOT/bench/servers.sh"
 trap 'stop_servers; rm -rf "$WORK"' EXIT
 start_switchboard 28887 29329 --var HEARTBEAT_MS:1000 --var RESUME_WINDOW_MS:15000

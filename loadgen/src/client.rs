@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -166,6 +167,9 @@ pub struct Report {
     pub unacked: u64,
     /// Probes not sent because no other member was known yet.
     pub no_peer: u64,
+    /// Probes from clients outside this client's planned room (another loadgen process sharing a
+    /// room, or a frame routed to the wrong room).
+    pub foreign: u64,
     /// 4003 closes and their resumes.
     pub going_away: Vec<GoingAway>,
     /// The client could not reconnect and stopped early.
@@ -213,6 +217,15 @@ fn ws_reason(e: &WsError) -> String {
     }
 }
 
+/// How many other members a client sends to: every one for a broadcast (the server fans out to
+/// all), a few for signals (round robin), so a large room does not cost the client quadratic memory.
+fn known_cap(p: Pattern) -> usize {
+    match p {
+        Pattern::Broadcast => usize::MAX,
+        Pattern::Signal => 16,
+    }
+}
+
 async fn tick(i: &mut Option<Interval>) {
     match i {
         Some(i) => {
@@ -236,6 +249,8 @@ pub struct Client {
     phase: watch::Receiver<Phase>,
     idx: ClientIdx,
     room: String,
+    /// The clients planned for this client's room (itself included).
+    members: Range<ClientIdx>,
     rng: Rng,
     report: Report,
     // protocol v1 session
@@ -269,14 +284,17 @@ impl Client {
         phase: watch::Receiver<Phase>,
         idx: ClientIdx,
         room: String,
-        members: &[ClientIdx],
+        members: Range<ClientIdx>,
     ) -> Client {
-        let known = if cfg.mode == Mode::V1 {
+        // Echo floor and PeerJS have no presence: the destinations are the plan.
+        let known = if cfg.mode == Mode::V1 || cfg.rate <= 0.0 {
             BTreeMap::new()
         } else {
             members
-                .iter()
-                .map(|c| (*c, format!("{}-{c}", cfg.id_prefix)))
+                .clone()
+                .filter(|c| *c != idx)
+                .take(known_cap(cfg.pattern))
+                .map(|c| (c, format!("{}-{c}", cfg.id_prefix)))
                 .collect()
         };
         let heartbeat = cfg.heartbeat_override.unwrap_or(match cfg.mode {
@@ -293,6 +311,7 @@ impl Client {
             phase,
             idx,
             room,
+            members,
             rng: Rng::from_os(),
             peer_id: None,
             resume_token: None,
@@ -425,7 +444,7 @@ impl Client {
         self.known.clear();
         for p in f.peers.iter().flatten() {
             if let Some(c) = p.meta.and_then(|m| m.c) {
-                self.known.insert(c, p.peer_id.clone());
+                self.learn(c, &p.peer_id);
             }
         }
         if self.cfg.cseq {
@@ -734,7 +753,21 @@ impl Client {
         ws.flush().await
     }
 
+    /// A present peer: a destination if it is planned for this room (and within the cap).
+    fn learn(&mut self, c: ClientIdx, peer_id: &str) {
+        if c == self.idx || !self.members.contains(&c) {
+            return;
+        }
+        if self.known.contains_key(&c) || self.known.len() < known_cap(self.cfg.pattern) {
+            self.known.insert(c, peer_id.to_owned());
+        }
+    }
+
     fn record(&mut self, p: Probe) {
+        if !self.members.contains(&p.c) {
+            self.report.foreign += 1;
+            return;
+        }
         if self.report.received.record(p.c, p.n) {
             let lat = unix_us().saturating_sub(p.t);
             self.report
@@ -789,7 +822,7 @@ impl Client {
             "pong" => self.unanswered_pings = 0,
             "peer-joined" => {
                 if let (Some(c), Some(id)) = (f.meta.and_then(|m| m.c), f.peer_id) {
-                    self.known.insert(c, id);
+                    self.learn(c, &id);
                 }
             }
             "peer-left" => {

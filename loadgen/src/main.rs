@@ -172,6 +172,7 @@ struct MsgSummary {
     resent: u64,
     unacked: u64,
     no_peer: u64,
+    foreign: u64,
     all_delivered: bool,
 }
 
@@ -367,18 +368,15 @@ async fn run(args: &Args, nofile: u64) -> Summary {
                 tokio::time::sleep_until(at).await;
                 let idx = first + i;
                 let room_no = i / room_size;
-                let members: Vec<ClientIdx> = (room_no * room_size
-                    ..((room_no + 1) * room_size).min(n))
-                    .filter(|j| *j != i)
-                    .map(|j| first + j)
-                    .collect();
+                let members =
+                    first + room_no * room_size..first + ((room_no + 1) * room_size).min(n);
                 let c = Client::new(
                     cfg.clone(),
                     shared.clone(),
                     phase_rx.clone(),
                     idx,
                     format!("{prefix}-{room_no}"),
-                    &members,
+                    members,
                 );
                 handles.push(tokio::spawn(c.run()));
             }
@@ -545,6 +543,7 @@ fn summarize(i: SummaryInput<'_>) -> Summary {
         mut unacked,
         mut no_peer,
     ) = (0, 0, 0, 0, 0, 0, 0);
+    let mut foreign = 0;
     let mut going: Vec<GoingAway> = Vec::new();
     let mut connected = 0u64;
     let sent_msgs = i.sent_msgs;
@@ -569,6 +568,7 @@ fn summarize(i: SummaryInput<'_>) -> Summary {
         resent += r.resent;
         unacked += r.unacked;
         no_peer += r.no_peer;
+        foreign += r.foreign;
         going.append(&mut r.going_away);
         sent.insert(r.idx, std::mem::take(&mut r.sent));
         received.insert(r.idx, std::mem::take(&mut r.received));
@@ -635,6 +635,7 @@ fn summarize(i: SummaryInput<'_>) -> Summary {
             resent,
             unacked,
             no_peer,
+            foreign,
             all_delivered: t.lost == 0 && t.expected == t.delivered,
         },
         latency_ms: track::percentiles(&mut lat),
