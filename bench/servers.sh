@@ -5,6 +5,9 @@
 
 export WRANGLER_SEND_METRICS=false CLOUDFLARE_CF_FETCH_ENABLED=false
 SERVER_PGIDS=()
+# BENCH_NICE (e.g. -10) runs servers and load at another priority: on a box shared with niced
+# builds, a benchmark at nice 0 measures the scheduler's queue more than the servers.
+NICE=(nice -n "${BENCH_NICE:-0}")
 
 stop_servers() {
   local g
@@ -39,12 +42,13 @@ wait_http() {
 }
 
 # start_switchboard PORT INSPECTOR_PORT [--var K:V ...]: the Worker (already built) on wrangler dev.
-# Sets LAST_PGID.
+# SWITCHBOARD_DIR (default: this checkout) may name another checkout with a built Worker, e.g. a
+# branch to measure against this one. Sets LAST_PGID.
 start_switchboard() {
-  mkdir -p "$ROOT/client/site"   # the [assets] directory must exist
+  mkdir -p "${SWITCHBOARD_DIR:-$ROOT}/client/site"   # the [assets] directory must exist
   local port=$1 inspector=$2; shift 2
   : > "$WORK/switchboard-$port.env"
-  (cd "$ROOT" && SWITCHBOARD_SKIP_BUILD=1 exec setsid "$ROOT/node_modules/.bin/wrangler" dev --local \
+  (cd "${SWITCHBOARD_DIR:-$ROOT}" && SWITCHBOARD_SKIP_BUILD=1 exec "${NICE[@]}" setsid "$ROOT/node_modules/.bin/wrangler" dev --local \
     --ip 127.0.0.1 --port "$port" --inspector-port "$inspector" \
     --persist-to "$WORK/switchboard-$port-state" --env-file "$WORK/switchboard-$port.env" \
     --show-interactive-dev-session=false --log-level warn "$@" \
@@ -58,7 +62,7 @@ start_switchboard() {
 start_echo() {
   local port=$1 inspector=$2; shift 2
   : > "$WORK/echo-$port.env"
-  (cd "$ROOT/bench/echo-worker" && SWITCHBOARD_SKIP_BUILD=1 exec setsid "$ROOT/node_modules/.bin/wrangler" dev \
+  (cd "$ROOT/bench/echo-worker" && SWITCHBOARD_SKIP_BUILD=1 exec "${NICE[@]}" setsid "$ROOT/node_modules/.bin/wrangler" dev \
     --local --ip 127.0.0.1 --port "$port" --inspector-port "$inspector" \
     --persist-to "$WORK/echo-$port-state" --env-file "$WORK/echo-$port.env" \
     --show-interactive-dev-session=false --log-level warn "$@" \
@@ -71,7 +75,7 @@ start_echo() {
 # start_peerjs PORT: PeerJS server 1.0.2 (bench/node_modules).
 start_peerjs() {
   local port=$1
-  setsid node "$ROOT/bench/node_modules/peer/dist/bin/peerjs.js" --port "$port" --host 127.0.0.1 \
+  "${NICE[@]}" setsid node "$ROOT/bench/node_modules/peer/dist/bin/peerjs.js" --port "$port" --host 127.0.0.1 \
     --concurrent_limit 100000 > "$WORK/peerjs-$port.log" 2>&1 < /dev/null &
   LAST_PGID=$!
   SERVER_PGIDS+=("$LAST_PGID")

@@ -14,9 +14,9 @@
 #   bash scripts/bench-scaling.sh          # writes target/bench-scaling.json and docs/scaling.png
 #
 # Knobs: SCALE_STEPS="1000 5000 10000 15000 19000", SCALE_LARGE_STEPS="250 500 1000 2000",
-# SCALE_ECHO_LARGE_STEPS="1000 5000 10000 19000", SCALE_CONNECT_RATE=500 (joins/s, all
+# SCALE_ECHO_LARGE_STEPS="5000 19000", SCALE_CONNECT_RATE=300 (joins/s, all
 # processes together), SCALE_PROBE_PER_S=1000 (probe deliveries/s in total), SCALE_PROBE_SECS=10,
-# SCALE_LAYOUTS="rooms echo-rooms large echo-large".
+# SCALE_LAYOUTS="rooms echo-rooms large echo-large", BENCH_NICE=0 (see bench/servers.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -25,8 +25,8 @@ if [ "${SB_IN_NETNS:-0}" != 1 ]; then
 fi
 STEPS=${SCALE_STEPS:-"1000 5000 10000 15000 19000"}
 LARGE_STEPS=${SCALE_LARGE_STEPS:-"250 500 1000 2000"}
-ECHO_LARGE_STEPS=${SCALE_ECHO_LARGE_STEPS:-"1000 5000 10000 19000"}
-CONNECT_RATE=${SCALE_CONNECT_RATE:-500}
+ECHO_LARGE_STEPS=${SCALE_ECHO_LARGE_STEPS:-"5000 19000"}
+CONNECT_RATE=${SCALE_CONNECT_RATE:-300}
 PROBE_PER_S=${SCALE_PROBE_PER_S:-1000}
 PROBE_SECS=${SCALE_PROBE_SECS:-10}
 LAYOUTS=${SCALE_LAYOUTS:-"rooms echo-rooms large echo-large"}
@@ -38,6 +38,7 @@ WORK=$(mktemp -d "${BENCH_TMP:-/dev/shm}/switchboard-bench-scaling.XXXXXX")
 source "$ROOT/bench/servers.sh"
 LG_PIDS=()
 trap 'for p in "${LG_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; stop_servers; rm -rf "$WORK"' EXIT
+trap 'exit 143' TERM; trap 'exit 130' INT
 ulimit -n "$(ulimit -Hn)"
 build_servers
 LOADGEN="$ROOT/target/release/loadgen"
@@ -94,7 +95,7 @@ step() {
   for p in $(seq 0 $((procs - 1))); do
     first=$((p * PER_PROC)); count=$(( n - first < PER_PROC ? n - first : PER_PROC ))
     if [ "$rooms_per" = "$n" ]; then rooms=1; room_prefix=$prefix; else rooms=$(( (count + rooms_per - 1) / rooms_per )); room_prefix=$prefix-p$p; fi
-    "$LOADGEN" --mode "$mode" --target "127.0.0.1:$port" --clients "$count" --first-client "$first" \
+    "${NICE[@]}" "$LOADGEN" --mode "$mode" --target "127.0.0.1:$port" --clients "$count" --first-client "$first" \
       --rooms "$rooms" --room-prefix "$room_prefix" --rate "$rate" --duration "$PROBE_SECS" \
       --drain-secs 5 --connect-rate "$per_rate" --connect-timeout 30 --quiet \
       --deadline $(( n / CONNECT_RATE + PROBE_SECS + 300 )) \

@@ -11,7 +11,9 @@
 #
 # Knobs (environment): BENCH_LOADS="2000x5 2000x1 200x5" (clients x msgs/s per client),
 # BENCH_SECS=20 (send window), BENCH_DRAIN=5 (seconds after the window a message may still
-# arrive), BENCH_PAYLOAD=200 (probe bytes; ~270-byte frames), BENCH_JOIN_CLIENTS=2000.
+# arrive), BENCH_PAYLOAD=200 (probe bytes; ~270-byte frames), BENCH_CONNECT_RATE=200 (joins/s
+# before a load row; the join test always joins at 500/s), BENCH_JOIN_CLIENTS=2000,
+# BENCH_NICE=0 (priority of servers and loadgen; see bench/servers.sh).
 # Runs itself inside a fresh network namespace (unshare -n): only loopback exists.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,12 +27,14 @@ SECS=${BENCH_SECS:-20}
 DRAIN=${BENCH_DRAIN:-5}
 PAYLOAD=${BENCH_PAYLOAD:-200}
 JOIN_CLIENTS=${BENCH_JOIN_CLIENTS:-2000}
+CONNECT_RATE=${BENCH_CONNECT_RATE:-200}
 export PATH="$HOME/.cargo/bin:$PATH"
 # Server state (--persist-to) on tmpfs: Durable Object storage here is a local SQLite file per
 # object, and this shared box's disk, not the runtime, would set the pace (see docs/BENCHMARKS.md).
 WORK=$(mktemp -d "${BENCH_TMP:-/dev/shm}/switchboard-bench-signaling.XXXXXX")
 source "$ROOT/bench/servers.sh"
 trap 'stop_servers; rm -rf "$WORK"' EXIT
+trap 'exit 143' TERM; trap 'exit 130' INT
 ulimit -n "$(ulimit -Hn)"
 
 build_servers
@@ -59,11 +63,12 @@ RESULTS="$ROOT/target/bench-signaling-runs.jsonl"   # kept: one line per run, as
 # run LABEL MODE PORT PGID CLIENTS RATE [loadgen args...]; RUN_SECS/RUN_DRAIN override the window.
 run() {
   local label=$1 mode=$2 port=$3 pgid=$4 clients=$5 rate=$6; shift 6
-  local secs=${RUN_SECS:-$SECS} drain=${RUN_DRAIN:-$DRAIN}
+  local secs=${RUN_SECS:-$SECS} drain=${RUN_DRAIN:-$DRAIN} connect_rate=${RUN_CONNECT_RATE:-$CONNECT_RATE} connect_timeout=${RUN_CONNECT_TIMEOUT:-30}
   wait_idle "$pgid"
   echo "--- $label: $clients clients x $rate msg/s, ${secs}s" >&2
-  "$LOADGEN" --mode "$mode" --target "127.0.0.1:$port" --clients "$clients" --rate "$rate" \
-    --duration "$secs" --drain-secs "$drain" --payload-bytes "$PAYLOAD" --connect-rate 500 \
+  "${NICE[@]}" "$LOADGEN" --mode "$mode" --target "127.0.0.1:$port" --clients "$clients" --rate "$rate" \
+    --duration "$secs" --drain-secs "$drain" --payload-bytes "$PAYLOAD" --connect-rate "$connect_rate" \
+    --connect-timeout "$connect_timeout" \
     --server-pgid "$pgid" --quiet --out "$WORK/run.json" "$@" > /dev/null
   python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d["label"]=sys.argv[2]; print(json.dumps(d))' \
     "$WORK/run.json" "$label" >> "$RESULTS"
@@ -75,8 +80,11 @@ for load in $LOADS; do
   run "switchboard" v1 $SB_PORT "$SB_PGID" "$clients" "$rate"
   run "peerjs" peerjs $PEERJS_PORT "$PEERJS_PGID" "$clients" "$rate"
 done
-# Join test: every client joins at 500/s and holds; none may fail.
-RUN_SECS=1 RUN_DRAIN=0 run "switchboard join" v1 $SB_PORT "$SB_PGID" "$JOIN_CLIENTS" 0
+# Join test: every client joins at 500/s (10 s timeout) and holds; none should fail.
+for s in "echo floor join|echo|$ECHO_PORT|$ECHO_PGID" "switchboard join|v1|$SB_PORT|$SB_PGID" "peerjs join|peerjs|$PEERJS_PORT|$PEERJS_PGID"; do
+  IFS='|' read -r label mode port pgid <<< "$s"
+  RUN_SECS=1 RUN_DRAIN=0 RUN_CONNECT_RATE=500 RUN_CONNECT_TIMEOUT=10 run "$label" "$mode" "$port" "$pgid" "$JOIN_CLIENTS" 0
+done
 
 COMMIT=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src proto Cargo.toml wrangler.toml || echo "+changes")
 python3 "$ROOT/bench/signaling_report.py" "$RESULTS" "$COMMIT" "$SECS" "$DRAIN" "$ROOT/target/bench-signaling.json" \

@@ -17,6 +17,7 @@ LOADGEN="$ROOT/target/debug/loadgen"
 WORK=$(mktemp -d "${BENCH_TMP:-/dev/shm}/switchboard-loadgen-smoke.XXXXXX")
 source "$ROOT/bench/servers.sh"
 trap 'stop_servers; rm -rf "$WORK"' EXIT
+trap 'exit 143' TERM; trap 'exit 130' INT
 start_switchboard 28887 29329 --var HEARTBEAT_MS:1000 --var RESUME_WINDOW_MS:15000
 lg() { "$LOADGEN" --target 127.0.0.1:28887 --quiet --check --deadline 60 "$@" > "$WORK/summary.json" \
   || { cat "$WORK/summary.json" >&2; return 1; }; }

@@ -6,7 +6,8 @@
 # client was closed once and resumed, that the reconnects are spread over the announced window
 # (none before the drain, all within the window plus 2 s of slack, no tenth of the window with
 # more than 20 % of them) and, with `loadgen --check`, that nothing was lost or duplicated and no
-# error frame was sent. Runs against the built Worker on wrangler dev in its own network namespace.
+# error frame was sent (clients use protocol v1.1 `cseq`, so a frame in flight when its socket is
+# closed is resent after the resume). Runs against the built Worker on wrangler dev in its own network namespace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -23,12 +24,13 @@ WORK=$(mktemp -d "${BENCH_TMP:-/dev/shm}/switchboard-stampede.XXXXXX")
 source "$ROOT/bench/servers.sh"
 LG_PID=
 trap '[ -n "$LG_PID" ] && kill "$LG_PID" 2>/dev/null; stop_servers; rm -rf "$WORK"' EXIT
+trap 'exit 143' TERM; trap 'exit 130' INT
 ulimit -n "$(ulimit -Hn)"
 start_switchboard 28987 29429 --var "ADMIN_TOKEN:$ADMIN" --var HEARTBEAT_MS:5000 --var RESUME_WINDOW_MS:30000
 
 PREFIX=stampede-$RANDOM
 "$LOADGEN" --target 127.0.0.1:28987 --clients $CLIENTS --rooms $ROOMS --room-prefix "$PREFIX" \
-  --rate 1 --duration 14 --drain-secs 10 --deadline 90 --ready-file "$WORK/ready" \
+  --cseq --rate 1 --duration 14 --drain-secs 10 --deadline 90 --ready-file "$WORK/ready" \
   --going-away-events --check --quiet --out "$WORK/summary.json" > /dev/null 2> "$WORK/loadgen.err" &
 LG_PID=$!
 for _ in $(seq 1 600); do [ -f "$WORK/ready" ] && break; kill -0 "$LG_PID" 2>/dev/null || break; sleep 0.1; done
