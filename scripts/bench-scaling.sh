@@ -83,7 +83,9 @@ step() {
   local pgid=$LAST_PGID proxy_port=$([ "$server" = switchboard ] && echo 28787 || echo 28788)
   read -r port inner_pid < <(inner_port "$pgid" "$proxy_port") || { echo "no inner workerd port" >&2; return 1; }
   local proxy_pid
-  proxy_pid=$(for p in $(ps -o pid= -g "$pgid"); do [ "$(cat /proc/$p/comm)" = workerd ] && [ "$p" != "$inner_pid" ] && echo "$p"; done | head -1)
+  for p in $(ps -o pid= -g "$pgid"); do
+    if [ "$(cat "/proc/$p/comm")" = workerd ] && [ "$p" != "$inner_pid" ]; then proxy_pid=$p; fi
+  done
   local base_rss base_proxy
   base_rss=$(rss_kib "$inner_pid"); base_proxy=$(rss_kib "$proxy_pid")
   prefix="sc-$layout-$n-$RANDOM"
