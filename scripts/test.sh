@@ -49,6 +49,12 @@ bash scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
 step "end-to-end tests against wrangler dev"
 bash scripts/e2e.sh
 
+step "loadgen smoke against wrangler dev (correctness only: all joined, all delivered once, no errors)"
+bash scripts/loadgen-smoke.sh
+
+step "no reconnect stampede: 500 loadgen clients drained at once resume spread over the window"
+bash scripts/stampede-test.sh
+
 if [ -f tests/browser/run.sh ]; then
   step "browser end-to-end tests (headless Chromium)"
   SWITCHBOARD_RELAY_BIN="$PWD/target/release/relay" bash tests/browser/run.sh

@@ -1,0 +1,76 @@
+"""Markdown report of scripts/bench-signaling.sh: reads loadgen summaries (one JSON per line, each
+with a "label"), prints the tables and writes them all, with the machine, to one JSON file.
+
+usage: signaling_report.py RESULTS.jsonl COMMIT SECS DRAIN OUT.json
+"""
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+
+results_path, commit, secs, drain, out_path = sys.argv[1:6]
+runs = [json.loads(line) for line in open(results_path) if line.strip()]
+
+
+def sh(cmd):
+    return subprocess.run(cmd, shell=True, capture_output=True, text=True).stdout.strip()
+
+
+machine = {
+    "date": datetime.date.today().isoformat(),
+    "nproc": int(sh("nproc") or 0),
+    "kernel": platform.release(),
+    "cpu": sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2").strip(),
+    "commit": commit,
+    "wrangler": sh("node_modules/.bin/wrangler --version 2>/dev/null | tail -1"),
+}
+with open(out_path, "w") as f:
+    json.dump({"machine": machine, "send_seconds": float(secs), "drain_seconds": float(drain), "runs": runs}, f, indent=1)
+
+
+def role_cpu(run, *roles):
+    server = run.get("server") or {}
+    return sum(p["cpu_ms"] for p in server.get("processes", []) if p["role"] in roles)
+
+
+def pct(cpu_ms, run):
+    w = (run.get("server") or {}).get("window_seconds") or 1
+    return f"{cpu_ms / (w * 10):.0f}"
+
+
+print(f"Measured {machine['date']} on {machine['cpu']} ({machine['nproc']} cores, `nproc`), "
+      f"Linux {machine['kernel']}, loopback in a network namespace; Switchboard at commit `{commit}`.")
+print(f"Command: `bash scripts/bench-signaling.sh --write` ({secs} s of sending per row; a message "
+      f"not delivered within {drain} s after the window counts as not delivered).")
+print()
+print("| server | clients × msg/s | offered msg/s | delivered msg/s | not delivered | dup | p50 ms | p99 ms | max ms "
+      "| server CPU % of a core (proxy + runtime) | CPU µs per msg | RSS MB |")
+print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |")
+for r in runs:
+    if r["label"].endswith("join"):
+        continue
+    m, lat, srv = r["msgs"], r["latency_ms"], r.get("server") or {}
+    total = srv.get("cpu_ms", 0)
+    if r["mode"] == "peerjs":
+        split = f"{pct(total, r)} (node)"
+    else:
+        proxy = role_cpu(r, "workerd (proxy)")
+        split = f"{pct(total, r)} ({pct(proxy, r)} + {pct(role_cpu(r, 'workerd'), r)})"
+    lost = m["lost"]
+    lost_s = f"{lost} ({100 * lost / m['expected']:.1f} %)" if m["expected"] else "0"
+    failed = r["connect"]["failed"]
+    clients = f"{r['clients']:,} × {r['rate_per_client']:g}" + (f" ({failed} failed to join)" if failed else "")
+    print(f"| {r['label']} | {clients} | {m['sent_per_s']:,.0f} | {m['delivered_per_s']:,.0f} | {lost_s} | "
+          f"{m['duplicated']} | {lat['p50']:.1f} | {lat['p99']:.1f} | {lat['max']:.0f} | {split} | "
+          f"{srv.get('cpu_us_per_delivered_msg', 0):.0f} | {srv.get('rss_kib', 0) / 1024:.0f} |")
+for r in runs:
+    if not r["label"].endswith("join"):
+        continue
+    c = r["connect"]
+    reasons = ", ".join(f"{k}: {v}" for k, v in c["failed_by_reason"].items()) or "none"
+    print()
+    print(f"Join test ({r['label']}): {r['clients']:,} clients joining at 500/s: {c['connected']:,} joined, "
+          f"{c['failed']} failed ({reasons}); time to `welcome` p50 {c['join_ms']['p50']:.0f} ms, "
+          f"p99 {c['join_ms']['p99']:.0f} ms, max {c['join_ms']['max']:.0f} ms (of those that joined); the last join settled after {c['seconds']:.1f} s.")
