@@ -101,6 +101,31 @@ pub struct Args {
     /// [default: 30].
     #[arg(long, env = "RELAY_DRAIN_TIMEOUT", value_name = "SECONDS")]
     pub drain_timeout: Option<u64>,
+
+    // --- SFU: the server-side WebRTC peer (off unless --sfu-listen is set) ---
+    /// UDP address of the SFU (WebRTC, ICE-lite); setting it turns the SFU on [default: off].
+    #[arg(long, env = "RELAY_SFU_LISTEN", value_name = "ADDR")]
+    pub sfu_listen: Option<SocketAddr>,
+    /// IP advertised in the SFU's host candidates (the public IP of a NAT'd host); repeatable
+    /// [default: the --sfu-listen IP, or the IP of the default route].
+    #[arg(
+        long,
+        env = "RELAY_SFU_PUBLIC_IP",
+        value_name = "IP",
+        value_delimiter = ','
+    )]
+    pub sfu_public_ip: Vec<IpAddr>,
+    /// SFU sessions held at once; more get 503 [default: 1000].
+    #[arg(long, env = "RELAY_SFU_MAX_SESSIONS")]
+    pub sfu_max_sessions: Option<usize>,
+    /// DataChannel bytes queued per SFU session while its send buffer is full; past this the
+    /// session is dropped as a slow consumer [default: 4194304].
+    #[arg(long, env = "RELAY_SFU_QUEUE_BYTES", value_name = "BYTES")]
+    pub sfu_queue_bytes: Option<usize>,
+    /// HTTP address of the session endpoint (`/v1/sessions`) and of `/metrics`
+    /// [default: served on --metrics-listen].
+    #[arg(long, env = "RELAY_SFU_HTTP_LISTEN", value_name = "ADDR")]
+    pub sfu_http_listen: Option<SocketAddr>,
 }
 
 /// The TOML file: the same options, keyed by long flag name.
@@ -124,6 +149,26 @@ struct FileConfig {
     bandwidth_per_allocation: Option<u64>,
     metrics_listen: Option<SocketAddr>,
     drain_timeout: Option<u64>,
+    sfu_listen: Option<SocketAddr>,
+    sfu_public_ip: Option<Vec<IpAddr>>,
+    sfu_max_sessions: Option<usize>,
+    sfu_queue_bytes: Option<usize>,
+    sfu_http_listen: Option<SocketAddr>,
+}
+
+/// The SFU's resolved settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SfuSettings {
+    /// UDP socket address.
+    pub listen: SocketAddr,
+    /// Advertised candidate IPs (with the listen port).
+    pub public_ips: Vec<IpAddr>,
+    /// Session cap.
+    pub max_sessions: usize,
+    /// Per-session DataChannel queue bound in bytes.
+    pub queue_bytes: usize,
+    /// Where the session endpoint is served; `None` means on the metrics listener.
+    pub http_listen: Option<SocketAddr>,
 }
 
 /// A configuration problem, reported before anything is bound.
@@ -169,6 +214,8 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// Longest graceful drain after SIGTERM/SIGINT; zero exits at once.
     pub drain_timeout: Duration,
+    /// The SFU, when enabled.
+    pub sfu: Option<SfuSettings>,
 }
 
 impl fmt::Debug for Config {
@@ -188,6 +235,7 @@ impl fmt::Debug for Config {
             .field("bandwidth_per_allocation", &self.bandwidth_per_allocation)
             .field("metrics_listen", &self.metrics_listen)
             .field("drain_timeout", &self.drain_timeout)
+            .field("sfu", &self.sfu)
             .finish_non_exhaustive()
     }
 }
@@ -325,7 +373,51 @@ impl Config {
             allow_loopback: args.allow_loopback_peers || file.allow_loopback_peers.unwrap_or(false),
             allowed,
         };
+        let metrics_listen = args.metrics_listen.or(file.metrics_listen);
+        let sfu = match args.sfu_listen.or(file.sfu_listen) {
+            None => None,
+            Some(listen) => {
+                let mut public_ips = or_file(args.sfu_public_ip, file.sfu_public_ip);
+                if public_ips.is_empty() {
+                    let ip = if listen.ip().is_unspecified() {
+                        default_route_ip()
+                            .ok_or_else(|| err("cannot pick an SFU IP: set --sfu-public-ip"))?
+                    } else {
+                        listen.ip()
+                    };
+                    public_ips.push(ip);
+                }
+                if public_ips.iter().any(IpAddr::is_unspecified) {
+                    return Err(err("--sfu-public-ip must be a specific address"));
+                }
+                let http_listen = args.sfu_http_listen.or(file.sfu_http_listen);
+                if http_listen.is_none() && metrics_listen.is_none() {
+                    return Err(err(
+                        "--sfu-listen needs --sfu-http-listen or --metrics-listen for /v1/sessions",
+                    ));
+                }
+                if credentials.secrets.is_empty() {
+                    return Err(err(
+                        "--sfu-listen needs --secret: session tokens are signed with it",
+                    ));
+                }
+                Some(SfuSettings {
+                    listen,
+                    public_ips,
+                    max_sessions: args
+                        .sfu_max_sessions
+                        .or(file.sfu_max_sessions)
+                        .unwrap_or(1000),
+                    queue_bytes: args
+                        .sfu_queue_bytes
+                        .or(file.sfu_queue_bytes)
+                        .unwrap_or(4 << 20),
+                    http_listen,
+                })
+            }
+        };
         Ok(Self {
+            sfu,
             listen,
             tls_listen,
             tls_files,
@@ -347,7 +439,7 @@ impl Config {
                 .bandwidth_per_allocation
                 .or(file.bandwidth_per_allocation)
                 .unwrap_or(10_000_000),
-            metrics_listen: args.metrics_listen.or(file.metrics_listen),
+            metrics_listen,
             drain_timeout: Duration::from_secs(
                 args.drain_timeout.or(file.drain_timeout).unwrap_or(30),
             ),
@@ -477,6 +569,59 @@ mod tests {
                 "127.0.0.1:1",
                 "--relay-ip",
                 "0.0.0.0"
+            ])
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn sfu_block() {
+        let base = ["--listen", "127.0.0.1:3478", "--secret", "s"];
+        assert_eq!(parse(&base).unwrap().sfu, None);
+        let with = |extra: &[&str]| {
+            let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+            parse(&args)
+        };
+        // The session endpoint needs an HTTP listener.
+        assert!(with(&["--sfu-listen", "127.0.0.1:3479"]).is_err());
+        let c = with(&[
+            "--sfu-listen",
+            "127.0.0.1:3479",
+            "--metrics-listen",
+            "127.0.0.1:9100",
+        ])
+        .unwrap();
+        let sfu = c.sfu.unwrap();
+        assert_eq!(sfu.public_ips, vec!["127.0.0.1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(sfu.max_sessions, 1000);
+        assert_eq!(sfu.http_listen, None);
+        let sfu = with(&[
+            "--sfu-listen",
+            "0.0.0.0:3479",
+            "--sfu-public-ip",
+            "203.0.113.7",
+            "--sfu-http-listen",
+            "127.0.0.1:8443",
+            "--sfu-max-sessions",
+            "5",
+        ])
+        .unwrap()
+        .sfu
+        .unwrap();
+        assert_eq!(
+            sfu.public_ips,
+            vec!["203.0.113.7".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(sfu.max_sessions, 5);
+        // Static users alone cannot verify session tokens.
+        assert!(
+            parse(&[
+                "--user",
+                "a:b",
+                "--sfu-listen",
+                "127.0.0.1:3479",
+                "--sfu-http-listen",
+                "127.0.0.1:8443"
             ])
             .is_err()
         );

@@ -8,6 +8,7 @@
 pub mod core;
 pub mod envelope;
 pub mod route;
+pub mod shell;
 
 pub use self::core::{CloseReason, Output, SessionError, SessionId, Sfu, SfuConfig, SfuStats};
 
