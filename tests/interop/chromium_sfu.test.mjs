@@ -57,7 +57,10 @@ after(async () => { await browser?.close(); });
  */
 async function join(room, peerId, { camera = false } = {}) {
   const page = await browser.newPage();
-  await page.setContent('<!doctype html><title>sfu</title>');
+  // getUserMedia needs a secure context: a page on http://127.0.0.1 is one (the relay's own
+  // /healthz will do); the DataChannel pages stay on about:blank, a foreign origin for CORS.
+  if (camera) await page.goto(`${API}/healthz`);
+  else await page.setContent('<!doctype html><title>sfu</title>');
   const status = await page.evaluate(async ({ api, token, camera }) => {
     window.received = [];
     const pc = new RTCPeerConnection();
