@@ -1,10 +1,11 @@
-//! SFU forwarding cost, in process (no sockets, no kernel): the relay's `Sfu` core between str0m
-//! client peers on an in-memory network, against a direct str0m <-> str0m connection measured in
-//! the same run.
+//! SFU forwarding cost, against a direct str0m <-> str0m connection measured in the same run.
 //!
-//! - DataChannel: CPU time per message one way (send, SCTP/DTLS, relay, SCTP/DTLS, receive) for
-//!   direct vs through the core; the difference is the relay's added processing latency. p50/p99
-//!   over single messages, and messages/s in bursts.
+//! - DataChannel over loopback UDP: two str0m peers busy-polled by the bench thread, connected
+//!   directly, then through the relay's SFU thread (`sfu::shell`, its own socket and event loop,
+//!   as the binary runs it). One-way wall-time latency p50/p99 of single 200-byte messages, and
+//!   messages/s for a burst. The difference is the latency the relay adds.
+//! - DataChannel in process (no sockets): the same, with the `Sfu` core on an in-memory network;
+//!   this isolates the CPU cost of forwarding from the kernel and thread wake-ups.
 //! - Media: one publisher at 500 kbit/s video (VP8-sized frames at 30 fps) and N subscribers;
 //!   frames forwarded per CPU-second of the core, and the share of a core per session.
 //! - Memory: RSS growth per session opened (offer accepted, DTLS/SCTP state allocated).
@@ -494,6 +495,188 @@ fn memory(n: usize) {
     );
 }
 
+/// A str0m peer on a real loopback UDP socket, pumped by the bench thread (busy polling).
+struct UdpPeer {
+    c: Client,
+    socket: std::net::UdpSocket,
+}
+
+impl UdpPeer {
+    fn new(video: bool) -> (UdpPeer, String, str0m::change::SdpPendingOffer) {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let addr = socket.local_addr().unwrap();
+        let now = Instant::now();
+        let mut rtc = Rtc::builder()
+            .set_sctp_max_buffered_amount(1 << 20)
+            .build(now);
+        rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+        let mut change = rtc.sdp_api();
+        change.add_channel("chat".into());
+        let video = video
+            .then(|| change.add_media(MediaKind::Video, Direction::SendOnly, None, None, None));
+        let (offer, pending) = change.apply().unwrap();
+        let c = Client {
+            rtc,
+            addr,
+            chat: None,
+            control: None,
+            video,
+            received: 0,
+            frames: 0,
+        };
+        (UdpPeer { c, socket }, offer.to_sdp_string(), pending)
+    }
+
+    fn pump(&mut self) {
+        let mut out = Vec::new();
+        self.c
+            .rtc
+            .handle_input(Input::Timeout(Instant::now()))
+            .unwrap();
+        poll(&mut self.c, &mut out);
+        let mut buf = [0u8; 2048];
+        loop {
+            for t in out.drain(..) {
+                let _ = self.socket.send_to(&t.contents, t.destination);
+            }
+            let Ok((n, source)) = self.socket.recv_from(&mut buf) else {
+                return;
+            };
+            let input = Input::Receive(
+                Instant::now(),
+                Receive {
+                    proto: Protocol::Udp,
+                    source,
+                    destination: self.c.addr,
+                    contents: (&buf[..n]).try_into().unwrap(),
+                },
+            );
+            self.c.rtc.handle_input(input).unwrap();
+            poll(&mut self.c, &mut out);
+        }
+    }
+}
+
+/// One-way latency and throughput of 200-byte messages a -> b over loopback UDP.
+fn measure(a: &mut UdpPeer, b: &mut UdpPeer, samples: usize, burst: usize) -> (Vec<Duration>, f64) {
+    let end = Instant::now() + Duration::from_secs(15);
+    while a.c.chat.is_none() || b.c.chat.is_none() {
+        assert!(Instant::now() < end, "peers never connected");
+        a.pump();
+        b.pump();
+    }
+    let msg = vec![0x5a; 200];
+    let mut lat = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let want = b.c.received + 1;
+        let id = a.c.chat.unwrap();
+        let t0 = Instant::now();
+        assert!(a.c.rtc.channel(id).unwrap().write(true, &msg).unwrap());
+        while b.c.received < want {
+            assert!(t0.elapsed() < Duration::from_secs(5), "message lost");
+            a.pump();
+            b.pump();
+        }
+        lat.push(t0.elapsed());
+        // Let acks settle between samples.
+        let pause = Instant::now();
+        while pause.elapsed() < Duration::from_micros(300) {
+            a.pump();
+            b.pump();
+        }
+    }
+    let start = b.c.received;
+    let t0 = Instant::now();
+    let mut sent = 0;
+    while b.c.received < start + burst {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "burst never completed"
+        );
+        let id = a.c.chat.unwrap();
+        while sent < burst && a.c.rtc.channel(id).unwrap().write(true, &msg).unwrap() {
+            sent += 1;
+        }
+        a.pump();
+        b.pump();
+    }
+    lat.sort();
+    (lat, burst as f64 / t0.elapsed().as_secs_f64())
+}
+
+fn datachannel_loopback(samples: usize, burst: usize) {
+    use switchboard_relay::sfu::shell::{self, Command};
+    // Direct.
+    let (mut a, offer, pending) = UdpPeer::new(false);
+    let (mut b, _, _) = UdpPeer::new(false);
+    let answer =
+        b.c.rtc
+            .sdp_api()
+            .accept_offer(str0m::change::SdpOffer::from_sdp_string(&offer).unwrap())
+            .unwrap();
+    a.c.rtc.sdp_api().accept_answer(pending, answer).unwrap();
+    let (direct, direct_rate) = measure(&mut a, &mut b, samples, burst);
+
+    // Through the relay's SFU thread (its own socket and event loop, as in the binary).
+    let socket = shell::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    let handle = shell::spawn(
+        socket,
+        SfuConfig {
+            candidates: vec![addr],
+            max_sessions: 10,
+            max_queue_bytes: 64 << 20,
+        },
+    )
+    .unwrap();
+    let join = |peer: &str| {
+        let (mut p, offer, pending) = UdpPeer::new(false);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let claims = Claims {
+            room: RoomName::parse("bench").unwrap(),
+            peer_id: PeerId::parse(peer).unwrap(),
+            exp: u64::MAX,
+        };
+        assert!(handle.try_send(Command::Offer {
+            claims,
+            sdp: offer,
+            reply: tx
+        }));
+        let (_, answer) = rx.blocking_recv().unwrap().unwrap();
+        p.c.rtc
+            .sdp_api()
+            .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap())
+            .unwrap();
+        p
+    };
+    let mut a = join("a");
+    let mut b = join("b");
+    let (relayed, relay_rate) = measure(&mut a, &mut b, samples, burst);
+    println!(
+        "DataChannel over loopback UDP, 200-byte messages, one way, wall time ({samples} samples):"
+    );
+    println!(
+        "  {:<28} p50 {:>7.1} us   p99 {:>7.1} us   {:>8.0} msg/s (burst of {burst})",
+        "direct str0m<->str0m",
+        us(percentile(&direct, 0.5)),
+        us(percentile(&direct, 0.99)),
+        direct_rate
+    );
+    println!(
+        "  {:<28} p50 {:>7.1} us   p99 {:>7.1} us   {:>8.0} msg/s",
+        "through the relay SFU",
+        us(percentile(&relayed, 0.5)),
+        us(percentile(&relayed, 0.99)),
+        relay_rate
+    );
+    println!(
+        "  added by the relay:          p50 {:>7.1} us   p99 {:>7.1} us",
+        us(percentile(&relayed, 0.5)) - us(percentile(&direct, 0.5)),
+        us(percentile(&relayed, 0.99)) - us(percentile(&direct, 0.99))
+    );
+}
+
 fn main() {
     let smoke = std::env::var_os("SFU_BENCH_SMOKE").is_some();
     let (samples, burst, subs, secs, idle) = if smoke {
@@ -501,6 +684,7 @@ fn main() {
     } else {
         (3000, 20000, 20, 10, 1000)
     };
+    datachannel_loopback(samples, burst);
     datachannel(samples, burst);
     media(subs, secs);
     memory(idle);

@@ -126,6 +126,10 @@ pub struct Args {
     /// [default: served on --metrics-listen].
     #[arg(long, env = "RELAY_SFU_HTTP_LISTEN", value_name = "ADDR")]
     pub sfu_http_listen: Option<SocketAddr>,
+    /// HTTPS address of the session endpoint, with the --tls-cert/--tls-key certificate
+    /// [default: off].
+    #[arg(long, env = "RELAY_SFU_HTTPS_LISTEN", value_name = "ADDR")]
+    pub sfu_https_listen: Option<SocketAddr>,
 }
 
 /// The TOML file: the same options, keyed by long flag name.
@@ -154,6 +158,7 @@ struct FileConfig {
     sfu_max_sessions: Option<usize>,
     sfu_queue_bytes: Option<usize>,
     sfu_http_listen: Option<SocketAddr>,
+    sfu_https_listen: Option<SocketAddr>,
 }
 
 /// The SFU's resolved settings.
@@ -169,6 +174,8 @@ pub struct SfuSettings {
     pub queue_bytes: usize,
     /// Where the session endpoint is served; `None` means on the metrics listener.
     pub http_listen: Option<SocketAddr>,
+    /// Where it is served over HTTPS (with the TLS certificate), if anywhere.
+    pub https_listen: Option<SocketAddr>,
 }
 
 /// A configuration problem, reported before anything is bound.
@@ -391,10 +398,15 @@ impl Config {
                     return Err(err("--sfu-public-ip must be a specific address"));
                 }
                 let http_listen = args.sfu_http_listen.or(file.sfu_http_listen);
-                if http_listen.is_none() && metrics_listen.is_none() {
+                let https_listen = args.sfu_https_listen.or(file.sfu_https_listen);
+                if http_listen.is_none() && https_listen.is_none() && metrics_listen.is_none() {
                     return Err(err(
-                        "--sfu-listen needs --sfu-http-listen or --metrics-listen for /v1/sessions",
+                        "--sfu-listen needs --sfu-http-listen, --sfu-https-listen or \
+                         --metrics-listen for /v1/sessions",
                     ));
+                }
+                if https_listen.is_some() && tls_files.is_none() {
+                    return Err(err("--sfu-https-listen needs --tls-cert and --tls-key"));
                 }
                 if credentials.secrets.is_empty() {
                     return Err(err(
@@ -413,6 +425,7 @@ impl Config {
                         .or(file.sfu_queue_bytes)
                         .unwrap_or(4 << 20),
                     http_listen,
+                    https_listen,
                 })
             }
         };
@@ -613,6 +626,16 @@ mod tests {
             vec!["203.0.113.7".parse::<IpAddr>().unwrap()]
         );
         assert_eq!(sfu.max_sessions, 5);
+        assert!(
+            with(&[
+                "--sfu-listen",
+                "127.0.0.1:3479",
+                "--sfu-https-listen",
+                "127.0.0.1:8443"
+            ])
+            .is_err(),
+            "HTTPS needs the TLS certificate"
+        );
         // Static users alone cannot verify session tokens.
         assert!(
             parse(&[

@@ -75,6 +75,17 @@ async fn run(args: Args, config: Config) -> Result<(), String> {
             sessions.clone(),
         ));
     }
+    if let (Some(addr), Some(api)) = (config.sfu.as_ref().and_then(|s| s.https_listen), &sessions) {
+        let tls = tls
+            .clone()
+            .ok_or("--sfu-https-listen needs --tls-cert and --tls-key")?;
+        let listener = http::bind(addr)
+            .await
+            .map_err(|e| format!("SFU HTTPS listener {addr}: {e}"))?;
+        info!(%addr, "SFU sessions on https /v1/sessions");
+        let serve = http::sessions::serve_tls(listener, tls, metrics.clone(), api.clone());
+        tokio::spawn(serve);
+    }
     if let Some(addr) = config.metrics_listen {
         let listener = http::bind(addr)
             .await

@@ -353,3 +353,109 @@ fn sessions_forward_while_bad_requests_get_clear_errors() {
     assert!(body.contains("switchboard_relay_sfu_forward_latency_seconds_bucket{le=\"+Inf\"}"));
     assert!(!body.contains(common::SECRET));
 }
+
+/// `curl` over HTTPS against the relay's certificate; returns (status, body).
+fn curl_https(cert: &std::path::Path, url: &str, args: &[&str]) -> (u16, String) {
+    let curl = common::require_tool("curl");
+    let out = common::run_with_timeout(
+        std::process::Command::new(curl)
+            .args(["-sS", "--cacert"])
+            .arg(cert)
+            .args(["-w", "\n%{http_code}"])
+            .args(args)
+            .arg(url),
+        Duration::from_secs(20),
+    );
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.trim().parse().unwrap(), body.to_owned())
+}
+
+#[test]
+fn the_session_endpoint_speaks_https_with_the_turns_certificate() {
+    let openssl = common::require_tool("openssl");
+    let dir = std::env::temp_dir().join(format!("relay-sfu-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = common::run_with_timeout(
+        std::process::Command::new(openssl)
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+            ])
+            .args(["-nodes", "-days", "2", "-subj", "/CN=localhost"])
+            .args([
+                "-addext",
+                "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                "-keyout",
+            ])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert),
+        Duration::from_secs(30),
+    );
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (sfu_port, https_port) = (common::free_port(), common::free_port());
+    let sfu = format!("127.0.0.1:{sfu_port}");
+    let https = format!("127.0.0.1:{https_port}");
+    let _relay = common::Relay::start_with(&[
+        "--secret",
+        common::SECRET,
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--sfu-listen",
+        &sfu,
+        "--sfu-https-listen",
+        &https,
+    ]);
+    let url = format!("https://127.0.0.1:{https_port}/v1/sessions");
+    let (_, _, _, offer, _) = Peer::offer();
+    let offer_file = dir.join("offer.sdp");
+    std::fs::write(&offer_file, offer.to_sdp_string()).unwrap();
+    let auth = format!(
+        "Authorization: Bearer {}",
+        token("room", "tls", common::unix_now() + 600)
+    );
+    let data = format!("@{}", offer_file.display());
+    let (code, body) = curl_https(
+        &cert,
+        &url,
+        &[
+            "-H",
+            &auth,
+            "-H",
+            "Content-Type: application/sdp",
+            "--data-binary",
+            &data,
+        ],
+    );
+    assert_eq!(code, 201, "{body}");
+    assert!(SdpAnswer::from_sdp_string(&body).is_ok(), "{body}");
+    let (code, body) = curl_https(
+        &cert,
+        &url,
+        &[
+            "-H",
+            "Content-Type: application/sdp",
+            "--data-binary",
+            &data,
+        ],
+    );
+    assert_eq!(code, 401, "{body}");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 use crate::turn::Stats;
 
@@ -219,8 +219,9 @@ pub async fn serve_with_sessions(
     }
 }
 
-async fn answer(
-    mut stream: TcpStream,
+/// Answers one request on `stream` (plain TCP, or TLS for the session endpoint).
+pub(crate) async fn answer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
     metrics: &Metrics,
     sessions: Option<&sessions::SessionApi>,
 ) -> std::io::Result<()> {

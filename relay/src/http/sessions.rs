@@ -371,3 +371,30 @@ async fn write<S: AsyncWrite + Unpin>(stream: &mut S, r: Response) -> std::io::R
     stream.write_all(r.body.as_bytes()).await?;
     stream.shutdown().await
 }
+
+/// Serves the session endpoint (and `/metrics`, `/healthz`) over TLS with the relay's TURNS
+/// certificate, until the task is dropped.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    tls: std::sync::Arc<rustls::ServerConfig>,
+    metrics: std::sync::Arc<super::Metrics>,
+    api: SessionApi,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let (acceptor, metrics, api) = (acceptor.clone(), metrics.clone(), api.clone());
+        // One short-lived task per request, as for plain HTTP: control plane, not packet path.
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                match acceptor.accept(stream).await {
+                    Ok(tls) => super::answer(tls, &metrics, Some(&api)).await,
+                    Err(_) => Ok(()),
+                }
+            })
+            .await;
+        });
+    }
+}

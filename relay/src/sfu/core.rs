@@ -270,6 +270,8 @@ pub struct Sfu {
     events: VecDeque<(SessionId, Event)>,
     outputs: VecDeque<Output>,
     stats: SfuStats,
+    /// Reused per media frame for the room's member list.
+    scratch: Vec<SessionId>,
 }
 
 impl fmt::Debug for Sfu {
@@ -306,6 +308,7 @@ impl Sfu {
             events: VecDeque::new(),
             outputs: VecDeque::new(),
             stats: SfuStats::default(),
+            scratch: Vec::new(),
         }
     }
 
@@ -914,8 +917,26 @@ impl Sfu {
         if !d.contiguous {
             self.request_keyframe(id, d.mid, d.rid, KeyframeRequestKind::Pli, now);
         }
-        for o in self.others(id) {
-            let Some(os) = self.sessions.get_mut(&o) else {
+        // Per frame: the member list goes into a reused buffer, no allocation once warm.
+        let mut members = std::mem::take(&mut self.scratch);
+        members.clear();
+        if let Some(room) = self.sessions.get(&id).map(|s| &s.room) {
+            members.extend(
+                self.rooms
+                    .get(room)
+                    .into_iter()
+                    .flatten()
+                    .filter(|o| **o != id),
+            );
+        }
+        let Sfu {
+            sessions,
+            stats,
+            dirty,
+            ..
+        } = self;
+        for &o in &members {
+            let Some(os) = sessions.get_mut(&o) else {
                 continue;
             };
             let Some(t) = os
@@ -943,10 +964,11 @@ impl Sfu {
                 continue;
             };
             if w.write(pt, d.network_time, d.time, d.data.clone()).is_ok() {
-                self.stats.media_frames_forwarded += 1;
-                self.dirty.push(o);
+                stats.media_frames_forwarded += 1;
+                dirty.push(o);
             }
         }
+        self.scratch = members;
     }
 
     /// Removes a session; the room's other sessions stop forwarding its tracks.
