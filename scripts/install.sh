@@ -9,7 +9,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
 # Debian packages: Chromium for browser tests, coturn as TURN reference client/baseline.
-APT_PACKAGES=(chromium coturn openssl curl ca-certificates pkg-config util-linux iproute2 python3-venv)
+APT_PACKAGES=(chromium coturn openssl curl ca-certificates pkg-config util-linux iproute2 python3-venv iptables)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -139,6 +139,7 @@ impl Room {
         Room {
             sfu: Sfu::new(SfuConfig {
                 candidates: vec![RELAY.parse().unwrap()],
+                tcp_candidates: Vec::new(),
                 max_sessions: max,
                 max_queue_bytes: 64 << 20,
             }),
@@ -196,7 +197,7 @@ impl Room {
             let moved = !to_relay.is_empty();
             for t in to_relay.drain(..) {
                 self.sfu
-                    .handle_datagram(t.source, t.destination, &t.contents, now);
+                    .handle_datagram(Protocol::Udp, t.source, t.destination, &t.contents, now);
             }
             let mut any = false;
             loop {
@@ -419,7 +420,7 @@ fn media(subscribers: usize, seconds: u64) {
         r.sfu.handle_timeout(now);
         for t in &to_relay {
             r.sfu
-                .handle_datagram(t.source, t.destination, &t.contents, now);
+                .handle_datagram(Protocol::Udp, t.source, t.destination, &t.contents, now);
         }
         let mut out = Vec::new();
         loop {
@@ -469,6 +470,7 @@ fn rss_kib() -> u64 {
 fn memory(n: usize) {
     let mut sfu = Sfu::new(SfuConfig {
         candidates: vec![RELAY.parse().unwrap()],
+        tcp_candidates: Vec::new(),
         max_sessions: n,
         max_queue_bytes: 1 << 20,
     });
@@ -623,8 +625,10 @@ fn datachannel_loopback(samples: usize, burst: usize) {
     let addr = socket.local_addr().unwrap();
     let handle = shell::spawn(
         socket,
+        None,
         SfuConfig {
             candidates: vec![addr],
+            tcp_candidates: Vec::new(),
             max_sessions: 10,
             max_queue_bytes: 64 << 20,
         },

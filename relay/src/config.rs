@@ -130,6 +130,9 @@ pub struct Args {
     /// [default: off].
     #[arg(long, env = "RELAY_SFU_HTTPS_LISTEN", value_name = "ADDR")]
     pub sfu_https_listen: Option<SocketAddr>,
+    /// Do not listen for ICE-TCP on the --sfu-listen address (TCP, RFC 6544 passive candidates).
+    #[arg(long, env = "RELAY_SFU_NO_ICE_TCP")]
+    pub sfu_no_ice_tcp: bool,
 }
 
 /// The TOML file: the same options, keyed by long flag name.
@@ -159,6 +162,7 @@ struct FileConfig {
     sfu_queue_bytes: Option<usize>,
     sfu_http_listen: Option<SocketAddr>,
     sfu_https_listen: Option<SocketAddr>,
+    sfu_no_ice_tcp: Option<bool>,
 }
 
 /// The SFU's resolved settings.
@@ -176,6 +180,8 @@ pub struct SfuSettings {
     pub http_listen: Option<SocketAddr>,
     /// Where it is served over HTTPS (with the TLS certificate), if anywhere.
     pub https_listen: Option<SocketAddr>,
+    /// Whether ICE-TCP is offered on the listen address's TCP port.
+    pub ice_tcp: bool,
 }
 
 /// A configuration problem, reported before anything is bound.
@@ -426,6 +432,7 @@ impl Config {
                         .unwrap_or(4 << 20),
                     http_listen,
                     https_listen,
+                    ice_tcp: !(args.sfu_no_ice_tcp || file.sfu_no_ice_tcp.unwrap_or(false)),
                 })
             }
         };
@@ -608,6 +615,7 @@ mod tests {
         assert_eq!(sfu.public_ips, vec!["127.0.0.1".parse::<IpAddr>().unwrap()]);
         assert_eq!(sfu.max_sessions, 1000);
         assert_eq!(sfu.http_listen, None);
+        assert!(sfu.ice_tcp);
         let sfu = with(&[
             "--sfu-listen",
             "0.0.0.0:3479",

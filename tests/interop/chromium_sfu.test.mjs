@@ -154,3 +154,33 @@ test('a fake-camera video from page A is decoded on page B, and leaving frees th
   await b.close();
   await waitFor('session count 0', async () => (await sessions()) === 0, 40000);
 });
+
+test('with UDP to the SFU blocked, pages connect over ICE-TCP and still exchange messages', async () => {
+  const { execFileSync } = await import('node:child_process');
+  const port = new URL(`udp://${process.env.SFU_UDP ?? '127.0.0.1:3479'}`).port;
+  // Only inside the test's own network namespace (run.sh), never on the host.
+  assert.equal(process.env.SWITCHBOARD_IN_NETNS, '1', 'run through tests/interop/run.sh');
+  const rule = ['INPUT', '-p', 'udp', '--dport', port, '-j', 'DROP'];
+  execFileSync('iptables', ['-I', ...rule]);
+  try {
+    const a = await join('tcp-room', 'alice');
+    const b = await join('tcp-room', 'bob');
+    const protocols = await Promise.all([a, b].map((p) => p.evaluate(async () => {
+      const stats = await window.pc.getStats();
+      const byId = {};
+      let pairId;
+      stats.forEach((r) => {
+        byId[r.id] = r;
+        if (r.type === 'transport' && r.selectedCandidatePairId) pairId = r.selectedCandidatePairId;
+      });
+      return byId[byId[pairId]?.remoteCandidateId]?.protocol;
+    })));
+    assert.deepEqual(protocols, ['tcp', 'tcp']);
+    await a.evaluate(() => window.chat.send('over tcp'));
+    assert.equal(await waitFor('the message on bob', () => b.evaluate(() => window.received[0])), 'over tcp');
+    await a.close();
+    await b.close();
+  } finally {
+    execFileSync('iptables', ['-D', ...rule]);
+  }
+});

@@ -16,7 +16,7 @@ use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::{ChannelData, ChannelId, Reliability};
 use str0m::crypto::dtls::DtlsCert;
 use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, Mid, Rid};
-use str0m::net::{Protocol, Receive, Transmit};
+use str0m::net::{Protocol, Receive, TcpType, Transmit};
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output as RtcOutput, Rtc};
 use switchboard_proto::sfu_token::Claims;
 use switchboard_proto::{PeerId, RoomName};
@@ -64,8 +64,10 @@ impl SessionId {
 /// The core's settings.
 #[derive(Debug, Clone)]
 pub struct SfuConfig {
-    /// Host candidates advertised in every answer (the public IP and the UDP port).
+    /// UDP host candidates advertised in every answer (the public IP and the UDP port).
     pub candidates: Vec<SocketAddr>,
+    /// Passive ICE-TCP host candidates (RFC 6544), advertised after the UDP ones.
+    pub tcp_candidates: Vec<SocketAddr>,
     /// Sessions held at once; more are refused with [`SessionError::AtCapacity`].
     pub max_sessions: usize,
     /// Bytes queued per session while its SCTP send buffer is full; past this the session is
@@ -383,6 +385,16 @@ impl Sfu {
                 rtc.add_local_candidate(c);
             }
         }
+        for addr in &self.config.tcp_candidates {
+            let c = Candidate::builder()
+                .tcp()
+                .host(*addr)
+                .tcptype(TcpType::Passive)
+                .build();
+            if let Ok(c) = c {
+                rtc.add_local_candidate(c);
+            }
+        }
         let answer = rtc
             .sdp_api()
             .accept_offer(offer)
@@ -479,9 +491,11 @@ impl Sfu {
         Ok(())
     }
 
-    /// A datagram arrived on `destination` (our socket) from `source`.
+    /// A datagram arrived on `destination` (our socket) from `source`; for ICE-TCP, one RFC 4571
+    /// frame of the connection from `source`.
     pub fn handle_datagram(
         &mut self,
+        proto: Protocol,
         source: SocketAddr,
         destination: SocketAddr,
         contents: &[u8],
@@ -499,7 +513,7 @@ impl Sfu {
         let input = Input::Receive(
             now,
             Receive {
-                proto: Protocol::Udp,
+                proto,
                 source,
                 destination,
                 contents,

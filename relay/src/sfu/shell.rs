@@ -4,13 +4,16 @@
 //! ufrag. The HTTP session endpoint talks to this thread through a bounded command channel
 //! (control plane only); the packet path takes no lock.
 
-use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener as StdTcpListener, UdpSocket as StdUdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use str0m::net::Protocol;
 use switchboard_proto::sfu_token::Claims;
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
@@ -227,9 +230,20 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<StdUdpSocket> {
     Ok(s)
 }
 
-/// Starts the SFU thread on `socket`; it runs until the returned handle and its clones are
-/// dropped.
-pub fn spawn(socket: StdUdpSocket, config: SfuConfig) -> std::io::Result<SfuHandle> {
+/// Binds the ICE-TCP listener (RFC 6544 passive candidates) on the UDP socket's address.
+pub fn bind_tcp(addr: SocketAddr) -> std::io::Result<StdTcpListener> {
+    let l = StdTcpListener::bind(addr)?;
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
+/// Starts the SFU thread on `socket` (and `tcp`, for ICE-TCP); it runs until the returned handle
+/// and its clones are dropped.
+pub fn spawn(
+    socket: StdUdpSocket,
+    tcp: Option<StdTcpListener>,
+    config: SfuConfig,
+) -> std::io::Result<SfuHandle> {
     let (tx, rx) = mpsc::channel(256);
     let metrics = Arc::new(SfuMetrics::default());
     let m = metrics.clone();
@@ -248,9 +262,10 @@ pub fn spawn(socket: StdUdpSocket, config: SfuConfig) -> std::io::Result<SfuHand
                 }
             };
             rt.block_on(async move {
-                match UdpSocket::from_std(socket) {
-                    Ok(socket) => run(socket, local, config, rx, m).await,
-                    Err(e) => warn!("SFU socket: {e}"),
+                let tcp = tcp.map(TcpListener::from_std).transpose();
+                match (UdpSocket::from_std(socket), tcp) {
+                    (Ok(socket), Ok(tcp)) => run(socket, local, tcp, config, rx, m).await,
+                    (Err(e), _) | (_, Err(e)) => warn!("SFU socket: {e}"),
                 }
             });
         })?;
@@ -260,20 +275,46 @@ pub fn spawn(socket: StdUdpSocket, config: SfuConfig) -> std::io::Result<SfuHand
     })
 }
 
+/// What an ICE-TCP connection task reports to the loop.
+enum TcpEvent {
+    /// One RFC 4571 frame from this peer.
+    Frame(SocketAddr, Vec<u8>),
+    /// The connection ended.
+    Closed(SocketAddr),
+}
+
+/// The loop's IO state besides the core.
+struct Io {
+    udp: UdpSocket,
+    /// Writers of the open ICE-TCP connections, by peer address.
+    tcp: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
+}
+
 async fn run(
-    socket: UdpSocket,
+    udp: UdpSocket,
     local: SocketAddr,
+    tcp: Option<TcpListener>,
     config: SfuConfig,
     mut commands: mpsc::Receiver<Command>,
     metrics: Arc<SfuMetrics>,
 ) {
-    info!(%local, candidates = ?config.candidates, "SFU ready");
+    info!(%local, candidates = ?config.candidates, tcp = ?config.tcp_candidates, "SFU ready");
+    let max_tcp = config.max_sessions.saturating_mul(2).saturating_add(16);
+    let tcp_local = tcp
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .unwrap_or(local);
     let mut sfu = Sfu::new(config);
+    let mut io = Io {
+        udp,
+        tcp: HashMap::new(),
+    };
+    let (tcp_tx, mut tcp_rx) = mpsc::channel::<TcpEvent>(1024);
     let mut buf = vec![0u8; 2048];
     let mut histogram = Histogram::default();
     let mut next_publish = Instant::now();
     loop {
-        let deadline = flush(&mut sfu, &socket).await;
+        let deadline = flush(&mut sfu, &io).await;
         let now = Instant::now();
         if now >= next_publish {
             metrics.publish(&sfu.stats());
@@ -282,15 +323,37 @@ async fn run(
         }
         let wake = deadline.map_or(next_publish, |d| d.min(next_publish));
         tokio::select! {
-            r = socket.recv_from(&mut buf) => {
+            r = io.udp.recv_from(&mut buf) => {
                 let received = Instant::now();
                 match r {
                     Ok((n, source)) => {
-                        sfu.handle_datagram(source, local, buf.get(..n).unwrap_or_default(), received);
-                        flush(&mut sfu, &socket).await;
+                        let data = buf.get(..n).unwrap_or_default();
+                        sfu.handle_datagram(Protocol::Udp, source, local, data, received);
+                        flush(&mut sfu, &io).await;
                         histogram.record(received.elapsed());
                     }
                     Err(e) => debug!("SFU recv: {e}"),
+                }
+            }
+            Some(ev) = tcp_rx.recv() => match ev {
+                TcpEvent::Frame(source, data) => {
+                    let received = Instant::now();
+                    sfu.handle_datagram(Protocol::Tcp, source, tcp_local, &data, received);
+                    flush(&mut sfu, &io).await;
+                    histogram.record(received.elapsed());
+                }
+                TcpEvent::Closed(source) => {
+                    io.tcp.remove(&source);
+                }
+            },
+            a = accept(tcp.as_ref()) => {
+                if let Ok((stream, peer)) = a {
+                    // Past the bound, new connections are refused (dropped) rather than held.
+                    if io.tcp.len() < max_tcp {
+                        let (out_tx, out_rx) = mpsc::channel(256);
+                        io.tcp.insert(peer, out_tx);
+                        tokio::spawn(tcp_connection(stream, peer, out_rx, tcp_tx.clone()));
+                    }
                 }
             }
             c = commands.recv() => {
@@ -306,6 +369,52 @@ async fn run(
             }
         }
     }
+}
+
+async fn accept(l: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match l {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Largest ICE-TCP frame accepted; str0m's datagrams are far smaller.
+const MAX_TCP_FRAME: usize = 4096;
+
+/// One ICE-TCP connection: RFC 4571 framing (a 2-byte length before each packet) in both
+/// directions. Frames go to the loop; the session state stays there.
+async fn tcp_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    mut out: mpsc::Receiver<Vec<u8>>,
+    events: mpsc::Sender<TcpEvent>,
+) {
+    let _ = stream.set_nodelay(true);
+    let (mut r, mut w) = stream.into_split();
+    let reader = async {
+        loop {
+            let len = usize::from(r.read_u16().await?);
+            if len > MAX_TCP_FRAME {
+                return Err(std::io::Error::other("ICE-TCP frame too large"));
+            }
+            let mut frame = vec![0u8; len];
+            r.read_exact(&mut frame).await?;
+            if events.send(TcpEvent::Frame(peer, frame)).await.is_err() {
+                return Ok(());
+            }
+        }
+    };
+    let writer = async {
+        while let Some(frame) = out.recv().await {
+            w.write_all(&frame).await?;
+        }
+        Ok::<(), std::io::Error>(())
+    };
+    tokio::select! {
+        _ = reader => {}
+        _ = writer => {}
+    }
+    let _ = events.send(TcpEvent::Closed(peer)).await;
 }
 
 fn on_command(sfu: &mut Sfu, c: Command) {
@@ -336,16 +445,28 @@ fn on_command(sfu: &mut Sfu, c: Command) {
 }
 
 /// Sends every pending datagram; returns the core's next deadline.
-async fn flush(sfu: &mut Sfu, socket: &UdpSocket) -> Option<Instant> {
+async fn flush(sfu: &mut Sfu, io: &Io) -> Option<Instant> {
     loop {
         match sfu.poll_output() {
-            Output::Transmit(t) => {
-                if let Err(e) = socket.send_to(&t.contents, t.destination).await {
+            Output::Transmit(t) if t.proto == Protocol::Udp => {
+                if let Err(e) = io.udp.send_to(&t.contents, t.destination).await {
                     debug!("SFU send: {e}");
                 }
             }
+            Output::Transmit(t) => {
+                // ICE-TCP: frame it; a full or gone connection loses the packet, as UDP would.
+                let (Some(conn), Ok(len)) =
+                    (io.tcp.get(&t.destination), u16::try_from(t.contents.len()))
+                else {
+                    continue;
+                };
+                let mut frame = Vec::with_capacity(2 + t.contents.len());
+                frame.extend_from_slice(&len.to_be_bytes());
+                frame.extend_from_slice(&t.contents);
+                let _ = conn.try_send(frame);
+            }
             Output::Closed(id, why) => {
-                info!(session = %id, reason = why.as_str(), "SFU session closed")
+                info!(session = %id, reason = why.as_str(), "SFU session closed");
             }
             Output::Timeout(t) => return Some(t),
             Output::Idle => return None,
@@ -357,14 +478,27 @@ async fn flush(sfu: &mut Sfu, socket: &UdpSocket) -> Option<Instant> {
 pub fn start(settings: &crate::config::SfuSettings) -> std::io::Result<SfuHandle> {
     let socket = bind(settings.listen)?;
     let port = socket.local_addr()?.port();
-    let config = SfuConfig {
-        candidates: settings
+    let tcp = if settings.ice_tcp {
+        Some(bind_tcp(SocketAddr::new(settings.listen.ip(), port))?)
+    } else {
+        None
+    };
+    let candidates = |port: u16| {
+        settings
             .public_ips
             .iter()
             .map(|ip| SocketAddr::new(*ip, port))
-            .collect(),
+            .collect::<Vec<_>>()
+    };
+    let tcp_candidates = match &tcp {
+        Some(l) => candidates(l.local_addr()?.port()),
+        None => Vec::new(),
+    };
+    let config = SfuConfig {
+        candidates: candidates(port),
+        tcp_candidates,
         max_sessions: settings.max_sessions,
         max_queue_bytes: settings.queue_bytes,
     };
-    spawn(socket, config)
+    spawn(socket, tcp, config)
 }

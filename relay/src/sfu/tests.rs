@@ -34,6 +34,7 @@ fn relay_addr() -> SocketAddr {
 fn sfu(max_sessions: usize, max_queue_bytes: usize) -> Sfu {
     Sfu::new(SfuConfig {
         candidates: vec![relay_addr()],
+        tcp_candidates: Vec::new(),
         max_sessions,
         max_queue_bytes,
     })
@@ -255,8 +256,13 @@ impl Net {
                 RtcOutput::Transmit(t) => {
                     if c.online {
                         sent = true;
-                        self.sfu
-                            .handle_datagram(t.source, t.destination, &t.contents, now);
+                        self.sfu.handle_datagram(
+                            Protocol::Udp,
+                            t.source,
+                            t.destination,
+                            &t.contents,
+                            now,
+                        );
                     }
                 }
                 RtcOutput::Event(e) => self.on_client_event(i, e),
@@ -626,12 +632,18 @@ fn unroutable_datagrams_are_counted_and_ignored() {
     let mut net = Net::new(sfu(10, 8 << 20));
     let now = net.now;
     net.sfu.handle_datagram(
+        Protocol::Udp,
         "10.9.9.9:1".parse().unwrap(),
         relay_addr(),
         &[0x16; 50],
         now,
     );
-    net.sfu
-        .handle_datagram("10.9.9.9:1".parse().unwrap(), relay_addr(), &[], now);
+    net.sfu.handle_datagram(
+        Protocol::Udp,
+        "10.9.9.9:1".parse().unwrap(),
+        relay_addr(),
+        &[],
+        now,
+    );
     assert_eq!(net.sfu.stats().unroutable_datagrams, 2);
 }
