@@ -71,6 +71,10 @@ struct Client {
     media_from: HashSet<Mid>,
     /// When false, the network drops everything to and from this client.
     online: bool,
+    /// The client's own renegotiation offer, while outstanding (glare tests).
+    own_offer: Option<SdpPendingOffer>,
+    /// Relay offers ignored because `own_offer` was outstanding (the client is impolite).
+    ignored_offers: usize,
     /// When false, this client's packets to the relay are dropped (it stopped reading).
     reading: bool,
 }
@@ -127,6 +131,8 @@ impl Client {
             keyframe_requests: 0,
             media_from: HashSet::new(),
             online: true,
+            own_offer: None,
+            ignored_offers: 0,
             reading: true,
         };
         (c, offer, pending)
@@ -287,7 +293,20 @@ impl Net {
                 if label == CONTROL_LABEL {
                     // The page's side of server-initiated renegotiation.
                     let v: serde_json::Value = serde_json::from_slice(&d.data).unwrap();
+                    let sdp = v["sdp"].as_str().unwrap();
+                    if v["type"] == "answer" {
+                        let pending = c.own_offer.take().expect("an answer to our offer");
+                        let answer = SdpAnswer::from_sdp_string(sdp).unwrap();
+                        c.rtc.sdp_api().accept_answer(pending, answer).unwrap();
+                        c.received.push((label, d.binary, d.data));
+                        return;
+                    }
                     assert_eq!(v["type"], "offer");
+                    if c.own_offer.is_some() {
+                        c.ignored_offers += 1;
+                        c.received.push((label, d.binary, d.data));
+                        return;
+                    }
                     let offer = SdpOffer::from_sdp_string(v["sdp"].as_str().unwrap()).unwrap();
                     let answer = c.rtc.sdp_api().accept_offer(offer).unwrap();
                     let reply =
@@ -488,6 +507,70 @@ fn video_reaches_a_later_subscriber_through_renegotiation_with_a_keyframe_reques
     assert!(net.sfu.stats().media_frames_forwarded >= 5);
     // The publisher does not get its own media back.
     assert_eq!(net.clients[a].media_frames, 0);
+}
+
+#[test]
+fn glare_the_relay_yields_to_a_client_offer_and_offers_its_tracks_again() {
+    let mut net = Net::new(sfu(10, 8 << 20));
+    let publisher = Want {
+        control: true,
+        video: true,
+        ..Want::default()
+    };
+    let a = net.join("room", "alice", publisher);
+    net.run_until(Duration::from_secs(5), |n| n.clients[0].rtc.is_connected());
+    // Bob has an offer of his own (adding audio) outstanding when the relay's offer for alice's
+    // video arrives: the offers cross.
+    let (mut c, offer, pending) = Client::new(
+        6100,
+        &Want {
+            control: true,
+            ..Want::default()
+        },
+        net.now,
+    );
+    let (_, answer) = net
+        .sfu
+        .handle_offer(
+            &claims("room", "bob"),
+            &offer.to_sdp_string(),
+            rng(77),
+            net.now,
+        )
+        .unwrap();
+    c.rtc
+        .sdp_api()
+        .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap())
+        .unwrap();
+    // Bob's own offer is outstanding before the relay's arrives.
+    let mut change = c.rtc.sdp_api();
+    change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+    let (own, own_pending) = change.apply().unwrap();
+    c.own_offer = Some(own_pending);
+    net.clients.push(c);
+    let b = net.clients.len() - 1;
+    net.run_until(Duration::from_secs(5), |n| n.clients[b].ignored_offers == 1);
+    let msg = serde_json::json!({"type": "offer", "sdp": own.to_sdp_string()}).to_string();
+    assert!(net.clients[b].send(CONTROL_LABEL, false, msg.as_bytes()));
+    // The relay answers bob's offer; bob ignored the relay's crossing offer; the relay offers
+    // alice's video again and bob answers that one.
+    net.run_until(Duration::from_secs(5), |n| {
+        n.clients[b].own_offer.is_none() && n.clients[b].ignored_offers == 1
+    });
+    net.run_until(Duration::from_secs(5), |n| {
+        n.clients[a].keyframe_requests > 0
+    });
+    let offers = net.clients[b]
+        .messages(CONTROL_LABEL)
+        .iter()
+        .filter(|m| m.starts_with(br#"{"type":"offer""#))
+        .count();
+    assert!(offers >= 2, "the relay offered again after yielding");
+    assert!(
+        net.closed.is_empty(),
+        "no session dropped: {:?}",
+        net.closed
+    );
 }
 
 #[test]
