@@ -257,19 +257,18 @@ impl Direct {
 
     fn settle(&mut self) {
         let now = self.now;
-        loop {
-            let mut ab = Vec::new();
-            let mut ba = Vec::new();
-            poll(&mut self.a, &mut ab);
-            poll(&mut self.b, &mut ba);
-            if ab.is_empty() && ba.is_empty() {
-                return;
+        let (mut to_a, mut to_b) = (Vec::new(), Vec::new());
+        poll(&mut self.a, &mut to_b);
+        poll(&mut self.b, &mut to_a);
+        // str0m wants its outputs drained after every input.
+        while !to_a.is_empty() || !to_b.is_empty() {
+            for t in std::mem::take(&mut to_b) {
+                feed(&mut self.b.rtc, &t, now);
+                poll(&mut self.b, &mut to_a);
             }
-            for t in &ab {
-                feed(&mut self.b.rtc, t, now);
-            }
-            for t in &ba {
-                feed(&mut self.a.rtc, t, now);
+            for t in std::mem::take(&mut to_a) {
+                feed(&mut self.a.rtc, &t, now);
+                poll(&mut self.a, &mut to_b);
             }
         }
     }
