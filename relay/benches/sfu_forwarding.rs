@@ -8,7 +8,8 @@
 //!   this isolates the CPU cost of forwarding from the kernel and thread wake-ups.
 //! - Media: one publisher at 500 kbit/s video (VP8-sized frames at 30 fps) and N subscribers;
 //!   frames forwarded per CPU-second of the core, and the share of a core per session.
-//! - Memory: RSS growth per session opened (offer accepted, DTLS/SCTP state allocated).
+//! - Memory: live heap bytes the core holds per session, opened and connected-idle (a counting
+//!   global allocator; the clients are dropped before counting).
 //!
 //! `cargo bench -p switchboard-relay --bench sfu_forwarding` (SFU_BENCH_SMOKE=1 for a short run).
 #![allow(
@@ -18,8 +19,14 @@
     clippy::panic,
     reason = "benchmark: failures should be loud"
 )]
+#![allow(
+    unsafe_code,
+    reason = "a GlobalAlloc implementation is unsafe by definition; it only forwards to System"
+)]
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use str0m::change::SdpAnswer;
@@ -34,6 +41,55 @@ use switchboard_relay::sfu::core::CONTROL_LABEL;
 use switchboard_relay::sfu::{Output, Sfu, SfuConfig};
 
 const RELAY: &str = "10.0.0.1:5000";
+
+/// Counts live heap bytes (as requested by callers; malloc's own overhead is not included).
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every method forwards to `System` with the caller's arguments unchanged.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded as is.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded as is.
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded as is.
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded as is.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+            LIVE.fetch_add(new_size, Ordering::Relaxed);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn live() -> usize {
+    LIVE.load(Ordering::Relaxed)
+}
 
 struct Client {
     rtc: Rtc,
@@ -456,43 +512,44 @@ fn media(subscribers: usize, seconds: u64) {
     );
 }
 
-fn rss_kib() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = s
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    pages * 4
-}
-
+/// Heap the core holds per session: sessions opened (offer accepted), then connected (ICE, DTLS,
+/// SCTP up, two DataChannels open) and idle, with the clients dropped before counting.
 fn memory(n: usize) {
-    let mut sfu = Sfu::new(SfuConfig {
-        candidates: vec![RELAY.parse().unwrap()],
-        tcp_candidates: Vec::new(),
-        max_sessions: n,
-        max_queue_bytes: 1 << 20,
-    });
-    let now = Instant::now();
-    let offers: Vec<String> = (0..n).map(|i| client(i as u16, true, now).1).collect();
-    let before = rss_kib();
+    let mut r = Room::new(n);
+    let now = r.now;
+    let offers: Vec<String> = (0..n)
+        .map(|i| client(i as u16 + 1000, true, now).1)
+        .collect();
+    let before_open = live();
     for (i, offer) in offers.iter().enumerate() {
         let claims = Claims {
             room: RoomName::parse(&format!("r{}", i / 4)).unwrap(),
-            peer_id: PeerId::parse(&format!("p{i}")).unwrap(),
+            peer_id: PeerId::parse(&format!("q{i}")).unwrap(),
             exp: u64::MAX,
         };
         let mut rnd = [0u8; 32];
-        rnd[..8].copy_from_slice(&(i as u64 + 1).to_be_bytes());
-        rnd[16..24].copy_from_slice(&(i as u64 + 1).to_be_bytes());
-        sfu.handle_offer(&claims, offer, rnd, now).unwrap();
+        rnd[..8].copy_from_slice(&(i as u64 + 1_000_000).to_be_bytes());
+        rnd[16..24].copy_from_slice(&(i as u64 + 1_000_000).to_be_bytes());
+        r.sfu.handle_offer(&claims, offer, rnd, now).unwrap();
     }
-    let after = rss_kib();
+    while !matches!(r.sfu.poll_output(), Output::Timeout(_) | Output::Idle) {}
+    let opened = live() - before_open;
+    drop(offers);
+    drop(r);
+    let mut r = Room::new(n);
+    let start = live();
+    for _ in 0..n {
+        r.join(false);
+    }
+    r.clients.clear();
+    while !matches!(r.sfu.poll_output(), Output::Timeout(_) | Output::Idle) {}
+    let connected = live() - start;
+    assert_eq!(r.sfu.session_count(), n);
     println!(
-        "Memory: {n} sessions opened (offer with DataChannels and a video m-line, not yet connected): \
-         RSS +{} KiB, {:.1} KiB per session",
-        after - before,
-        (after - before) as f64 / n as f64
+        "Memory (live heap held by the core): {n} sessions opened, not connected: {:.1} KiB per session; \
+         {n} sessions connected and idle (2 DataChannels each): {:.1} KiB per session",
+        opened as f64 / n as f64 / 1024.0,
+        connected as f64 / n as f64 / 1024.0
     );
 }
 
@@ -683,9 +740,9 @@ fn datachannel_loopback(samples: usize, burst: usize) {
 fn main() {
     let smoke = std::env::var_os("SFU_BENCH_SMOKE").is_some();
     let (samples, burst, subs, secs, idle) = if smoke {
-        (200, 1000, 3, 2, 100)
+        (200, 1000, 3, 2, 50)
     } else {
-        (3000, 20000, 20, 10, 1000)
+        (3000, 20000, 20, 10, 200)
     };
     datachannel_loopback(samples, burst);
     datachannel(samples, burst);
