@@ -1,4 +1,5 @@
-//! Control plane: Prometheus text metrics on `/metrics` and liveness on `/healthz`.
+//! Control plane: Prometheus text metrics on `/metrics`, liveness on `/healthz`, and with the SFU
+//! on, its session endpoint ([`sessions`]).
 //!
 //! The event loop publishes counters into [`Metrics`] once a second (relaxed atomic stores, no
 //! lock on the packet path); this module only reads them.

@@ -9,8 +9,8 @@
 //!   authenticates).
 //!
 //! Errors are JSON `{"error": code, "message": reason}` with a status: 400 bad SDP or fragment,
-//! 401 missing/bad/expired token or a token for another room, 404 unknown session, 411/413
-//! missing or oversized body, 415 wrong content type, 503 with `Retry-After` at capacity.
+//! 401 missing/bad/expired token or a token for another room, 404 unknown session, 411 chunked
+//! body, 413 oversized body, 415 wrong content type, 503 with `Retry-After` at capacity.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
