@@ -36,7 +36,7 @@ mkdir -p client/site
 step "unit and integration tests (no Worker needed)"
 cargo test --workspace --exclude switchboard-tests
 
-step "relay interop: headless Chromium and aiortc through our TURN server"
+step "relay interop: headless Chromium and aiortc through our TURN server and SFU"
 cargo build --release -p switchboard-relay
 bash tests/interop/run.sh
 

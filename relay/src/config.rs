@@ -105,6 +105,38 @@ pub struct Args {
     /// (`/v1/traces` is appended unless present); plain http:// only [default: off].
     #[arg(long, env = "RELAY_OTLP_ENDPOINT", value_name = "URL")]
     pub otlp_endpoint: Option<String>,
+
+    // --- SFU: the server-side WebRTC peer (off unless --sfu-listen is set) ---
+    /// UDP address of the SFU (WebRTC, ICE-lite); setting it turns the SFU on [default: off].
+    #[arg(long, env = "RELAY_SFU_LISTEN", value_name = "ADDR")]
+    pub sfu_listen: Option<SocketAddr>,
+    /// IP advertised in the SFU's host candidates (the public IP of a NAT'd host); repeatable
+    /// [default: the --sfu-listen IP, or the IP of the default route].
+    #[arg(
+        long,
+        env = "RELAY_SFU_PUBLIC_IP",
+        value_name = "IP",
+        value_delimiter = ','
+    )]
+    pub sfu_public_ip: Vec<IpAddr>,
+    /// SFU sessions held at once; more get 503 [default: 1000].
+    #[arg(long, env = "RELAY_SFU_MAX_SESSIONS")]
+    pub sfu_max_sessions: Option<usize>,
+    /// DataChannel bytes queued per SFU session while its send buffer is full; past this the
+    /// session is dropped as a slow consumer [default: 4194304].
+    #[arg(long, env = "RELAY_SFU_QUEUE_BYTES", value_name = "BYTES")]
+    pub sfu_queue_bytes: Option<usize>,
+    /// HTTP address of the session endpoint (`/v1/sessions`) and of `/metrics`
+    /// [default: served on --metrics-listen].
+    #[arg(long, env = "RELAY_SFU_HTTP_LISTEN", value_name = "ADDR")]
+    pub sfu_http_listen: Option<SocketAddr>,
+    /// HTTPS address of the session endpoint, with the --tls-cert/--tls-key certificate
+    /// [default: off].
+    #[arg(long, env = "RELAY_SFU_HTTPS_LISTEN", value_name = "ADDR")]
+    pub sfu_https_listen: Option<SocketAddr>,
+    /// Do not listen for ICE-TCP on the --sfu-listen address (TCP, RFC 6544 passive candidates).
+    #[arg(long, env = "RELAY_SFU_NO_ICE_TCP")]
+    pub sfu_no_ice_tcp: bool,
 }
 
 /// The TOML file: the same options, keyed by long flag name.
@@ -129,6 +161,32 @@ struct FileConfig {
     metrics_listen: Option<SocketAddr>,
     drain_timeout: Option<u64>,
     otlp_endpoint: Option<String>,
+    sfu_listen: Option<SocketAddr>,
+    sfu_public_ip: Option<Vec<IpAddr>>,
+    sfu_max_sessions: Option<usize>,
+    sfu_queue_bytes: Option<usize>,
+    sfu_http_listen: Option<SocketAddr>,
+    sfu_https_listen: Option<SocketAddr>,
+    sfu_no_ice_tcp: Option<bool>,
+}
+
+/// The SFU's resolved settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SfuSettings {
+    /// UDP socket address.
+    pub listen: SocketAddr,
+    /// Advertised candidate IPs (with the listen port).
+    pub public_ips: Vec<IpAddr>,
+    /// Session cap.
+    pub max_sessions: usize,
+    /// Per-session DataChannel queue bound in bytes.
+    pub queue_bytes: usize,
+    /// Where the session endpoint is served; `None` means on the metrics listener.
+    pub http_listen: Option<SocketAddr>,
+    /// Where it is served over HTTPS (with the TLS certificate), if anywhere.
+    pub https_listen: Option<SocketAddr>,
+    /// Whether ICE-TCP is offered on the listen address's TCP port.
+    pub ice_tcp: bool,
 }
 
 /// A configuration problem, reported before anything is bound.
@@ -176,6 +234,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// OTLP/HTTP collector for spans.
     pub otlp_endpoint: Option<String>,
+    /// The SFU, when enabled.
+    pub sfu: Option<SfuSettings>,
 }
 
 impl fmt::Debug for Config {
@@ -196,6 +256,7 @@ impl fmt::Debug for Config {
             .field("metrics_listen", &self.metrics_listen)
             .field("drain_timeout", &self.drain_timeout)
             .field("otlp_endpoint", &self.otlp_endpoint)
+            .field("sfu", &self.sfu)
             .finish_non_exhaustive()
     }
 }
@@ -342,7 +403,58 @@ impl Config {
             allow_loopback: args.allow_loopback_peers || file.allow_loopback_peers.unwrap_or(false),
             allowed,
         };
+        let metrics_listen = args.metrics_listen.or(file.metrics_listen);
+        let sfu = match args.sfu_listen.or(file.sfu_listen) {
+            None => None,
+            Some(listen) => {
+                let mut public_ips = or_file(args.sfu_public_ip, file.sfu_public_ip);
+                if public_ips.is_empty() {
+                    let ip = if listen.ip().is_unspecified() {
+                        default_route_ip()
+                            .ok_or_else(|| err("cannot pick an SFU IP: set --sfu-public-ip"))?
+                    } else {
+                        listen.ip()
+                    };
+                    public_ips.push(ip);
+                }
+                if public_ips.iter().any(IpAddr::is_unspecified) {
+                    return Err(err("--sfu-public-ip must be a specific address"));
+                }
+                let http_listen = args.sfu_http_listen.or(file.sfu_http_listen);
+                let https_listen = args.sfu_https_listen.or(file.sfu_https_listen);
+                if http_listen.is_none() && https_listen.is_none() && metrics_listen.is_none() {
+                    return Err(err(
+                        "--sfu-listen needs --sfu-http-listen, --sfu-https-listen or \
+                         --metrics-listen for /v1/sessions",
+                    ));
+                }
+                if https_listen.is_some() && tls_files.is_none() {
+                    return Err(err("--sfu-https-listen needs --tls-cert and --tls-key"));
+                }
+                if credentials.secrets.is_empty() {
+                    return Err(err(
+                        "--sfu-listen needs --secret: session tokens are signed with it",
+                    ));
+                }
+                Some(SfuSettings {
+                    listen,
+                    public_ips,
+                    max_sessions: args
+                        .sfu_max_sessions
+                        .or(file.sfu_max_sessions)
+                        .unwrap_or(1000),
+                    queue_bytes: args
+                        .sfu_queue_bytes
+                        .or(file.sfu_queue_bytes)
+                        .unwrap_or(4 << 20),
+                    http_listen,
+                    https_listen,
+                    ice_tcp: !(args.sfu_no_ice_tcp || file.sfu_no_ice_tcp.unwrap_or(false)),
+                })
+            }
+        };
         Ok(Self {
+            sfu,
             listen,
             tls_listen,
             tls_files,
@@ -364,7 +476,7 @@ impl Config {
                 .bandwidth_per_allocation
                 .or(file.bandwidth_per_allocation)
                 .unwrap_or(10_000_000),
-            metrics_listen: args.metrics_listen.or(file.metrics_listen),
+            metrics_listen,
             drain_timeout: Duration::from_secs(
                 args.drain_timeout.or(file.drain_timeout).unwrap_or(30),
             ),
@@ -515,6 +627,70 @@ mod tests {
                 "127.0.0.1:1",
                 "--relay-ip",
                 "0.0.0.0"
+            ])
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn sfu_block() {
+        let base = ["--listen", "127.0.0.1:3478", "--secret", "s"];
+        assert_eq!(parse(&base).unwrap().sfu, None);
+        let with = |extra: &[&str]| {
+            let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+            parse(&args)
+        };
+        // The session endpoint needs an HTTP listener.
+        assert!(with(&["--sfu-listen", "127.0.0.1:3479"]).is_err());
+        let c = with(&[
+            "--sfu-listen",
+            "127.0.0.1:3479",
+            "--metrics-listen",
+            "127.0.0.1:9100",
+        ])
+        .unwrap();
+        let sfu = c.sfu.unwrap();
+        assert_eq!(sfu.public_ips, vec!["127.0.0.1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(sfu.max_sessions, 1000);
+        assert_eq!(sfu.http_listen, None);
+        assert!(sfu.ice_tcp);
+        let sfu = with(&[
+            "--sfu-listen",
+            "0.0.0.0:3479",
+            "--sfu-public-ip",
+            "203.0.113.7",
+            "--sfu-http-listen",
+            "127.0.0.1:8443",
+            "--sfu-max-sessions",
+            "5",
+        ])
+        .unwrap()
+        .sfu
+        .unwrap();
+        assert_eq!(
+            sfu.public_ips,
+            vec!["203.0.113.7".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(sfu.max_sessions, 5);
+        assert!(
+            with(&[
+                "--sfu-listen",
+                "127.0.0.1:3479",
+                "--sfu-https-listen",
+                "127.0.0.1:8443"
+            ])
+            .is_err(),
+            "HTTPS needs the TLS certificate"
+        );
+        // Static users alone cannot verify session tokens.
+        assert!(
+            parse(&[
+                "--user",
+                "a:b",
+                "--sfu-listen",
+                "127.0.0.1:3479",
+                "--sfu-http-listen",
+                "127.0.0.1:8443"
             ])
             .is_err()
         );

@@ -7,6 +7,7 @@ use clap::Parser as _;
 use switchboard_relay::config::{Args, Config};
 use switchboard_relay::http::{self, Metrics};
 use switchboard_relay::net::{EventLoop, Listeners, RelayPorts, Shutdown};
+use switchboard_relay::sfu;
 use switchboard_relay::telemetry;
 use switchboard_relay::turn::Server;
 use tokio::sync::watch;
@@ -65,12 +66,47 @@ async fn run(args: Args, config: Config) -> Result<(), String> {
     let server = Server::new(config.server_config(key), config.credentials.clone());
     let relays = RelayPorts::new(config.relay_ips.clone(), config.port_range);
     let metrics = Arc::new(Metrics::default());
+    let (creds_tx, creds_rx) = watch::channel(config.credentials.clone());
+    // The SFU runs on its own thread with its own socket; HTTP reaches it by message.
+    let sessions = match &config.sfu {
+        None => None,
+        Some(s) => Some(http::sessions::SessionApi {
+            sfu: sfu::shell::start(s).map_err(|e| format!("SFU listener {}: {e}", s.listen))?,
+            credentials: creds_rx.clone(),
+        }),
+    };
+    if let Some(addr) = config.sfu.as_ref().and_then(|s| s.http_listen) {
+        let listener = http::bind(addr)
+            .await
+            .map_err(|e| format!("SFU HTTP listener {addr}: {e}"))?;
+        info!(%addr, "SFU sessions on /v1/sessions");
+        tokio::spawn(http::serve_with_sessions(
+            listener,
+            metrics.clone(),
+            sessions.clone(),
+        ));
+    }
+    if let (Some(addr), Some(api)) = (config.sfu.as_ref().and_then(|s| s.https_listen), &sessions) {
+        let tls = tls
+            .clone()
+            .ok_or("--sfu-https-listen needs --tls-cert and --tls-key")?;
+        let listener = http::bind(addr)
+            .await
+            .map_err(|e| format!("SFU HTTPS listener {addr}: {e}"))?;
+        info!(%addr, "SFU sessions on https /v1/sessions");
+        let serve = http::sessions::serve_tls(listener, tls, metrics.clone(), api.clone());
+        tokio::spawn(serve);
+    }
     if let Some(addr) = config.metrics_listen {
         let listener = http::bind(addr)
             .await
             .map_err(|e| format!("metrics listener {addr}: {e}"))?;
         info!(%addr, "metrics on /metrics, health on /healthz");
-        tokio::spawn(http::serve(listener, metrics.clone()));
+        tokio::spawn(http::serve_with_sessions(
+            listener,
+            metrics.clone(),
+            sessions,
+        ));
     }
     let listeners = Listeners {
         plain: config.listen.clone(),
@@ -82,7 +118,6 @@ async fn run(args: Args, config: Config) -> Result<(), String> {
     info!(relay_ips = ?config.relay_ips, realm = %config.realm, "relay ready");
 
     let (shutdown_tx, shutdown_rx) = watch::channel(Shutdown::Run);
-    let (creds_tx, creds_rx) = watch::channel(config.credentials.clone());
     tokio::spawn(signals(args, shutdown_tx, creds_tx));
     event_loop
         .run(shutdown_rx, creds_rx, config.drain_timeout)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Interop tests of the relay with real WebRTC stacks: headless Chromium and
-# aiortc as TURN clients, relay-only. Everything runs inside a fresh network
+# aiortc as TURN clients (relay-only) and as clients of the relay SFU (/v1/sessions).
+# Everything runs inside a fresh network
 # namespace that has only a loopback interface, so no candidate or packet can
 # leave 127.0.0.0/8. Needs root (unshare -n); scripts/test.sh runs it.
 set -euo pipefail
@@ -16,7 +17,7 @@ fi
 export RELAY_SECRET="interop-$RANDOM$RANDOM" RELAY_ADDR=127.0.0.1:3478
 WORK=$(mktemp -d /tmp/switchboard-interop.XXXXXX)
 setsid "$RELAY_BIN" --listen "$RELAY_ADDR" --realm interop --allow-loopback-peers \
-  --metrics-listen 127.0.0.1:9478 --drain-timeout 0 > "$WORK/relay.log" 2>&1 < /dev/null &
+  --metrics-listen 127.0.0.1:9478 --drain-timeout 0 --sfu-listen 127.0.0.1:3479 > "$WORK/relay.log" 2>&1 < /dev/null &
 RELAY_PGID=$!
 cleanup() { kill -TERM -- "-$RELAY_PGID" 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
@@ -25,5 +26,8 @@ for _ in $(seq 1 100); do curl -sf http://127.0.0.1:9478/healthz >/dev/null && b
 status=0
 node --test tests/interop/chromium_turn.test.mjs || status=1
 "$ROOT/.venv/bin/python" tests/interop/aiortc_turn.py || status=1
+# The relay's SFU (session endpoint on the metrics listener).
+node --test tests/interop/chromium_sfu.test.mjs || status=1
+"$ROOT/.venv/bin/python" tests/interop/aiortc_sfu.py || status=1
 if [ $status != 0 ]; then echo "--- relay log ---"; tail -n 50 "$WORK/relay.log"; fi
 exit $status

@@ -1,4 +1,5 @@
-//! Control plane: Prometheus text metrics on `/metrics` and liveness on `/healthz`.
+//! Control plane: Prometheus text metrics on `/metrics`, liveness on `/healthz`, and with the SFU
+//! on, its session endpoint ([`sessions`]).
 //!
 //! The event loop publishes counters into [`Metrics`] once a second (relaxed atomic stores, no
 //! lock on the packet path); this module only reads them.
@@ -9,9 +10,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 use crate::turn::Stats;
+
+pub mod sessions;
 
 /// Counters and gauges shared between the event loop (writer) and the HTTP endpoint (reader).
 #[derive(Debug, Default)]
@@ -202,22 +205,39 @@ impl Metrics {
 
 /// Serves `/metrics` and `/healthz` until the task is dropped.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    serve_with_sessions(listener, metrics, None).await;
+}
+
+/// Like [`serve`], plus the SFU session endpoint and metrics when `sessions` is given.
+pub async fn serve_with_sessions(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    sessions: Option<sessions::SessionApi>,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let metrics = metrics.clone();
+        let sessions = sessions.clone();
         // One short-lived task per scrape keeps a slow scraper from blocking others; this is the
         // control plane, not the packet path.
         tokio::spawn(async move {
-            let _ =
-                tokio::time::timeout(std::time::Duration::from_secs(5), answer(stream, &metrics))
-                    .await;
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                answer(stream, &metrics, sessions.as_ref()),
+            )
+            .await;
         });
     }
 }
 
-async fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
+/// Answers one request on `stream` (plain TCP, or TLS for the session endpoint).
+pub(crate) async fn answer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
+    metrics: &Metrics,
+    sessions: Option<&sessions::SessionApi>,
+) -> std::io::Result<()> {
     let mut buf = vec![0u8; 2048];
     let mut used = 0;
     // Read until the end of the request head; bodies are not expected.
@@ -237,11 +257,17 @@ async fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()>
     let head = String::from_utf8_lossy(buf.get(..used).unwrap_or_default());
     let mut parts = head.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    if let Some(api) = sessions
+        && sessions::owns(path)
+    {
+        let prefix = buf.get(..used).unwrap_or_default().to_vec();
+        return sessions::answer(&mut stream, prefix, api).await;
+    }
     let (status, ctype, body) = match (method, path) {
         ("GET", "/metrics") => (
             "200 OK",
             "text/plain; version=0.0.4; charset=utf-8",
-            metrics.render(),
+            metrics.render() + &sessions.map(|s| s.sfu.metrics.render()).unwrap_or_default(),
         ),
         ("GET", "/healthz") => ("200 OK", "text/plain; charset=utf-8", "ok\n".to_owned()),
         ("GET", _) => (
