@@ -693,7 +693,7 @@ fn migrate_v1_queue(sql: &SqlStorage) -> Result<()> {
         .and_then(|r| r.m)
         .map_or(1, |m| m as u64 + 1);
     for r in rows {
-        let Some(body) = split_v1_frame(&r.frame) else {
+        let Some(body) = SeqBody::from_v1_frame(&r.frame) else {
             continue;
         };
         let bytes = body.len() as u64;
@@ -713,14 +713,6 @@ fn migrate_v1_queue(sql: &SqlStorage) -> Result<()> {
     }
     sql.exec("DROP TABLE queue", None)?;
     Ok(())
-}
-
-/// `{"type":"T","seq":N,REST` (how v1 stored frames) into a body.
-fn split_v1_frame(frame: &str) -> Option<SeqBody> {
-    let after_type = frame.strip_prefix("{\"type\":\"")?;
-    let (ty, after) = after_type.split_once("\",\"seq\":")?;
-    let (_, rest) = after.split_once(',')?;
-    Some(SeqBody::stored(SeqType::parse(ty)?, rest.to_owned()))
 }
 
 /// One structured log line for a room event, with the peer's trace id.

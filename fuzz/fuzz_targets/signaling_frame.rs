@@ -7,7 +7,7 @@ use switchboard_proto::ice::IceConfig;
 use switchboard_proto::limits::Limits;
 use switchboard_proto::room::{Join, Output, Room, RoomConfig};
 use switchboard_proto::wire::parse_client_frame;
-use switchboard_proto::{ConnId, Meta, Millis, PeerId, ResumeToken, RoomName};
+use switchboard_proto::{ConnId, Meta, Millis, PeerId, ResumeToken, RoomName, TraceId};
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
@@ -27,12 +27,15 @@ fuzz_target!(|data: &[u8]| {
                 resume: None,
                 fresh_peer: PeerId::from_random([id; 8]),
                 fresh_token: ResumeToken::from_random([id; 16]),
+                fresh_trace: TraceId::from_random([id; 8]),
+                user: None,
             },
             now,
         );
     }
     room.drain_outputs();
     room.handle_text(ConnId(1), &text, now);
+    room.handle_checkpoint(now.plus(5_000));
     room.drain_outputs();
     let to = PeerId::from_random([2; 8]);
     room.handle_text(ConnId(1), &format!(r#"{{"type":"signal","to":"{to}","payload":1}}"#), now);

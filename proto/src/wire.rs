@@ -582,6 +582,18 @@ impl SeqBody {
         )
     }
 
+    /// Splits a whole stored frame `{"type":"T","seq":N,…}` (how protocol v1
+    /// rooms stored their queues) into a body; `None` if it has another shape.
+    pub fn from_v1_frame(frame: &str) -> Option<SeqBody> {
+        let after_type = frame.strip_prefix("{\"type\":\"")?;
+        let (ty, after) = after_type.split_once("\",\"seq\":")?;
+        let (seq, rest) = after.split_once(',')?;
+        if seq.is_empty() || !seq.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Some(SeqBody::stored(SeqType::parse(ty)?, rest.to_owned()))
+    }
+
     /// The frame's text with sequence number `seq`.
     pub fn text(&self, seq: u64) -> String {
         let ty = self.ty.as_str();
@@ -760,6 +772,27 @@ mod tests {
         assert_eq!(
             http_error_body(ErrorCode::InvalidRoom, "bad"),
             r#"{"error":{"code":"invalid_room","message":"bad"}}"#
+        );
+    }
+
+    #[test]
+    fn v1_stored_frames_split_into_bodies() {
+        let p = PeerId::parse("p1").unwrap();
+        let payload = RawValue::from_string("{\"a\":[1,2]}".into()).unwrap();
+        let body = SeqBody::signal(&p, None, &payload);
+        let old = body.text(41);
+        assert_eq!(SeqBody::from_v1_frame(&old), Some(body.clone()));
+        assert_eq!(SeqBody::from_v1_frame(&old).unwrap().text(2), body.text(2));
+        let left = SeqBody::peer_left(&p, LeaveReason::Leave);
+        assert_eq!(SeqBody::from_v1_frame(&left.text(7)), Some(left));
+        assert_eq!(SeqBody::from_v1_frame(r#"{"type":"pong"}"#), None);
+        assert_eq!(
+            SeqBody::from_v1_frame(r#"{"type":"dance","seq":1,"x":1}"#),
+            None
+        );
+        assert_eq!(
+            SeqBody::from_v1_frame(r#"{"type":"signal","seq":x,"x":1}"#),
+            None
         );
     }
 
