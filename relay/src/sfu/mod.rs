@@ -1,6 +1,6 @@
 //! Server-side WebRTC peer (the fallback ladder's `sfu` rung), built on str0m.
 //!
-//! [`core`](self::core) is the sans-IO forwarding core holding every session of the node;
+//! [`core`] is the sans-IO forwarding core holding every session of the node;
 //! [`shell`] owns the UDP socket and the clock and runs the core on its own thread. Sessions are
 //! set up over HTTP (`crate::http::sessions`), authenticated by a token the Worker signs
 //! (`switchboard_proto::sfu_token`).
