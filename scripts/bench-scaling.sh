@@ -128,7 +128,8 @@ connected = sum(r["connect"]["connected"] for r in runs)
 row = {
     "layout": layout, "clients": int(n), "processes": int(procs), "connected": connected,
     "failed": sum(r["connect"]["failed"] for r in runs),
-    "failed_by_reason": {k: v for r in runs for k, v in r["connect"]["failed_by_reason"].items()},
+    "failed_by_reason": {k: sum(r["connect"]["failed_by_reason"].get(k, 0) for r in runs)
+                         for k in {k for r in runs for k in r["connect"]["failed_by_reason"]}},
     "join_seconds": max(r["connect"]["seconds"] for r in runs),
     "join_p99_ms": max(r["connect"]["join_ms"]["p99"] for r in runs),
     "rss_kib_before": int(base), "rss_kib_held": int(held),
@@ -140,7 +141,8 @@ row = {
     # loadgen reports percentiles per process; the step's figure is the largest of them.
     "probe_p50_ms": max(r["latency_ms"]["p50"] for r in runs),
     "probe_p99_ms": max(r["latency_ms"]["p99"] for r in runs),
-    "errors": {k: v for r in runs for k, v in r["errors_by_code"].items()},
+    "errors": {k: sum(r["errors_by_code"].get(k, 0) for r in runs)
+               for k in {k for r in runs for k in r["errors_by_code"]}},
 }
 print(json.dumps(row), file=open(out, "a"))
 print(f"{layout:>10} {n:>6}: {connected} held, {row['failed']} failed, "

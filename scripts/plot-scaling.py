@@ -23,7 +23,7 @@ for layout in labels:
     x = [r["connected"] for r in rows]
     tot.plot(x, [r["rss_kib_held"] / 1024 for r in rows], marker="o", label=labels[layout])
     mem.plot(x, [r["bytes_per_connection"] / 1024 for r in rows], marker="o", label=labels[layout])
-    probed = [r for r in rows if r["probe_expected"]]
+    probed = [r for r in rows if r["probe_delivered"]]
     if probed:
         lat.plot([r["connected"] for r in probed], [r["probe_p99_ms"] for r in probed], marker="o", label=labels[layout])
 m = doc["machine"]

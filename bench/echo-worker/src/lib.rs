@@ -18,7 +18,9 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
     };
     let valid = !room.is_empty()
         && room.len() <= 64
-        && room.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        && room
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     if !valid {
         return Response::error("invalid room", 400);
     }
@@ -43,7 +45,11 @@ impl DurableObject for EchoRoom {
         Response::from_websocket(pair.client)
     }
 
-    async fn websocket_message(&self, ws: WebSocket, message: WebSocketIncomingMessage) -> Result<()> {
+    async fn websocket_message(
+        &self,
+        ws: WebSocket,
+        message: WebSocketIncomingMessage,
+    ) -> Result<()> {
         let me: &wasm_bindgen::JsValue = ws.as_ref();
         for other in self.state.get_websockets() {
             let them: &wasm_bindgen::JsValue = other.as_ref();
@@ -58,7 +64,13 @@ impl DurableObject for EchoRoom {
         Ok(())
     }
 
-    async fn websocket_close(&self, ws: WebSocket, _code: usize, _reason: String, _clean: bool) -> Result<()> {
+    async fn websocket_close(
+        &self,
+        ws: WebSocket,
+        _code: usize,
+        _reason: String,
+        _clean: bool,
+    ) -> Result<()> {
         // 1005/1006 may not be sent back; a normal close is always allowed.
         let _ = ws.close(Some(1000), Some("closed"));
         Ok(())
