@@ -1,4 +1,5 @@
-//! Control plane: Prometheus text metrics on `/metrics` and liveness on `/healthz`.
+//! Control plane: Prometheus text metrics on `/metrics` and health on `/healthz` (503 while
+//! draining).
 //!
 //! The event loop publishes counters into [`Metrics`] once a second (relaxed atomic stores, no
 //! lock on the packet path); this module only reads them.
@@ -85,6 +86,11 @@ impl Metrics {
     /// Marks the relay as draining (graceful shutdown under way).
     pub fn set_draining(&self, draining: bool) {
         self.draining.store(u64::from(draining), Ordering::Relaxed);
+    }
+
+    /// Whether the relay is draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed) != 0
     }
 
     /// Prometheus text exposition format 0.0.4.
@@ -230,6 +236,13 @@ async fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()>
             "200 OK",
             "text/plain; version=0.0.4; charset=utf-8",
             metrics.render(),
+        ),
+        // Load balancers steer new clients away from a draining node; existing allocations keep
+        // being served over TURN, which does not go through this endpoint.
+        ("GET", "/healthz") if metrics.is_draining() => (
+            "503 Service Unavailable",
+            "text/plain; charset=utf-8",
+            "draining\n".to_owned(),
         ),
         ("GET", "/healthz") => ("200 OK", "text/plain; charset=utf-8", "ok\n".to_owned()),
         ("GET", _) => (

@@ -93,11 +93,13 @@ pub struct Allocation {
     pub user: UserId,
     /// Which accepted credential authenticated it.
     pub credential: CredentialTag,
-    /// REST username expiry, enforced for the allocation's whole life.
+    /// REST username expiry: `expires` never passes it (Allocate and Refresh cap the lifetime
+    /// there), so relaying stops when the credential does.
     pub credential_expires: Option<Timestamp>,
-    /// Set when the credential leaves the accepted set: the next request gets 401 and ends it.
+    /// Set when the credential leaves the accepted set: data is no longer relayed, and the next
+    /// request gets 401 and ends the allocation.
     pub revoked: bool,
-    /// Time-to-expiry deadline.
+    /// Time-to-expiry deadline (never later than `credential_expires`).
     pub expires: Timestamp,
     /// Transaction id of the Allocate, to answer retransmissions (RFC 8656 §7.2).
     pub allocate_tid: TransactionId,
@@ -110,6 +112,12 @@ pub struct Allocation {
 }
 
 impl Allocation {
+    /// Whether data may flow: not past its lifetime (which the credential's expiry caps) and not
+    /// revoked by a secret rotation.
+    pub fn is_live(&self, now: Timestamp) -> bool {
+        self.expires > now && !self.revoked
+    }
+
     /// Whether a live permission covers `ip`.
     pub fn permits(&self, ip: IpAddr, now: Timestamp) -> bool {
         let ip = canonical(ip);

@@ -165,6 +165,34 @@ pub struct Stats {
     pub malformed: u64,
 }
 
+/// RFC 8656 §7.2 leaves the lifetime to the server: an allocation made with a TURN REST
+/// credential never outlives that credential.
+fn capped_by_credential(
+    lifetime: Duration,
+    credential_expires: Option<Timestamp>,
+    now: Timestamp,
+) -> Duration {
+    credential_expires.map_or(lifetime, |e| lifetime.min(e.since(now)))
+}
+
+/// LIFETIME in whole seconds; a live allocation never announces 0 (which means "deleted").
+fn lifetime_secs(lifetime: Duration) -> u32 {
+    match u32::try_from(lifetime.as_secs()).unwrap_or(u32::MAX) {
+        0 if !lifetime.is_zero() => 1,
+        s => s,
+    }
+}
+
+/// Whether `auth` is a REST credential for the same subject (`<expiry>:<id>` with the same
+/// `<id>`) as the one `a` was made with: a newer credential of the same user may refresh it.
+fn same_rest_subject(a: &Allocation, auth: &Authenticated) -> bool {
+    a.credential_expires.is_some()
+        && auth.expires.is_some()
+        && a.user == auth.user
+        && a.username.split_once(':').map(|(_, id)| id)
+            == auth.username.split_once(':').map(|(_, id)| id)
+}
+
 /// A request that passed long-term authentication.
 struct Authenticated {
     key: IntegrityKey,
@@ -313,7 +341,8 @@ impl Server {
             return;
         };
         let rate = self.config.bandwidth_bytes_per_sec;
-        let Some(a) = self.allocations.get_mut(&ft).filter(|a| a.expires > now) else {
+        let Some(a) = self.allocations.get_mut(&ft).filter(|a| a.is_live(now)) else {
+            self.stats.dropped_no_permission += 1;
             return;
         };
         // RFC 8656 §10.3: data from a peer without a permission is silently discarded.
@@ -666,6 +695,7 @@ impl Server {
         } else {
             lifetime
         };
+        let lifetime = capped_by_credential(lifetime, auth.expires, now);
         if self.per_user.get(&auth.user).copied().unwrap_or(0)
             >= self.config.max_allocations_per_user
         {
@@ -762,7 +792,7 @@ impl Server {
     ) {
         let advertised =
             SocketAddr::new(self.config.external_ip.unwrap_or(relay.ip()), relay.port());
-        let secs = u32::try_from(lifetime.as_secs()).unwrap_or(u32::MAX);
+        let secs = lifetime_secs(lifetime);
         self.respond(ft, msg, Class::Success, Some(auth), |b| {
             b.xor_address(attr::XOR_RELAYED_ADDRESS, advertised)
                 .u32_attr(attr::LIFETIME, secs);
@@ -799,7 +829,7 @@ impl Server {
             .get_mut(&ft)
             .filter(|a| a.expires > now)
             .ok_or(ErrorCode::ALLOCATION_MISMATCH)?;
-        if *a.username != *auth.username {
+        if *a.username != *auth.username && !same_rest_subject(a, auth) {
             self.stats.auth_failures.wrong_credentials += 1;
             return Err(ErrorCode::WRONG_CREDENTIALS);
         }
@@ -824,15 +854,21 @@ impl Server {
                 return Err(ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH);
             }
         }
-        if lifetime.is_zero() {
+        let lifetime = if lifetime.is_zero() {
             self.delete(ft, DeleteReason::Refreshed, ports);
+            lifetime
         } else {
+            // A Refresh with a newer REST credential of the same user moves the allocation onto
+            // it, so a client that fetched fresh credentials keeps its relayed address.
+            let lifetime = capped_by_credential(lifetime, auth.expires, now);
             a.expires = now.plus(lifetime);
+            a.username.clone_from(&auth.username);
             a.credential = auth.tag;
             a.credential_expires = auth.expires;
             a.revoked = false;
-        }
-        let secs = u32::try_from(lifetime.as_secs()).unwrap_or(u32::MAX);
+            lifetime
+        };
+        let secs = lifetime_secs(lifetime);
         self.respond(ft, msg, Class::Success, Some(auth), |b| {
             b.u32_attr(attr::LIFETIME, secs);
         });
@@ -954,7 +990,7 @@ impl Server {
     /// RFC 8656 §10.2: Send indications are never answered; problems mean a silent drop.
     fn handle_send(&mut self, ft: FiveTuple, msg: &Message<'_>, now: Timestamp) {
         let rate = self.config.bandwidth_bytes_per_sec;
-        let Some(a) = self.allocations.get_mut(&ft).filter(|a| a.expires > now) else {
+        let Some(a) = self.allocations.get_mut(&ft).filter(|a| a.is_live(now)) else {
             self.stats.dropped_no_permission += 1;
             return;
         };
@@ -988,7 +1024,7 @@ impl Server {
             return;
         };
         let rate = self.config.bandwidth_bytes_per_sec;
-        let Some(a) = self.allocations.get_mut(&ft).filter(|a| a.expires > now) else {
+        let Some(a) = self.allocations.get_mut(&ft).filter(|a| a.is_live(now)) else {
             self.stats.dropped_no_permission += 1;
             return;
         };

@@ -1398,3 +1398,117 @@ fn draining_refuses_new_allocations_and_serves_existing_ones() {
     assert_eq!(h.server.allocation_count(), 0, "bob's allocation expired");
     assert_eq!(carol.allocate(&mut h).code(), Some(508), "still draining");
 }
+
+/// ChannelData for channel 0x4000 from `c`, and whether the relay forwarded it.
+fn channel_relayed(h: &mut Harness, c: &Client, data: &[u8]) -> bool {
+    !h.feed(
+        c.ft,
+        &ChannelData::encode(ChannelNumber(0x4000), data, false),
+    )
+    .is_empty()
+}
+
+#[test]
+fn a_rest_allocation_never_outlives_its_credential() {
+    let mut h = Harness::new();
+    let mut c = Client::rest(udp(1), "alice", T0 + 100);
+    let r = c.allocate(&mut h);
+    assert_eq!(r.lifetime(), Some(100), "lifetime capped at the credential");
+    let relay = relay_of(&r);
+    let p = peer("192.0.2.10:5000");
+    assert_eq!(c.bind(&mut h, 0x4000, p).class(), Class::Success);
+    assert_eq!(
+        c.refresh(&mut h, 3600).lifetime(),
+        Some(100),
+        "a refresh with the same credential cannot pass it either"
+    );
+    h.advance(Duration::from_secs(99));
+    assert!(channel_relayed(&mut h, &c, b"before"));
+    assert_eq!(h.peer_sends(relay, p, b"before").len(), 1);
+
+    // No request in between: the data path alone must stop at the expiry, both ways.
+    h.now = Timestamp::from_secs(T0 + 100);
+    assert!(!channel_relayed(&mut h, &c, b"after"));
+    assert!(h.peer_sends(relay, p, b"after").is_empty());
+    assert!(c.send(&mut h, p, b"after").is_empty());
+    // And the timer releases the relayed port.
+    h.advance(Duration::from_secs(2));
+    assert_eq!(h.server.allocation_count(), 0);
+    assert_eq!(h.ports.released, vec![relay]);
+}
+
+#[test]
+fn a_refresh_with_a_newer_credential_of_the_same_user_extends_the_allocation() {
+    let mut h = Harness::new();
+    let mut c = Client::rest(udp(1), "alice.t1", T0 + 100);
+    let relay = relay_of(&c.allocate(&mut h));
+    let p = peer("192.0.2.10:5000");
+    assert_eq!(c.bind(&mut h, 0x4000, p).class(), Class::Success);
+    h.advance(Duration::from_secs(50));
+
+    // Another user's fresh credential on the same 5-tuple is refused (RFC 8656 §5: 441).
+    let mut other = Client::rest(udp(1), "bob.t1", T0 + 5000);
+    assert_eq!(other.refresh(&mut h, 600).code(), Some(441));
+
+    let fresh = Client::rest(udp(1), "alice.t1", T0 + 500);
+    c.username = fresh.username;
+    c.password = fresh.password;
+    assert_eq!(
+        c.refresh(&mut h, 600).lifetime(),
+        Some(450),
+        "extended, and capped by the fresh credential's expiry"
+    );
+    h.advance(Duration::from_secs(100));
+    assert!(
+        channel_relayed(&mut h, &c, b"past the first credential"),
+        "the allocation moved onto the fresh credential"
+    );
+    assert_eq!(h.peer_sends(relay, p, b"back").len(), 1);
+    assert_eq!(h.server.allocation_count(), 1);
+}
+
+#[test]
+fn a_revoked_credential_stops_relaying_at_once() {
+    let mut h = Harness::new();
+    let mut c = Client::rest(udp(1), "alice", later());
+    let relay = relay_of(&c.allocate(&mut h));
+    let p = peer("192.0.2.10:5000");
+    assert_eq!(c.bind(&mut h, 0x4000, p).class(), Class::Success);
+    assert!(channel_relayed(&mut h, &c, b"x"));
+    h.server.set_credentials(Credentials {
+        secrets: vec!["rotated".into()],
+        ..Default::default()
+    });
+    assert!(!channel_relayed(&mut h, &c, b"x"));
+    assert!(c.send(&mut h, p, b"x").is_empty());
+    assert!(h.peer_sends(relay, p, b"x").is_empty());
+    // Putting the secret back (an operator's mistake undone) lets the allocation live on.
+    h.server.set_credentials(Credentials {
+        secrets: vec![SECRET.into()],
+        ..Default::default()
+    });
+    assert!(channel_relayed(&mut h, &c, b"x"));
+}
+
+#[test]
+fn a_permission_admits_only_its_own_peer_ip_in_both_directions() {
+    let mut h = Harness::new();
+    let mut c = Client::rest(udp(1), "alice", later());
+    let relay = relay_of(&c.allocate(&mut h));
+    let (permitted, other) = (peer("192.0.2.10:5000"), peer("192.0.2.11:5000"));
+    assert_eq!(c.permit(&mut h, permitted).class(), Class::Success);
+
+    assert!(
+        c.send(&mut h, other, b"to other").is_empty(),
+        "client -> unpermitted peer"
+    );
+    assert!(
+        h.peer_sends(relay, other, b"from other").is_empty(),
+        "unpermitted peer -> client"
+    );
+    // A channel to the unpermitted peer cannot be bound behind the permission's back either:
+    // binding installs its own permission, so only the bound peer's IP gains one.
+    assert_eq!(c.send(&mut h, permitted, b"ok").len(), 1);
+    assert_eq!(h.peer_sends(relay, permitted, b"ok").len(), 1);
+    assert_eq!(h.server.stats().dropped_no_permission, 2);
+}

@@ -369,19 +369,54 @@ pub fn uclient(
     messages: u32,
     clients: u32,
 ) -> UclientReport {
+    uclient_as(
+        relay,
+        peer_port,
+        &["-W", SECRET, "-u", "interop"],
+        flags,
+        messages,
+        clients,
+    )
+}
+
+/// Runs `turnutils_uclient` with the given credential flags (`-W`/`-u`/`-w`) and parses its
+/// totals.
+pub fn uclient_as(
+    relay: &Relay,
+    peer_port: u16,
+    credentials: &[&str],
+    flags: &[&str],
+    messages: u32,
+    clients: u32,
+) -> UclientReport {
+    uclient_at(
+        relay.addr.port(),
+        peer_port,
+        credentials,
+        flags,
+        messages,
+        clients,
+    )
+}
+
+/// [`uclient_as`] against a relay on 127.0.0.1:`relay_port` (usable from another thread).
+pub fn uclient_at(
+    relay_port: u16,
+    peer_port: u16,
+    credentials: &[&str],
+    flags: &[&str],
+    messages: u32,
+    clients: u32,
+) -> UclientReport {
     let tool = require_tool("turnutils_uclient");
     let mut cmd = Command::new(tool);
-    cmd.args(flags).args([
-        "-W",
-        SECRET,
-        "-u",
-        "interop",
+    cmd.args(flags).args(credentials).args([
         "-e",
         "127.0.0.1",
         "-r",
         &peer_port.to_string(),
         "-p",
-        &relay.addr.port().to_string(),
+        &relay_port.to_string(),
         "-n",
         &messages.to_string(),
         "-m",
@@ -489,6 +524,18 @@ impl TurnClient {
 
     pub fn raw(&self, bytes: &[u8]) {
         self.socket.send_to(bytes, self.server).unwrap();
+    }
+
+    /// The next datagram, waiting at most `within`.
+    pub fn recv_within(&self, within: Duration) -> Option<Vec<u8>> {
+        self.socket
+            .set_read_timeout(Some(within.max(Duration::from_millis(1))))
+            .unwrap();
+        let got = self.recv();
+        self.socket
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        got
     }
 
     pub fn recv(&self) -> Option<Vec<u8>> {
