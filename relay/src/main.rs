@@ -6,9 +6,8 @@ use std::sync::Arc;
 use clap::Parser as _;
 use switchboard_relay::config::{Args, Config};
 use switchboard_relay::http::{self, Metrics};
-use switchboard_relay::net::{EventLoop, Listeners, RelayPorts, Shutdown};
-use switchboard_relay::turn::Server;
-use tokio::sync::watch;
+use switchboard_relay::net::{Control, EventLoop, Listeners, LoopConfig, RelayPorts, Shutdown};
+use switchboard_relay::turn::{Server, Shared};
 use tracing::{error, info, warn};
 
 fn main() -> ExitCode {
@@ -27,7 +26,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // One thread: the event loop owns all packet-path state; metrics and signals are idle tasks.
+    // This thread runs signals and the metrics endpoint; each event loop runs on a thread of
+    // its own and owns all of its packet-path state.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -51,9 +51,8 @@ async fn run(args: Args, config: Config) -> Result<(), String> {
     let mut key = [0u8; 32];
     getrandom::fill(&mut key).map_err(|e| format!("no randomness for the server key: {e}"))?;
     let tls = config.tls().map_err(|e| e.to_string())?;
-    let server = Server::new(config.server_config(key), config.credentials.clone());
-    let relays = RelayPorts::new(config.relay_ips.clone(), config.port_range);
-    let metrics = Arc::new(Metrics::default());
+    let threads = config.threads;
+    let metrics = Arc::new(Metrics::with_loops(threads));
     if let Some(addr) = config.metrics_listen {
         let listener = http::bind(addr)
             .await
@@ -65,17 +64,53 @@ async fn run(args: Args, config: Config) -> Result<(), String> {
         plain: config.listen.clone(),
         tls: config.tls_listen.clone(),
     };
-    let event_loop = EventLoop::bind(server, relays, &listeners, tls, metrics)
-        .await
+    // Every loop has its own core; they share the nonce key (a nonce minted by one loop is
+    // valid on all), the credentials, and the allocation quotas.
+    let control = Control::new(threads, config.credentials.clone())
+        .map_err(|e| format!("cannot create the event loops' wakers: {e}"))?;
+    let shared = Shared::new(config.max_allocations_per_user, config.max_allocations);
+    let parked = RelayPorts::shared_parking();
+    let mut loops = Vec::with_capacity(threads);
+    for id in 0..threads {
+        let relays = RelayPorts::new(
+            config.relay_ips.clone(),
+            config.port_slice(id),
+            config.socket_buffer,
+        )
+        .with_parking(parked.clone());
+        let mut server_config = config.server_config(key);
+        server_config.relay_families = relays.families();
+        let server = Server::with_shared(server_config, config.credentials.clone(), shared.clone());
+        let loop_config = LoopConfig {
+            id,
+            listeners: listeners.clone(),
+            tls: tls.clone(),
+            reuse_port: config.reuse_port,
+            socket_buffer: config.socket_buffer,
+        };
+        let event_loop = EventLoop::bind(
+            loop_config,
+            server,
+            relays,
+            control.clone(),
+            metrics.clone(),
+        )
         .map_err(|e| format!("cannot listen: {e}"))?;
-    info!(relay_ips = ?config.relay_ips, realm = %config.realm, "relay ready");
+        loops.push(event_loop);
+    }
+    info!(relay_ips = ?config.relay_ips, realm = %config.realm, threads, "relay ready");
 
-    let (shutdown_tx, shutdown_rx) = watch::channel(Shutdown::Run);
-    let (creds_tx, creds_rx) = watch::channel(config.credentials.clone());
-    tokio::spawn(signals(args, shutdown_tx, creds_tx));
-    event_loop
-        .run(shutdown_rx, creds_rx, config.drain_timeout)
-        .await;
+    tokio::spawn(signals(args, control));
+    let drain_timeout = config.drain_timeout;
+    let running: Vec<_> = loops
+        .into_iter()
+        .map(|l| tokio::task::spawn_blocking(move || l.run(drain_timeout)))
+        .collect();
+    for r in running {
+        if let Err(e) = r.await {
+            error!("an event loop failed: {e}");
+        }
+    }
     info!("stopped");
     Ok(())
 }
@@ -83,11 +118,7 @@ async fn run(args: Args, config: Config) -> Result<(), String> {
 /// The first SIGTERM/SIGINT starts a graceful drain, the second stops the loop at once; SIGHUP
 /// re-reads the configuration and swaps credentials in, which is how secrets are rotated without
 /// dropping allocations (reloads keep working while draining).
-async fn signals(
-    args: Args,
-    shutdown: watch::Sender<Shutdown>,
-    credentials: watch::Sender<switchboard_relay::turn::Credentials>,
-) {
+async fn signals(args: Args, control: Arc<Control>) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -95,8 +126,6 @@ async fn signals(
         signal(SignalKind::hangup()),
     ) else {
         warn!("cannot install signal handlers; stop the relay with SIGKILL");
-        // Keep the senders alive: dropping them would read as a shutdown request.
-        std::future::pending::<()>().await;
         return;
     };
     loop {
@@ -105,22 +134,17 @@ async fn signals(
             _ = int.recv() => "SIGINT",
             _ = hup.recv() => {
                 match Config::load(args.clone()) {
-                    Ok(c) => {
-                        let _ = credentials.send(c.credentials);
-                    }
+                    Ok(c) => control.set_credentials(c.credentials),
                     Err(e) => warn!("reload failed, keeping the old credentials: {e}"),
                 }
                 continue;
             }
         };
-        let next = match *shutdown.borrow() {
+        let next = match control.shutdown() {
             Shutdown::Run => Shutdown::Drain,
             Shutdown::Drain | Shutdown::Now => Shutdown::Now,
         };
         info!(signal = stop, "signal received, shutting down");
-        if shutdown.send(next).is_err() {
-            // The loop has already stopped.
-            return;
-        }
+        control.request(next);
     }
 }

@@ -14,9 +14,23 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::turn::Stats;
 
-/// Counters and gauges shared between the event loop (writer) and the HTTP endpoint (reader).
-#[derive(Debug, Default)]
+/// Counters and gauges shared between the event loops (writers, one slot each) and the HTTP
+/// endpoint (reader, which sums the slots).
+#[derive(Debug)]
 pub struct Metrics {
+    loops: Box<[LoopMetrics]>,
+    draining: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::with_loops(1)
+    }
+}
+
+/// What one event loop publishes.
+#[derive(Debug, Default)]
+struct LoopMetrics {
     allocations: AtomicU64,
     allocations_created: AtomicU64,
     tcp_connections: AtomicU64,
@@ -31,7 +45,6 @@ pub struct Metrics {
     dropped_rate_limited: AtomicU64,
     malformed: AtomicU64,
     send_errors: AtomicU64,
-    draining: AtomicU64,
 }
 
 /// Label values of `switchboard_relay_auth_failures_total`, in [`Metrics::auth_failures`] order.
@@ -46,7 +59,15 @@ const AUTH_REASONS: [&str; 7] = [
 ];
 
 impl Metrics {
-    /// Copies the core's counters and the shell's gauges.
+    /// Metrics for `loops` event loops.
+    pub fn with_loops(loops: usize) -> Self {
+        Self {
+            loops: (0..loops.max(1)).map(|_| LoopMetrics::default()).collect(),
+            draining: AtomicU64::new(0),
+        }
+    }
+
+    /// Copies the core's counters and the shell's gauges (single event loop).
     pub fn publish(
         &self,
         stats: &Stats,
@@ -54,14 +75,29 @@ impl Metrics {
         tcp_connections: usize,
         send_errors: u64,
     ) {
+        self.publish_loop(0, stats, allocations, tcp_connections, send_errors);
+    }
+
+    /// Copies event loop `id`'s counters and gauges.
+    pub fn publish_loop(
+        &self,
+        id: usize,
+        stats: &Stats,
+        allocations: usize,
+        tcp_connections: usize,
+        send_errors: u64,
+    ) {
+        let Some(m) = self.loops.get(id) else {
+            return;
+        };
         let set = |a: &AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
-        set(&self.allocations, allocations as u64);
-        set(&self.tcp_connections, tcp_connections as u64);
-        set(&self.allocations_created, stats.allocations_created);
-        set(&self.packets_to_peer, stats.packets_to_peer);
-        set(&self.bytes_to_peer, stats.bytes_to_peer);
-        set(&self.packets_to_client, stats.packets_to_client);
-        set(&self.bytes_to_client, stats.bytes_to_client);
+        set(&m.allocations, allocations as u64);
+        set(&m.tcp_connections, tcp_connections as u64);
+        set(&m.allocations_created, stats.allocations_created);
+        set(&m.packets_to_peer, stats.packets_to_peer);
+        set(&m.bytes_to_peer, stats.bytes_to_peer);
+        set(&m.packets_to_client, stats.packets_to_client);
+        set(&m.bytes_to_client, stats.bytes_to_client);
         let f = stats.auth_failures;
         let reasons = [
             f.missing_integrity,
@@ -72,15 +108,15 @@ impl Metrics {
             f.bad_integrity,
             f.wrong_credentials,
         ];
-        for (a, v) in self.auth_failures.iter().zip(reasons) {
+        for (a, v) in m.auth_failures.iter().zip(reasons) {
             set(a, v);
         }
-        set(&self.denied_peers, stats.denied_peers);
-        set(&self.quota_rejections, stats.quota_rejections);
-        set(&self.dropped_no_permission, stats.dropped_no_permission);
-        set(&self.dropped_rate_limited, stats.dropped_rate_limited);
-        set(&self.malformed, stats.malformed);
-        set(&self.send_errors, send_errors);
+        set(&m.denied_peers, stats.denied_peers);
+        set(&m.quota_rejections, stats.quota_rejections);
+        set(&m.dropped_no_permission, stats.dropped_no_permission);
+        set(&m.dropped_rate_limited, stats.dropped_rate_limited);
+        set(&m.malformed, stats.malformed);
+        set(&m.send_errors, send_errors);
     }
 
     /// Marks the relay as draining (graceful shutdown under way).
@@ -95,7 +131,13 @@ impl Metrics {
 
     /// Prometheus text exposition format 0.0.4.
     pub fn render(&self) -> String {
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        // A counter or gauge summed over the loops.
+        let sum = |f: fn(&LoopMetrics) -> &AtomicU64| -> u64 {
+            self.loops
+                .iter()
+                .map(|m| f(m).load(Ordering::Relaxed))
+                .sum()
+        };
         let mut out = String::with_capacity(2048);
         let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
             let _ = writeln!(out, "# HELP switchboard_relay_{name} {help}");
@@ -108,33 +150,33 @@ impl Metrics {
             "allocations",
             "gauge",
             "Live TURN allocations.",
-            &[("", get(&self.allocations))],
+            &[("", sum(|m| &m.allocations))],
         );
         metric(
             "draining",
             "gauge",
             "1 while draining after SIGTERM/SIGINT (new allocations refused), else 0.",
-            &[("", get(&self.draining))],
+            &[("", self.draining.load(Ordering::Relaxed))],
         );
         metric(
             "allocations_created_total",
             "counter",
             "TURN allocations created.",
-            &[("", get(&self.allocations_created))],
+            &[("", sum(|m| &m.allocations_created))],
         );
         metric(
             "tcp_connections",
             "gauge",
             "Open client TCP/TLS connections.",
-            &[("", get(&self.tcp_connections))],
+            &[("", sum(|m| &m.tcp_connections))],
         );
         metric(
             "relayed_packets_total",
             "counter",
             "Packets relayed, by direction (in = client to peer, out = peer to client).",
             &[
-                (r#"{direction="in"}"#, get(&self.packets_to_peer)),
-                (r#"{direction="out"}"#, get(&self.packets_to_client)),
+                (r#"{direction="in"}"#, sum(|m| &m.packets_to_peer)),
+                (r#"{direction="out"}"#, sum(|m| &m.packets_to_client)),
             ],
         );
         metric(
@@ -142,8 +184,8 @@ impl Metrics {
             "counter",
             "Payload bytes relayed, by direction (in = client to peer, out = peer to client).",
             &[
-                (r#"{direction="in"}"#, get(&self.bytes_to_peer)),
-                (r#"{direction="out"}"#, get(&self.bytes_to_client)),
+                (r#"{direction="in"}"#, sum(|m| &m.bytes_to_peer)),
+                (r#"{direction="out"}"#, sum(|m| &m.bytes_to_client)),
             ],
         );
         let labels: Vec<String> = AUTH_REASONS
@@ -153,7 +195,13 @@ impl Metrics {
         let samples: Vec<(&str, u64)> = labels
             .iter()
             .map(String::as_str)
-            .zip(self.auth_failures.iter().map(get))
+            .zip((0..AUTH_REASONS.len()).map(|i| {
+                self.loops
+                    .iter()
+                    .filter_map(|m| m.auth_failures.get(i))
+                    .map(|a| a.load(Ordering::Relaxed))
+                    .sum::<u64>()
+            }))
             .collect();
         metric(
             "auth_failures_total",
@@ -165,13 +213,13 @@ impl Metrics {
             "denied_peers_total",
             "counter",
             "Requests refused (403) by the peer address policy.",
-            &[("", get(&self.denied_peers))],
+            &[("", sum(|m| &m.denied_peers))],
         );
         metric(
             "quota_rejections_total",
             "counter",
             "Allocations refused by quota or capacity.",
-            &[("", get(&self.quota_rejections))],
+            &[("", sum(|m| &m.quota_rejections))],
         );
         metric(
             "dropped_packets_total",
@@ -180,14 +228,14 @@ impl Metrics {
             &[
                 (
                     r#"{reason="no_permission"}"#,
-                    get(&self.dropped_no_permission),
+                    sum(|m| &m.dropped_no_permission),
                 ),
                 (
                     r#"{reason="rate_limited"}"#,
-                    get(&self.dropped_rate_limited),
+                    sum(|m| &m.dropped_rate_limited),
                 ),
-                (r#"{reason="malformed"}"#, get(&self.malformed)),
-                (r#"{reason="send_error"}"#, get(&self.send_errors)),
+                (r#"{reason="malformed"}"#, sum(|m| &m.malformed)),
+                (r#"{reason="send_error"}"#, sum(|m| &m.send_errors)),
             ],
         );
         out
