@@ -411,7 +411,7 @@ impl EventLoop {
                 }
                 Output::ReleaseRelay(addr) => self.relays.release(addr),
                 Output::Event(Event::AllocationCreated { five_tuple, relay }) => {
-                    debug!(client = %redact(five_tuple.client), transport = ?five_tuple.transport, %relay, "allocation created");
+                    debug!(client = %redact(five_tuple.client), transport = ?five_tuple.transport, %relay, event_loop = self.id, "allocation created");
                 }
                 Output::Event(Event::AllocationDeleted {
                     five_tuple,

@@ -88,6 +88,15 @@ pub fn relay_port_range() -> (u16, u16) {
     (base, base + 49)
 }
 
+/// A wide relay port range (400 ports) for tests with hundreds of allocations, disjoint from
+/// [`relay_port_range`]'s.
+pub fn wide_relay_port_range() -> (u16, u16) {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let slot = NEXT.fetch_add(1, Ordering::Relaxed);
+    let base = 20_000 + (std::process::id() % 10) as u16 * 1_600 + slot * 400;
+    (base, base + 399)
+}
+
 /// A running relay; killed (by pid, whole process group) when dropped.
 pub struct Relay {
     child: Option<Child>,
@@ -104,8 +113,12 @@ impl Relay {
 
     /// Starts the relay with extra arguments (listen, realm and port range are set here).
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_with_ports(extra, relay_port_range())
+    }
+
+    /// Like [`Relay::start_with`], relaying on ports `low..=high`.
+    pub fn start_with_ports(extra: &[&str], (low, high): (u16, u16)) -> Self {
         let port = free_port();
-        let (low, high) = relay_port_range();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let log =
             std::env::temp_dir().join(format!("relay-test-{}-{port}.log", std::process::id()));
