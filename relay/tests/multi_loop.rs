@@ -5,6 +5,7 @@
 //! loop that accepted it. The allocation quota per user is shared by the loops.
 #![allow(
     clippy::unwrap_used,
+    clippy::indexing_slicing,
     clippy::panic,
     reason = "test: failures should be loud"
 )]
