@@ -45,6 +45,7 @@ struct LoopMetrics {
     dropped_rate_limited: AtomicU64,
     malformed: AtomicU64,
     send_errors: AtomicU64,
+    short_circuited: AtomicU64,
 }
 
 /// Label values of `switchboard_relay_auth_failures_total`, in [`Metrics::auth_failures`] order.
@@ -119,6 +120,14 @@ impl Metrics {
         set(&m.send_errors, send_errors);
     }
 
+    /// Records how many datagrams event loop `id` relayed between two of its allocations in
+    /// memory.
+    pub fn publish_short_circuited(&self, id: usize, n: u64) {
+        if let Some(m) = self.loops.get(id) {
+            m.short_circuited.store(n, Ordering::Relaxed);
+        }
+    }
+
     /// Marks the relay as draining (graceful shutdown under way).
     pub fn set_draining(&self, draining: bool) {
         self.draining.store(u64::from(draining), Ordering::Relaxed);
@@ -187,6 +196,13 @@ impl Metrics {
                 (r#"{direction="in"}"#, sum(|m| &m.bytes_to_peer)),
                 (r#"{direction="out"}"#, sum(|m| &m.bytes_to_client)),
             ],
+        );
+        metric(
+            "short_circuited_packets_total",
+            "counter",
+            "Packets relayed between two allocations of this relay in memory, without leaving \
+             one relayed socket and entering another.",
+            &[("", sum(|m| &m.short_circuited))],
         );
         let labels: Vec<String> = AUTH_REASONS
             .iter()

@@ -90,6 +90,8 @@ pub struct EventLoop {
     /// Relayed data for TCP/TLS clients from the current batch.
     pub(super) stream_out: Vec<Transmit>,
     pub(super) send_errors: u64,
+    /// Datagrams relayed between two allocations of this loop without a system call.
+    pub(super) short_circuited: u64,
     /// The core's next deadline.
     timeout: Option<Millis>,
     credentials_seen: u64,
@@ -201,6 +203,7 @@ impl EventLoop {
             outbox: Outbox::default(),
             stream_out: Vec::new(),
             send_errors: 0,
+            short_circuited: 0,
             timeout: None,
             credentials_seen: 0,
         })
@@ -347,8 +350,28 @@ impl EventLoop {
         Instant::now() + timeout
     }
 
-    /// Sends the datagrams queued while handling input, then closes released relay sockets.
+    /// Delivers relayed data for stream clients, sends the datagrams queued while handling
+    /// input, then closes released relay sockets.
     pub(super) fn flush(&mut self) {
+        for t in std::mem::take(&mut self.stream_out) {
+            if let Transmit::Client {
+                five_tuple,
+                payload,
+            } = t
+            {
+                match five_tuple.transport {
+                    Transport::Udp => match self.listener_of(five_tuple.server) {
+                        // A short-circuited datagram from a TCP client to a UDP one.
+                        Some(i) => {
+                            self.outbox
+                                .push_owned(Source::Listener(i), five_tuple.client, payload);
+                        }
+                        None => self.send_errors += 1,
+                    },
+                    Transport::Tcp | Transport::Tls => self.write_to_client(five_tuple, &payload),
+                }
+            }
+        }
         if !self.outbox.is_empty() {
             let (udp, relays) = (&self.udp, &self.relays);
             self.send_errors += self.outbox.flush(&self.rx, |s| match s {
@@ -357,15 +380,6 @@ impl EventLoop {
             });
         }
         self.relays.close_released();
-        for t in std::mem::take(&mut self.stream_out) {
-            if let Transmit::Client {
-                five_tuple,
-                payload,
-            } = t
-            {
-                self.write_to_client(five_tuple, &payload);
-            }
-        }
     }
 
     /// The listener a UDP 5-tuple's server address belongs to (a handful at most, so a scan).
@@ -444,6 +458,8 @@ impl EventLoop {
             self.conn_by_tuple.len(),
             self.send_errors,
         );
+        self.metrics
+            .publish_short_circuited(self.id, self.short_circuited);
     }
 
     /// Datagrams per receive call, exposed for the drain loop.

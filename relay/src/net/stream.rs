@@ -220,12 +220,25 @@ impl EventLoop {
                         payload,
                     }) = self.server.handle_datagram(ft, bytes, now)
                     {
-                        match self.relays.slot_of(&relay) {
-                            Some(s) => {
-                                self.outbox
-                                    .push_owned(Source::Relay(s), peer, payload.to_vec());
+                        if self.relays.slot_of(&peer).is_some() {
+                            // Short-circuit, as on the UDP path (see `udp.rs`).
+                            self.short_circuited += 1;
+                            if let Some(f) =
+                                self.server.handle_peer_datagram(peer, relay, payload, now)
+                            {
+                                self.stream_out.push(f.to_transmit());
                             }
-                            None => self.send_errors += 1,
+                        } else {
+                            match self.relays.slot_of(&relay) {
+                                Some(s) => {
+                                    self.outbox.push_owned(
+                                        Source::Relay(s),
+                                        peer,
+                                        payload.to_vec(),
+                                    );
+                                }
+                                None => self.send_errors += 1,
+                            }
                         }
                     }
                     start += consumed;

@@ -47,6 +47,7 @@ impl EventLoop {
                 udp,
                 stream_out,
                 send_errors,
+                short_circuited,
                 ..
             } = self;
             for (from, range) in rx.datagrams(n) {
@@ -62,9 +63,26 @@ impl EventLoop {
                     }
                     Source::Relay(_) => server.handle_peer_datagram(local, from, bytes, now),
                 };
-                let Some(forward) = forward else {
+                let Some(mut forward) = forward else {
                     continue;
                 };
+                // Short-circuit: data for the relayed address of another allocation of this
+                // loop goes straight to that allocation's peer-side handling (which checks its
+                // permissions), instead of out of one relay socket and back in through another.
+                // What its client receives is the same, byte for byte.
+                if let Forward::ToPeer {
+                    relay,
+                    peer,
+                    payload,
+                } = forward
+                    && relays.slot_of(&peer).is_some()
+                {
+                    *short_circuited += 1;
+                    match server.handle_peer_datagram(peer, relay, payload, now) {
+                        Some(f) => forward = f,
+                        None => continue,
+                    }
+                }
                 match forward {
                     Forward::ToPeer {
                         relay,
