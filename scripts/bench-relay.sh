@@ -90,9 +90,7 @@ start_relay "$ROOT/target/release/relay" 35478 53000-53999 1; RELAY_PID=$LAST_PI
 start_coturn 35479 54000 54999 1; COTURN_PID=$LAST_PID
 BEFORE_PID=
 if [ -n "${BEFORE_RELAY:-}" ]; then
-  start_relay "$BEFORE_RELAY" 35477 55000 55999 1; BEFORE_PID=$LAST_PID
-  # Port ranges must be LOW-HIGH for the old binary too.
-  :
+  start_relay "$BEFORE_RELAY" 35477 55000-55999 1; BEFORE_PID=$LAST_PID
 fi
 header
 for clients in $CLIENTS; do

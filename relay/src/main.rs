@@ -106,11 +106,15 @@ async fn run(args: Args, config: Config) -> Result<(), String> {
         .into_iter()
         .map(|l| tokio::task::spawn_blocking(move || l.run(drain_timeout)))
         .collect();
+    // Stopped loops are kept (with their listening sockets) until all have stopped.
+    let mut stopped = Vec::with_capacity(running.len());
     for r in running {
-        if let Err(e) = r.await {
-            error!("an event loop failed: {e}");
+        match r.await {
+            Ok(l) => stopped.push(l),
+            Err(e) => error!("an event loop failed: {e}"),
         }
     }
+    drop(stopped);
     info!("stopped");
     Ok(())
 }

@@ -213,7 +213,11 @@ impl EventLoop {
     /// allocations and TCP/TLS connections, keeps serving the existing allocations, and returns
     /// once none is left or `drain_timeout` has passed (at once if it is zero);
     /// [`Shutdown::Now`] returns at once.
-    pub fn run(mut self, drain_timeout: Duration) {
+    ///
+    /// The loop is handed back: its UDP listeners must stay open until every loop of the
+    /// process has stopped, because closing one would change how SO_REUSEPORT spreads clients
+    /// over the remaining loops and send clients of a loop still draining to another.
+    pub fn run(mut self, drain_timeout: Duration) -> Self {
         let mut events: Vec<epoll::Event> = Vec::with_capacity(256);
         let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
         let mut drain_deadline: Option<Instant> = None;
@@ -310,6 +314,7 @@ impl EventLoop {
             "shutting down"
         );
         self.housekeeping();
+        self
     }
 
     fn on_ready(&mut self, data: u64) {
