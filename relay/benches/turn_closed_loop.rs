@@ -108,14 +108,8 @@ fn main() {
                 return c2c_pair(&args, i, stop.clone());
             }
             let peer = common::echo_thread(stop.clone());
-            let mut client = common::TurnClient::rest(
-                args.server,
-                &args.secret,
-                &format!("bench{i}"),
-                common::unix_now() + 3600,
-            );
+            let (mut client, _) = allocated_client(&args, &format!("bench{i}"));
             for (what, reply) in [
-                ("allocate", client.allocate()),
                 ("permission", client.permit(peer)),
                 ("channel bind", client.bind_channel(CHANNEL, peer)),
             ] {
@@ -199,6 +193,24 @@ fn main() {
     );
 }
 
+/// A TURN client with an allocation. Allocations of earlier runs live on (600 s), so a reused
+/// ephemeral port can meet one of them (437): then another socket is tried.
+fn allocated_client(args: &Args, user: &str) -> (common::TurnClient, SocketAddr) {
+    for _ in 0..20 {
+        let mut client =
+            common::TurnClient::rest(args.server, &args.secret, user, common::unix_now() + 3600);
+        let reply = client.allocate();
+        if reply.is_success() {
+            let relayed = reply
+                .xor(switchboard_relay::stun::attributes::XOR_RELAYED_ADDRESS)
+                .expect("XOR-RELAYED-ADDRESS");
+            return (client, relayed);
+        }
+        assert_eq!(reply.code(), Some(437), "{user}: allocate refused");
+    }
+    panic!("{user}: no free 5-tuple after 20 attempts");
+}
+
 /// User + system CPU seconds of `pid` (all its threads), from `/proc/PID/stat`.
 fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -213,16 +225,8 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
 /// One client-to-client pair: allocations A and B, each with a channel to the other's relayed
 /// address; B echoes every ChannelData back through the server. Returns A's socket.
 fn c2c_pair(args: &Args, i: usize, stop: Arc<AtomicBool>) -> UdpSocket {
-    let expires = common::unix_now() + 3600;
-    let mut a = common::TurnClient::rest(args.server, &args.secret, &format!("c2c{i}a"), expires);
-    let mut b = common::TurnClient::rest(args.server, &args.secret, &format!("c2c{i}b"), expires);
-    let a_relay = a
-        .allocate()
-        .xor(switchboard_relay::stun::attributes::XOR_RELAYED_ADDRESS);
-    let b_relay = b
-        .allocate()
-        .xor(switchboard_relay::stun::attributes::XOR_RELAYED_ADDRESS);
-    let (a_relay, b_relay) = (a_relay.expect("A allocated"), b_relay.expect("B allocated"));
+    let (mut a, a_relay) = allocated_client(args, &format!("c2c{i}a"));
+    let (mut b, b_relay) = allocated_client(args, &format!("c2c{i}b"));
     for (what, reply) in [
         ("A channel", a.bind_channel(CHANNEL, b_relay)),
         ("B channel", b.bind_channel(CHANNEL, a_relay)),
