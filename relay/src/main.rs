@@ -100,7 +100,19 @@ async fn run(args: Args, config: Config) -> Result<(), String> {
     }
     info!(relay_ips = ?config.relay_ips, realm = %config.realm, threads, "relay ready");
 
-    tokio::spawn(signals(args, control));
+    // Handlers are installed before the loops start serving, so a signal sent as soon as the
+    // relay answers is never met by the default action (termination).
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(term), Ok(int), Ok(hup)) => {
+            tokio::spawn(signals(args, control, term, int, hup));
+        }
+        _ => warn!("cannot install signal handlers; stop the relay with SIGKILL"),
+    }
     let drain_timeout = config.drain_timeout;
     let running: Vec<_> = loops
         .into_iter()
@@ -122,16 +134,13 @@ async fn run(args: Args, config: Config) -> Result<(), String> {
 /// The first SIGTERM/SIGINT starts a graceful drain, the second stops the loop at once; SIGHUP
 /// re-reads the configuration and swaps credentials in, which is how secrets are rotated without
 /// dropping allocations (reloads keep working while draining).
-async fn signals(args: Args, control: Arc<Control>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        warn!("cannot install signal handlers; stop the relay with SIGKILL");
-        return;
-    };
+async fn signals(
+    args: Args,
+    control: Arc<Control>,
+    mut term: tokio::signal::unix::Signal,
+    mut int: tokio::signal::unix::Signal,
+    mut hup: tokio::signal::unix::Signal,
+) {
     loop {
         let stop = tokio::select! {
             _ = term.recv() => "SIGTERM",

@@ -221,6 +221,7 @@ impl EventLoop {
         let mut events: Vec<epoll::Event> = Vec::with_capacity(256);
         let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
         let mut drain_deadline: Option<Instant> = None;
+        let mut drained = false;
         let now = self.clock.now();
         self.after_input(now);
         loop {
@@ -256,8 +257,14 @@ impl EventLoop {
                 self.server.set_credentials(c);
             }
             if drain_deadline.is_some() && self.server.allocation_count() == 0 {
-                info!("drain complete: no allocations left");
-                break;
+                if !drained {
+                    drained = true;
+                    self.control.mark_drained();
+                }
+                if self.control.all_drained() {
+                    info!("drain complete: no allocations left");
+                    break;
+                }
             }
             let instant = Instant::now();
             if drain_deadline.is_some_and(|d| instant >= d) {

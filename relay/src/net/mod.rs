@@ -21,7 +21,7 @@ mod udp;
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub use event_loop::{EventLoop, LoopConfig};
@@ -72,6 +72,8 @@ pub struct Control {
     shutdown: AtomicU8,
     credentials: Mutex<Credentials>,
     credentials_version: AtomicU64,
+    /// Loops that have drained (no allocation left); the process stops when all have.
+    drained: AtomicUsize,
     wakers: Vec<OwnedFd>,
 }
 
@@ -86,6 +88,7 @@ impl Control {
             shutdown: AtomicU8::new(0),
             credentials: Mutex::new(credentials),
             credentials_version: AtomicU64::new(0),
+            drained: AtomicUsize::new(0),
             wakers,
         }))
     }
@@ -133,6 +136,21 @@ impl Control {
         }
         *seen = v;
         self.credentials.lock().ok().map(|c| c.clone())
+    }
+
+    /// Records that one loop has no allocation left while draining (call once per loop); wakes
+    /// every loop when it was the last.
+    fn mark_drained(&self) {
+        if self.drained.fetch_add(1, Ordering::SeqCst) + 1 >= self.wakers.len() {
+            self.wake_all();
+        }
+    }
+
+    /// Whether every loop has drained. Loops keep serving until then: a loop that stopped
+    /// reading its share of the SO_REUSEPORT listeners would leave the clients the kernel
+    /// hashes to it (such as new clients, who should get 508) unanswered.
+    fn all_drained(&self) -> bool {
+        self.drained.load(Ordering::SeqCst) >= self.wakers.len()
     }
 
     fn waker(&self, i: usize) -> Option<&OwnedFd> {
