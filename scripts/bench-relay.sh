@@ -1,12 +1,22 @@
 #!/usr/bin/env bash
-# Relay benchmark: the Switchboard relay and coturn, started side by side in
-# this run on loopback with the same settings, measured by the same client
-# (relay/benches/turn_closed_loop.rs). Prints Markdown tables; with --write, also replaces
-# the relay section of docs/BENCHMARKS.md.
+# Relay benchmark: the Switchboard relay and coturn, started side by side in this run on
+# loopback with the same settings, measured by the same closed-loop client
+# (relay/benches/turn_closed_loop.rs). Prints Markdown tables.
+#
+#   bash scripts/bench-relay.sh            # full run (~10 min on 2 cores)
+#   BENCH_SMOKE=1 bash scripts/bench-relay.sh   # a few seconds: one row per table (CI)
+#   BEFORE_RELAY=/path/to/old/relay bash scripts/bench-relay.sh   # adds "before" rows
+#   BENCH_CALLGRIND=1 ...                   # instructions per relayed packet under callgrind
+#
+# Per-core figures come from the servers' own CPU time (/proc/PID/stat, all threads): "µs CPU
+# per packet" is server CPU per relayed packet (a round trip relays two; client to client,
+# four), "round trips per core-s" is round trips per second of server CPU. The client runs on
+# the same machine and competes for the same cores, so totals depend on the box; compare rows
+# within one run only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-WRITE=0; [ "${1:-}" = --write ] && WRITE=1
+SMOKE=${BENCH_SMOKE:-0}
 HOLD=${BENCH_HOLD:-9000}
 command -v turnserver >/dev/null || bash scripts/install.sh
 cargo build --release -q -p switchboard-relay
@@ -27,73 +37,130 @@ trap 'stop_servers; rm -rf "$WORK"' EXIT
 # Holding thousands of allocations needs one relayed socket each.
 ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-# start_servers RELAY_PORTS COTURN_MIN COTURN_MAX: our relay on :35478, coturn on :35479.
-start_servers() {
-  RELAY_SECRET=$SECRET setsid "$ROOT/target/release/relay" --listen 127.0.0.1:35478 --realm interop \
-    --allow-loopback-peers --port-range "$1" --metrics-listen 127.0.0.1:35490 \
-    --bandwidth-per-allocation 0 --max-allocations 20000 --drain-timeout 0 \
-    > "$WORK/relay.log" 2>&1 < /dev/null &
-  RELAY_PID=$!
-  PGIDS+=("$RELAY_PID")
-  rm -f "$WORK/turnserver.pid"
-  setsid turnserver -n --listening-ip=127.0.0.1 --relay-ip=127.0.0.1 --listening-port=35479 \
-    --use-auth-secret --static-auth-secret="$SECRET" --realm=interop --allow-loopback-peers \
-    --no-cli --no-tls --no-dtls --min-port="$2" --max-port="$3" --pidfile="$WORK/turnserver.pid" \
-    --log-file="$WORK/coturn.log" --simple-log --no-stdout-log > /dev/null 2>&1 < /dev/null &
+# start_relay BIN PORT PORTS THREADS [WRAPPER...]: a relay on 127.0.0.1:PORT.
+start_relay() {
+  local bin=$1 port=$2 ports=$3 threads=$4; shift 4
+  local extra=()
+  # The relay from before this work has no --threads.
+  "$bin" --help | grep -q -- --threads && extra=(--threads "$threads")
+  RELAY_SECRET=$SECRET setsid "$@" "$bin" --listen "127.0.0.1:$port" --realm interop \
+    --allow-loopback-peers --port-range "$ports" --bandwidth-per-allocation 0 \
+    --max-allocations 20000 --max-allocations-per-user 20000 --drain-timeout 0 "${extra[@]}" \
+    > "$WORK/relay-$port.log" 2>&1 < /dev/null &
   PGIDS+=($!)
-  for _ in $(seq 1 50); do curl -sf http://127.0.0.1:35490/healthz >/dev/null && break; sleep 0.1; done
-  for _ in $(seq 1 50); do [ -s "$WORK/turnserver.pid" ] && break; sleep 0.1; done
-  COTURN_PID=$(cat "$WORK/turnserver.pid")
+  LAST_PID=$!
+  for _ in $(seq 1 100); do grep -q "relay ready" "$WORK/relay-$port.log" && break; sleep 0.1; done
 }
 
-THROUGHPUT="$WORK/throughput.md"
-start_servers 53000-53999 54000 54999
-{
-  echo "| server | clients | payload B | packets/s | lost % | RTT p50 µs | RTT p99 µs | RTT max µs |"
-  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-  for cfg in "1 100" "1 1200" "8 100" "8 1200"; do
-    for srv in "switchboard 127.0.0.1:35478" "coturn 127.0.0.1:35479"; do
-      set -- $cfg $srv
-      bench --server "$4" --secret "$SECRET" --label "$3" \
-        --clients "$1" --payload "$2" --packets 20000 --window 32 --latency-packets 2000
-    done
+# start_coturn PORT MIN MAX THREADS: coturn with THREADS relay threads.
+start_coturn() {
+  rm -f "$WORK/turnserver-$1.pid"
+  setsid turnserver -n --listening-ip=127.0.0.1 --relay-ip=127.0.0.1 --listening-port="$1" \
+    --use-auth-secret --static-auth-secret="$SECRET" --realm=interop --allow-loopback-peers \
+    --no-cli --no-tls --no-dtls --min-port="$2" --max-port="$3" --relay-threads="$4" \
+    --pidfile="$WORK/turnserver-$1.pid" --log-file="$WORK/coturn-$1.log" --simple-log \
+    --no-stdout-log > /dev/null 2>&1 < /dev/null &
+  PGIDS+=($!)
+  for _ in $(seq 1 50); do [ -s "$WORK/turnserver-$1.pid" ] && break; sleep 0.1; done
+  LAST_PID=$(cat "$WORK/turnserver-$1.pid")
+}
+
+header() {
+  echo "| server | clients | payload B | round trips/s | lost % | server CPU s | µs CPU per packet | round trips per core-s | RTT p50 µs | RTT p99 µs | RTT max µs |"
+  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+}
+
+# row LABEL ADDR PID CLIENTS PAYLOAD [EXTRA...]
+row() {
+  local label=$1 addr=$2 pid=$3 clients=$4 payload=$5; shift 5
+  local total=${BENCH_PACKETS:-200000}
+  [ "$SMOKE" = 1 ] && total=4000
+  local per=$(( total / clients )); [ "$per" -lt 500 ] && per=500
+  bench --server "$addr" --secret "$SECRET" --label "$label" --server-pid "$pid" \
+    --clients "$clients" --payload "$payload" --packets "$per" --window 32 \
+    --latency-packets "$([ "$SMOKE" = 1 ] && echo 50 || echo 500)" "$@"
+}
+
+CLIENTS="1 8 64"; PAYLOADS="100 1200"
+[ "$SMOKE" = 1 ] && CLIENTS="8" && PAYLOADS="100"
+
+echo "### One event loop (\`--threads 1\`) vs coturn with one relay thread"
+echo
+start_relay "$ROOT/target/release/relay" 35478 53000-53999 1; RELAY_PID=$LAST_PID
+start_coturn 35479 54000 54999 1; COTURN_PID=$LAST_PID
+BEFORE_PID=
+if [ -n "${BEFORE_RELAY:-}" ]; then
+  start_relay "$BEFORE_RELAY" 35477 55000-55999 1; BEFORE_PID=$LAST_PID
+fi
+header
+for clients in $CLIENTS; do
+  for payload in $PAYLOADS; do
+    row switchboard 127.0.0.1:35478 "$RELAY_PID" "$clients" "$payload"
+    [ -n "$BEFORE_PID" ] && row "switchboard before" 127.0.0.1:35477 "$BEFORE_PID" "$clients" "$payload"
+    row coturn 127.0.0.1:35479 "$COTURN_PID" "$clients" "$payload"
   done
-} | tee "$THROUGHPUT"
+done
+for payload in $PAYLOADS; do
+  bench --server 127.0.0.1:9 --secret x --label "raw UDP echo (recvmmsg/sendmmsg, no TURN)" \
+    --raw-echo --clients 8 --payload "$payload" --packets "$([ "$SMOKE" = 1 ] && echo 500 || echo 25000)" --window 32
+done
+echo
+echo "### Client to client: pairs of allocations on the same server (8 pairs)"
+echo
+header
+for payload in $PAYLOADS; do
+  row "switchboard (in memory)" 127.0.0.1:35478 "$RELAY_PID" 8 "$payload" --c2c
+  [ -n "$BEFORE_PID" ] && row "switchboard before" 127.0.0.1:35477 "$BEFORE_PID" 8 "$payload" --c2c
+  row coturn 127.0.0.1:35479 "$COTURN_PID" 8 "$payload" --c2c
+done
+stop_servers
+echo
+
+echo "### Two event loops (\`--threads 2\`) vs coturn with two relay threads"
+echo
+start_relay "$ROOT/target/release/relay" 35478 53000-53999 2; RELAY_PID=$LAST_PID
+start_coturn 35479 54000 54999 2; COTURN_PID=$LAST_PID
+header
+for clients in $([ "$SMOKE" = 1 ] && echo 8 || echo "8 64"); do
+  for payload in $PAYLOADS; do
+    row "switchboard --threads 2" 127.0.0.1:35478 "$RELAY_PID" "$clients" "$payload"
+    row "coturn --relay-threads 2" 127.0.0.1:35479 "$COTURN_PID" "$clients" "$payload"
+  done
+done
+stop_servers
+echo
+
+[ "$SMOKE" = 1 ] && HOLD=200
+echo "### Resident memory while holding $HOLD idle allocations"
+echo
+start_relay "$ROOT/target/release/relay" 35478 10000-19999 1; RELAY_PID=$LAST_PID
+start_coturn 35479 20000 29999 1; COTURN_PID=$LAST_PID
+echo "| server | allocations held | seconds to create | RSS before KiB | RSS after KiB | bytes per allocation |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+bench --server 127.0.0.1:35478 --secret "$SECRET" --label switchboard --hold "$HOLD" --server-pid "$RELAY_PID" --max-seconds 120
+bench --server 127.0.0.1:35479 --secret "$SECRET" --label coturn --hold "$HOLD" --server-pid "$COTURN_PID" --max-seconds 120
 stop_servers
 
-MEMORY="$WORK/memory.md"
-start_servers 10000-19999 20000 29999
-{
+if [ "${BENCH_CALLGRIND:-0}" = 1 ] && command -v valgrind >/dev/null; then
+  # Instructions counted by callgrind in two runs of the same relay, 1000 and 6000 closed-loop
+  # round trips (1 client, 100 B, one in flight); the difference divided by the 10,000 relayed
+  # packets in between is the cost per packet without start-up and allocation.
   echo
-  echo "| server | allocations held | seconds to create | RSS before KiB | RSS after KiB | bytes per allocation |"
-  echo "| --- | ---: | ---: | ---: | ---: | ---: |"
-  bench --server 127.0.0.1:35478 --secret "$SECRET" --label switchboard --hold "$HOLD" --server-pid "$RELAY_PID" --max-seconds 120
-  bench --server 127.0.0.1:35479 --secret "$SECRET" --label coturn --hold "$HOLD" --server-pid "$COTURN_PID" --max-seconds 120
-} | tee "$MEMORY"
-stop_servers
-
-if [ "$WRITE" = 1 ]; then
-  python3 - "$THROUGHPUT" "$MEMORY" "$HOLD" <<'PY'
-import re, sys, datetime, subprocess
-def sh(cmd): return subprocess.run(cmd, shell=True, capture_output=True, text=True).stdout.strip()
-throughput, memory = open(sys.argv[1]).read().strip(), open(sys.argv[2]).read().strip()
-cpu = sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2")
-section = f"""<!-- relay:begin -->
-Measured {datetime.date.today()} on {cpu} ({sh('nproc')} cores), loopback, coturn {sh("dpkg-query -W -f='${Version}' coturn")}.
-Command: `bash scripts/bench-relay.sh --write`
-
-{throughput}
-
-Resident memory of each server process while holding {sys.argv[3]} idle allocations
-(Allocate only, no permissions or channels; each allocation also costs one relayed UDP socket in the kernel,
-which RSS does not include):
-
-{memory}
-<!-- relay:end -->"""
-path = "docs/BENCHMARKS.md"
-doc = open(path).read()
-doc = re.sub(r"<!-- relay:begin -->.*<!-- relay:end -->", lambda _: section, doc, flags=re.S)
-open(path, "w").write(doc)
-PY
-  echo "docs/BENCHMARKS.md updated"
+  echo "### Instructions per relayed packet (callgrind, one loop, 1 client, 100 B)"
+  echo
+  echo "| relay | instructions, 1000 round trips | instructions, 6000 round trips | instructions per relayed packet |"
+  echo "| --- | ---: | ---: | ---: |"
+  for which in after before; do
+    bin=$ROOT/target/release/relay; [ "$which" = before ] && bin=${BEFORE_RELAY:-}
+    [ -z "$bin" ] && continue
+    counts=()
+    for n in 1000 6000; do
+      start_relay "$bin" 35476 56000-56099 1 valgrind --tool=callgrind --callgrind-out-file="$WORK/cg-$which-$n.out"
+      bench --server 127.0.0.1:35476 --secret "$SECRET" --label x --clients 1 --payload 100 \
+        --packets "$n" --window 1 --latency-packets 1 --max-seconds 300 > /dev/null
+      stop_servers
+      counts+=("$(awk '/^summary:/ {print $2; exit}' "$WORK/cg-$which-$n.out")")
+    done
+    echo "| $which | ${counts[0]} | ${counts[1]} | $(( (counts[1] - counts[0]) / 10000 )) |"
+  done
 fi

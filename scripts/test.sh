@@ -42,6 +42,8 @@ bash tests/interop/run.sh
 
 step "relay dashboard: every query of docs/grafana-relay.json against a real Prometheus scrape"
 bash tests/dashboard/run.sh
+step "relay benchmark, smoke size (our relay and coturn side by side; full run: scripts/bench-relay.sh)"
+BENCH_SMOKE=1 unshare -n bash -c 'ip link set lo up && exec bash scripts/bench-relay.sh'
 
 step "fuzz: a short run of each parser (libFuzzer)"
 bash scripts/fuzz.sh "${FUZZ_SECONDS:-20}"

@@ -26,6 +26,21 @@ impl Millis {
     pub fn as_secs(self) -> u64 {
         self.0 / 1000
     }
+
+    /// From whole seconds since the Unix epoch (TURN REST expiries are seconds).
+    pub const fn from_secs(s: u64) -> Millis {
+        Millis(s.saturating_mul(1000))
+    }
+
+    /// This instant plus `d`, saturating (sub-millisecond parts are dropped).
+    pub fn saturating_add(self, d: std::time::Duration) -> Millis {
+        self.plus(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// Time from `earlier` to `self`, zero if `earlier` is later.
+    pub fn duration_since(self, earlier: Millis) -> std::time::Duration {
+        std::time::Duration::from_millis(self.since(earlier))
+    }
 }
 
 /// A per-recipient frame sequence number (`seq` on the wire).

@@ -27,14 +27,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use switchboard_relay::stun::attributes::{self as attr, AddressFamily};
+use switchboard_relay::stun::attributes as attr;
 use switchboard_relay::stun::{
     Class, IntegrityKey, IntegrityKind, Message, MessageBuilder, MessageType, Method, TransactionId,
 };
 use switchboard_relay::turn::auth::rest_password;
 use switchboard_relay::turn::{
-    Allocation, ChannelBinding, Credentials, FiveTuple, Permission, PortRequest, RelayAllocator,
-    Server, ServerConfig, Timestamp, Transmit, Transport,
+    Allocation, BindFailure, ChannelBinding, Credentials, FiveTuple, Millis, Output, Permission,
+    PortRequest, Server, ServerConfig, Transmit, Transport,
 };
 
 /// Counts live heap bytes (as requested by callers; malloc's own overhead is not included).
@@ -104,11 +104,8 @@ struct MemoryPorts {
     next: u32,
 }
 
-impl RelayAllocator for MemoryPorts {
-    fn supports(&self, family: AddressFamily) -> bool {
-        family == AddressFamily::V4
-    }
-
+impl MemoryPorts {
+    /// The shell's answer to a request for a relay socket.
     fn allocate(&mut self, request: PortRequest) -> Option<SocketAddr> {
         match request {
             PortRequest::Any(_) | PortRequest::Even { .. } => {
@@ -120,16 +117,6 @@ impl RelayAllocator for MemoryPorts {
             PortRequest::Reserved(_) => None,
         }
     }
-
-    fn supports_dont_fragment(&self) -> bool {
-        true
-    }
-
-    fn set_dont_fragment(&mut self, _relay: SocketAddr) -> bool {
-        true
-    }
-
-    fn release(&mut self, _relay: SocketAddr) {}
 }
 
 /// One simulated client: its 5-tuple, REST credential and nonce.
@@ -168,7 +155,7 @@ impl Client {
         &mut self,
         server: &mut Server,
         ports: &mut MemoryPorts,
-        now: Timestamp,
+        now: Millis,
         method: Method,
         attrs: &dyn Fn(&mut MessageBuilder),
     ) -> Vec<u8> {
@@ -185,19 +172,24 @@ impl Client {
                 .integrity(IntegrityKind::Sha1, &self.key);
         }
         let req = b.fingerprint().finish();
-        server.handle_datagram(self.ft, &req, now, ports);
+        let _ = server.handle_datagram(self.ft, &req, now);
         let mut response = None;
-        while let Some(t) = server.poll_transmit() {
-            if let Transmit::Client { payload, .. } = t {
-                response = Some(payload);
+        loop {
+            match server.poll_output() {
+                Output::Transmit(Transmit::Client { payload, .. }) => response = Some(payload),
+                Output::BindRelay { id, request, .. } => {
+                    let result = ports.allocate(request).ok_or(BindFailure::NoPort);
+                    server.handle_relay_bound(id, result, now);
+                }
+                Output::Timeout(_) => break,
+                _ => {}
             }
         }
-        while server.poll_event().is_some() {}
         response.expect("a response")
     }
 
     /// Allocate: the 401 challenge, then the authenticated request.
-    fn allocate(&mut self, server: &mut Server, ports: &mut MemoryPorts, now: Timestamp) {
+    fn allocate(&mut self, server: &mut Server, ports: &mut MemoryPorts, now: Millis) {
         let transport = |b: &mut MessageBuilder| {
             b.attr(
                 attr::REQUESTED_TRANSPORT,
@@ -217,7 +209,7 @@ impl Client {
         &mut self,
         server: &mut Server,
         ports: &mut MemoryPorts,
-        now: Timestamp,
+        now: Millis,
         peer: SocketAddr,
     ) {
         let ok = self.request(server, ports, now, Method::CREATE_PERMISSION, &|b| {
@@ -261,7 +253,7 @@ fn per(bytes: usize, n: usize) -> f64 {
 fn main() {
     let n: u32 = env_or("BENCH_ALLOCATIONS", 100_000);
     let count = n as usize;
-    let now = Timestamp::from_secs(NOW_SECS);
+    let now = Millis::from_secs(NOW_SECS);
     // 203.0.113.0/24 is a documentation range, refused by default: open it for the peers.
     let peer: SocketAddr = "203.0.113.7:5000".parse().unwrap();
 

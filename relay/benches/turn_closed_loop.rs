@@ -9,7 +9,15 @@
 //!
 //! - throughput: each client keeps `--window` packets in flight for `--packets` packets;
 //! - latency: one packet in flight at a time (`--latency-packets`), p50/p99/max of the RTT;
-//! - `--hold N`: create N allocations and report the server's RSS growth per allocation.
+//! - `--hold N`: create N allocations and report the server's RSS growth per allocation;
+//! - `--server-pid`: also report the server's CPU time (user + system, all threads, from
+//!   `/proc/PID/stat`) per relayed packet and round trips per second per server core
+//!   (round trips / server CPU seconds), so servers using different numbers of cores compare;
+//! - `--c2c`: client to client: each "client" is a pair of allocations on the server, bound to
+//!   each other's relayed address; one side sends, the other echoes through the server (what
+//!   two browsers relayed by one node do);
+//! - `--raw-echo`: no TURN at all, a plain UDP echo server thread (recvmmsg/sendmmsg through
+//!   quinn-udp and rustix): the loopback ceiling for this client on this machine.
 //!
 //! Every loop is bounded by a packet count and by `--max-seconds`.
 //! Run: `cargo bench -p switchboard-relay --bench turn_closed_loop -- --server 127.0.0.1:3478 --secret S`
@@ -71,6 +79,12 @@ struct Args {
     /// Pid of the server process, to read its resident memory from /proc.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Client to client: pairs of allocations echoing through the server.
+    #[arg(long)]
+    c2c: bool,
+    /// Measure a raw UDP echo server (recvmmsg/sendmmsg) instead of a TURN server.
+    #[arg(long)]
+    raw_echo: bool,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -85,17 +99,17 @@ fn main() {
     let payload = args.payload.max(16);
     let limit = Duration::from_secs(args.max_seconds);
     let stop = Arc::new(AtomicBool::new(false));
+    if args.raw_echo {
+        return raw_echo(&args, payload, limit);
+    }
     let sockets: Vec<UdpSocket> = (0..args.clients)
         .map(|i| {
+            if args.c2c {
+                return c2c_pair(&args, i, stop.clone());
+            }
             let peer = common::echo_thread(stop.clone());
-            let mut client = common::TurnClient::rest(
-                args.server,
-                &args.secret,
-                &format!("bench{i}"),
-                common::unix_now() + 3600,
-            );
+            let (mut client, _) = allocated_client(&args, &format!("bench{i}"));
             for (what, reply) in [
-                ("allocate", client.allocate()),
                 ("permission", client.permit(peer)),
                 ("channel bind", client.bind_channel(CHANNEL, peer)),
             ] {
@@ -114,6 +128,7 @@ fn main() {
         .collect();
 
     // Throughput: all clients at once, each on its own thread.
+    let cpu_before = args.server_pid.and_then(cpu_seconds);
     let started = Instant::now();
     let (received, lost) = std::thread::scope(|s| {
         let handles: Vec<_> = sockets
@@ -128,6 +143,11 @@ fn main() {
             .fold((0, 0), |(r, l), (got, missing)| (r + got, l + missing))
     });
     let pps = received as f64 / started.elapsed().as_secs_f64();
+    let cpu = args
+        .server_pid
+        .and_then(cpu_seconds)
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
 
     // Latency: one in flight per client, all clients concurrently.
     let mut micros: Vec<u64> = std::thread::scope(|s| {
@@ -144,16 +164,164 @@ fn main() {
     });
     stop.store(true, Ordering::Relaxed);
     micros.sort_unstable();
+    // A round trip is two relayed packets (there and back); client to client, four.
+    let relayed_per_round_trip = if args.c2c { 4.0 } else { 2.0 };
+    let (cpu_s, us_per_packet, per_core) = match cpu {
+        Some(c) if c > 0.0 => (
+            format!("{c:.2}"),
+            format!(
+                "{:.2}",
+                c * 1e6 / (received as f64 * relayed_per_round_trip)
+            ),
+            format!("{:.0}", received as f64 / c),
+        ),
+        _ => ("-".into(), "-".into(), "-".into()),
+    };
     println!(
-        "| {} | {} | {} | {:.0} | {:.2} | {} | {} | {} |",
+        "| {} | {} | {} | {:.0} | {:.2} | {} | {} | {} | {} | {} | {} |",
         args.label,
         args.clients,
         payload,
         pps,
         100.0 * lost as f64 / (received + lost).max(1) as f64,
+        cpu_s,
+        us_per_packet,
+        per_core,
         common::percentile(&micros, 0.50),
         common::percentile(&micros, 0.99),
         micros.last().copied().unwrap_or(0),
+    );
+}
+
+/// A TURN client with an allocation. Allocations of earlier runs live on (600 s), so a reused
+/// ephemeral port can meet one of them (437): then another socket is tried.
+fn allocated_client(args: &Args, user: &str) -> (common::TurnClient, SocketAddr) {
+    for _ in 0..20 {
+        let mut client =
+            common::TurnClient::rest(args.server, &args.secret, user, common::unix_now() + 3600);
+        let reply = client.allocate();
+        if reply.is_success() {
+            let relayed = reply
+                .xor(switchboard_relay::stun::attributes::XOR_RELAYED_ADDRESS)
+                .expect("XOR-RELAYED-ADDRESS");
+            return (client, relayed);
+        }
+        assert_eq!(reply.code(), Some(437), "{user}: allocate refused");
+    }
+    panic!("{user}: no free 5-tuple after 20 attempts");
+}
+
+/// User + system CPU seconds of `pid` (all its threads), from `/proc/PID/stat`.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start at state (field 3).
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // USER_HZ is 100 on Linux.
+    Some(ticks / 100.0)
+}
+
+/// One client-to-client pair: allocations A and B, each with a channel to the other's relayed
+/// address; B echoes every ChannelData back through the server. Returns A's socket.
+fn c2c_pair(args: &Args, i: usize, stop: Arc<AtomicBool>) -> UdpSocket {
+    let (mut a, a_relay) = allocated_client(args, &format!("c2c{i}a"));
+    let (mut b, b_relay) = allocated_client(args, &format!("c2c{i}b"));
+    for (what, reply) in [
+        ("A channel", a.bind_channel(CHANNEL, b_relay)),
+        ("B channel", b.bind_channel(CHANNEL, a_relay)),
+    ] {
+        assert!(
+            reply.is_success(),
+            "pair {i}: {what} refused: {:?}",
+            reply.code()
+        );
+    }
+    let server = args.server;
+    let b_socket = b.socket;
+    b_socket
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok(n) = b_socket.recv(&mut buf) {
+                // The same ChannelData (same channel number on B's side) goes back.
+                let _ = b_socket.send_to(&buf[..n], server);
+            }
+        }
+    });
+    a.socket
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    a.socket
+}
+
+/// A plain UDP echo server (batched receive and send) and the same closed-loop client with
+/// ChannelData-sized datagrams: how fast this machine's loopback and this client go without TURN.
+fn raw_echo(args: &Args, payload: usize, limit: Duration) {
+    use switchboard_relay::net::batch::{Outbox, Receiver, Source};
+    let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+    server.set_nonblocking(true).unwrap();
+    let addr = server.local_addr().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_server = stop.clone();
+    let echo = std::thread::spawn(move || {
+        let mut rx = Receiver::new().unwrap();
+        let mut out = Outbox::default();
+        while !stop_server.load(Ordering::Relaxed) {
+            match rx.recv(&server) {
+                Ok(n) => {
+                    let grams: Vec<_> = rx.datagrams(n).collect();
+                    for (from, range) in grams {
+                        out.push_received(Source::Listener(0), from, None, range);
+                    }
+                    out.flush(&rx, |_| Some(&server));
+                }
+                // Wait for readiness, as the relay's event loop does (bounded, to see `stop`).
+                Err(_) => {
+                    let mut fds = [rustix::event::PollFd::new(
+                        &server,
+                        rustix::event::PollFlags::IN,
+                    )];
+                    let timeout = rustix::event::Timespec {
+                        tv_sec: 0,
+                        tv_nsec: 50_000_000,
+                    };
+                    let _ = rustix::event::poll(&mut fds, Some(&timeout));
+                }
+            }
+        }
+    });
+    let sockets: Vec<UdpSocket> = (0..args.clients)
+        .map(|_| {
+            let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            s
+        })
+        .collect();
+    let started = Instant::now();
+    let (received, lost) = std::thread::scope(|s| {
+        let handles: Vec<_> = sockets
+            .iter()
+            .map(|c| s.spawn(|| run_window(c, addr, payload, args.packets, args.window, limit)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .fold((0, 0), |(r, l), (got, missing)| (r + got, l + missing))
+    });
+    let pps = received as f64 / started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let _ = echo.join();
+    println!(
+        "| {} | {} | {} | {:.0} | {:.2} | - | - | - | - | - | - |",
+        args.label,
+        args.clients,
+        payload,
+        pps,
+        100.0 * lost as f64 / (received + lost).max(1) as f64,
     );
 }
 

@@ -137,6 +137,18 @@ pub struct Args {
     /// Do not listen for ICE-TCP on the --sfu-listen address (TCP, RFC 6544 passive candidates).
     #[arg(long, env = "RELAY_SFU_NO_ICE_TCP")]
     pub sfu_no_ice_tcp: bool,
+    /// Event loops (threads), each with its own TURN core, a slice of the relay port range and
+    /// its own listening sockets shared through SO_REUSEPORT [default: available cores].
+    #[arg(long, env = "RELAY_THREADS", value_name = "N")]
+    pub threads: Option<usize>,
+    /// Receive and send buffer of every UDP socket, in bytes; the kernel caps it at
+    /// net.core.rmem_max/wmem_max (reported at start) [default: 4194304].
+    #[arg(long, env = "RELAY_SOCKET_BUFFER", value_name = "BYTES")]
+    pub socket_buffer: Option<usize>,
+    /// Set SO_REUSEPORT on the listeners even with one thread, so several relay processes can
+    /// share a listening address (always on with more than one thread).
+    #[arg(long, env = "RELAY_REUSE_PORT")]
+    pub reuse_port: bool,
 }
 
 /// The TOML file: the same options, keyed by long flag name.
@@ -168,6 +180,9 @@ struct FileConfig {
     sfu_http_listen: Option<SocketAddr>,
     sfu_https_listen: Option<SocketAddr>,
     sfu_no_ice_tcp: Option<bool>,
+    threads: Option<usize>,
+    socket_buffer: Option<usize>,
+    reuse_port: Option<bool>,
 }
 
 /// The SFU's resolved settings.
@@ -236,6 +251,12 @@ pub struct Config {
     pub otlp_endpoint: Option<String>,
     /// The SFU, when enabled.
     pub sfu: Option<SfuSettings>,
+    /// Event loops.
+    pub threads: usize,
+    /// UDP socket buffer size in bytes.
+    pub socket_buffer: usize,
+    /// SO_REUSEPORT on the listeners.
+    pub reuse_port: bool,
 }
 
 impl fmt::Debug for Config {
@@ -257,6 +278,9 @@ impl fmt::Debug for Config {
             .field("drain_timeout", &self.drain_timeout)
             .field("otlp_endpoint", &self.otlp_endpoint)
             .field("sfu", &self.sfu)
+            .field("threads", &self.threads)
+            .field("socket_buffer", &self.socket_buffer)
+            .field("reuse_port", &self.reuse_port)
             .finish_non_exhaustive()
     }
 }
@@ -399,6 +423,18 @@ impl Config {
                 "--otlp-endpoint must be an http:// URL (run a local collector to forward over TLS)",
             ));
         }
+        let threads = args
+            .threads
+            .or(file.threads)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        if threads == 0 || threads > 256 {
+            return Err(err("--threads takes 1 to 256"));
+        }
+        if usize::from(port_range.high - port_range.low) + 1 < 2 * threads {
+            return Err(err(
+                "--port-range needs at least 2 ports per thread (each loop owns a slice)",
+            ));
+        }
         let peer_policy = PeerPolicy {
             allow_loopback: args.allow_loopback_peers || file.allow_loopback_peers.unwrap_or(false),
             allowed,
@@ -481,7 +517,27 @@ impl Config {
                 args.drain_timeout.or(file.drain_timeout).unwrap_or(30),
             ),
             otlp_endpoint,
+            threads,
+            socket_buffer: args.socket_buffer.or(file.socket_buffer).unwrap_or(4 << 20),
+            reuse_port: args.reuse_port || file.reuse_port.unwrap_or(false) || threads > 1,
         })
+    }
+
+    /// The slice of the relay port range owned by event loop `i` of [`Config::threads`]:
+    /// disjoint, contiguous, together the whole range.
+    pub fn port_slice(&self, i: usize) -> PortRange {
+        let (low, high) = (
+            usize::from(self.port_range.low),
+            usize::from(self.port_range.high),
+        );
+        let n = self.threads.max(1);
+        let span = high - low + 1;
+        let start = low + span * i / n;
+        let end = low + span * (i + 1) / n - 1;
+        PortRange {
+            low: u16::try_from(start).unwrap_or(self.port_range.low),
+            high: u16::try_from(end.min(high)).unwrap_or(self.port_range.high),
+        }
     }
 
     /// The TURN core's configuration.
@@ -517,7 +573,11 @@ impl Config {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, reason = "tests use fixed, known-good inputs")]
+#[allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    reason = "tests use fixed, known-good inputs"
+)]
 mod tests {
     use super::*;
 
@@ -542,6 +602,8 @@ mod tests {
         );
         assert!(!c.peer_policy.allow_loopback);
         assert_eq!(c.drain_timeout, Duration::from_secs(30));
+        assert!(c.threads >= 1);
+        assert_eq!(c.socket_buffer, 4 << 20);
         assert!(!format!("{c:?}").contains("\"s\""), "secrets never printed");
     }
 
@@ -611,6 +673,42 @@ mod tests {
         let e = parse(&["--config", p]).unwrap_err();
         assert!(!e.0.contains("hunter2"), "{e}");
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn each_thread_owns_a_disjoint_slice_of_the_port_range() {
+        let c = parse(&[
+            "--listen",
+            "127.0.0.1:3478",
+            "--secret",
+            "s",
+            "--threads",
+            "3",
+            "--port-range",
+            "50000-50010",
+        ])
+        .unwrap();
+        assert!(c.reuse_port, "loops share listeners");
+        let slices: Vec<PortRange> = (0..3).map(|i| c.port_slice(i)).collect();
+        assert_eq!(slices[0].low, 50000);
+        assert_eq!(slices[2].high, 50010);
+        for w in slices.windows(2) {
+            assert_eq!(w[0].high + 1, w[1].low, "{slices:?}");
+        }
+        assert!(
+            parse(&[
+                "--secret",
+                "s",
+                "--listen",
+                "127.0.0.1:1",
+                "--threads",
+                "4",
+                "--port-range",
+                "50000-50005"
+            ])
+            .is_err(),
+            "too few ports for the threads"
+        );
     }
 
     #[test]

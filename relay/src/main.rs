@@ -6,10 +6,10 @@ use std::sync::Arc;
 use clap::Parser as _;
 use switchboard_relay::config::{Args, Config};
 use switchboard_relay::http::{self, Metrics};
-use switchboard_relay::net::{EventLoop, Listeners, RelayPorts, Shutdown};
+use switchboard_relay::net::{Control, EventLoop, Listeners, LoopConfig, RelayPorts, Shutdown};
 use switchboard_relay::sfu;
 use switchboard_relay::telemetry;
-use switchboard_relay::turn::Server;
+use switchboard_relay::turn::{Credentials, Server, Shared};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
@@ -37,7 +37,8 @@ fn main() -> ExitCode {
             "exporting spans over OTLP/HTTP"
         );
     }
-    // One thread: the event loop owns all packet-path state; metrics and signals are idle tasks.
+    // This thread runs signals and the metrics endpoint; each event loop runs on a thread of
+    // its own and owns all of its packet-path state.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -63,16 +64,16 @@ async fn run(args: Args, config: Config) -> Result<(), String> {
     let mut key = [0u8; 32];
     getrandom::fill(&mut key).map_err(|e| format!("no randomness for the server key: {e}"))?;
     let tls = config.tls().map_err(|e| e.to_string())?;
-    let server = Server::new(config.server_config(key), config.credentials.clone());
-    let relays = RelayPorts::new(config.relay_ips.clone(), config.port_range);
-    let metrics = Arc::new(Metrics::default());
+    let threads = config.threads;
+    let metrics = Arc::new(Metrics::with_loops(threads));
+    // The SFU verifies session tokens with the current secrets; SIGHUP updates them here too.
     let (creds_tx, creds_rx) = watch::channel(config.credentials.clone());
     // The SFU runs on its own thread with its own socket; HTTP reaches it by message.
     let sessions = match &config.sfu {
         None => None,
         Some(s) => Some(http::sessions::SessionApi {
             sfu: sfu::shell::start(s).map_err(|e| format!("SFU listener {}: {e}", s.listen))?,
-            credentials: creds_rx.clone(),
+            credentials: creds_rx,
         }),
     };
     if let Some(addr) = config.sfu.as_ref().and_then(|s| s.http_listen) {
@@ -112,16 +113,69 @@ async fn run(args: Args, config: Config) -> Result<(), String> {
         plain: config.listen.clone(),
         tls: config.tls_listen.clone(),
     };
-    let event_loop = EventLoop::bind(server, relays, &listeners, tls, metrics)
-        .await
+    // Every loop has its own core; they share the nonce key (a nonce minted by one loop is
+    // valid on all), the credentials, and the allocation quotas.
+    let control = Control::new(threads, config.credentials.clone())
+        .map_err(|e| format!("cannot create the event loops' wakers: {e}"))?;
+    let shared = Shared::new(config.max_allocations_per_user, config.max_allocations);
+    let parked = RelayPorts::shared_parking();
+    let mut loops = Vec::with_capacity(threads);
+    for id in 0..threads {
+        let relays = RelayPorts::new(
+            config.relay_ips.clone(),
+            config.port_slice(id),
+            config.socket_buffer,
+        )
+        .with_parking(parked.clone());
+        let mut server_config = config.server_config(key);
+        server_config.relay_families = relays.families();
+        let server = Server::with_shared(server_config, config.credentials.clone(), shared.clone());
+        let loop_config = LoopConfig {
+            id,
+            listeners: listeners.clone(),
+            tls: tls.clone(),
+            reuse_port: config.reuse_port,
+            socket_buffer: config.socket_buffer,
+        };
+        let event_loop = EventLoop::bind(
+            loop_config,
+            server,
+            relays,
+            control.clone(),
+            metrics.clone(),
+        )
         .map_err(|e| format!("cannot listen: {e}"))?;
-    info!(relay_ips = ?config.relay_ips, realm = %config.realm, "relay ready");
+        loops.push(event_loop);
+    }
+    info!(relay_ips = ?config.relay_ips, realm = %config.realm, threads, "relay ready");
 
-    let (shutdown_tx, shutdown_rx) = watch::channel(Shutdown::Run);
-    tokio::spawn(signals(args, shutdown_tx, creds_tx));
-    event_loop
-        .run(shutdown_rx, creds_rx, config.drain_timeout)
-        .await;
+    // Handlers are installed before the loops start serving, so a signal sent as soon as the
+    // relay answers is never met by the default action (termination).
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(term), Ok(int), Ok(hup)) => {
+            tokio::spawn(signals(args, control, creds_tx, term, int, hup));
+        }
+        _ => warn!("cannot install signal handlers; stop the relay with SIGKILL"),
+    }
+    let drain_timeout = config.drain_timeout;
+    let running: Vec<_> = loops
+        .into_iter()
+        .map(|l| tokio::task::spawn_blocking(move || l.run(drain_timeout)))
+        .collect();
+    // Stopped loops are kept (with their listening sockets) until all have stopped.
+    let mut stopped = Vec::with_capacity(running.len());
+    for r in running {
+        match r.await {
+            Ok(l) => stopped.push(l),
+            Err(e) => error!("an event loop failed: {e}"),
+        }
+    }
+    drop(stopped);
     info!("stopped");
     Ok(())
 }
@@ -131,20 +185,12 @@ async fn run(args: Args, config: Config) -> Result<(), String> {
 /// dropping allocations (reloads keep working while draining).
 async fn signals(
     args: Args,
-    shutdown: watch::Sender<Shutdown>,
-    credentials: watch::Sender<switchboard_relay::turn::Credentials>,
+    control: Arc<Control>,
+    sfu_credentials: watch::Sender<Credentials>,
+    mut term: tokio::signal::unix::Signal,
+    mut int: tokio::signal::unix::Signal,
+    mut hup: tokio::signal::unix::Signal,
 ) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        warn!("cannot install signal handlers; stop the relay with SIGKILL");
-        // Keep the senders alive: dropping them would read as a shutdown request.
-        std::future::pending::<()>().await;
-        return;
-    };
     loop {
         let stop = tokio::select! {
             _ = term.recv() => "SIGTERM",
@@ -152,21 +198,20 @@ async fn signals(
             _ = hup.recv() => {
                 match Config::load(args.clone()) {
                     Ok(c) => {
-                        let _ = credentials.send(c.credentials);
+                        // Nobody may be listening (no SFU); that is fine.
+                        let _ = sfu_credentials.send(c.credentials.clone());
+                        control.set_credentials(c.credentials);
                     }
                     Err(e) => warn!("reload failed, keeping the old credentials: {e}"),
                 }
                 continue;
             }
         };
-        let next = match *shutdown.borrow() {
+        let next = match control.shutdown() {
             Shutdown::Run => Shutdown::Drain,
             Shutdown::Drain | Shutdown::Now => Shutdown::Now,
         };
         info!(signal = stop, "signal received, shutting down");
-        if shutdown.send(next).is_err() {
-            // The loop has already stopped.
-            return;
-        }
+        control.request(next);
     }
 }

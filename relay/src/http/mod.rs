@@ -1,5 +1,5 @@
-//! Control plane: Prometheus text metrics on `/metrics`, liveness on `/healthz`, and with the SFU
-//! on, its session endpoint ([`sessions`]).
+//! Control plane: Prometheus text metrics on `/metrics`, health on `/healthz` (503 while
+//! draining), and with the SFU on, its session endpoint ([`sessions`]).
 //!
 //! The event loop publishes counters into [`Metrics`] once a second (relaxed atomic stores, no
 //! lock on the packet path); this module only reads them.
@@ -16,9 +16,23 @@ use crate::turn::Stats;
 
 pub mod sessions;
 
-/// Counters and gauges shared between the event loop (writer) and the HTTP endpoint (reader).
-#[derive(Debug, Default)]
+/// Counters and gauges shared between the event loops (writers, one slot each) and the HTTP
+/// endpoint (reader, which sums the slots).
+#[derive(Debug)]
 pub struct Metrics {
+    loops: Box<[LoopMetrics]>,
+    draining: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::with_loops(1)
+    }
+}
+
+/// What one event loop publishes.
+#[derive(Debug, Default)]
+struct LoopMetrics {
     allocations: AtomicU64,
     allocations_created: AtomicU64,
     tcp_connections: AtomicU64,
@@ -33,7 +47,7 @@ pub struct Metrics {
     dropped_rate_limited: AtomicU64,
     malformed: AtomicU64,
     send_errors: AtomicU64,
-    draining: AtomicU64,
+    short_circuited: AtomicU64,
 }
 
 /// Label values of `switchboard_relay_auth_failures_total`, in [`Metrics::auth_failures`] order.
@@ -48,19 +62,35 @@ const AUTH_REASONS: [&str; 7] = [
 ];
 
 impl Metrics {
-    /// Live allocations, as last published by the event loop.
+    /// Metrics for `loops` event loops.
+    pub fn with_loops(loops: usize) -> Self {
+        Self {
+            loops: (0..loops.max(1)).map(|_| LoopMetrics::default()).collect(),
+            draining: AtomicU64::new(0),
+        }
+    }
+
+    /// Live allocations over all event loops, as last published.
     pub fn allocation_count(&self) -> u64 {
-        self.allocations.load(Ordering::Relaxed)
+        self.loops
+            .iter()
+            .map(|m| m.allocations.load(Ordering::Relaxed))
+            .sum()
     }
 
-    /// Bytes relayed in both directions since start, as last published.
+    /// Bytes relayed in both directions since start over all event loops, as last published.
     pub fn relayed_bytes(&self) -> u64 {
-        self.bytes_to_peer
-            .load(Ordering::Relaxed)
-            .saturating_add(self.bytes_to_client.load(Ordering::Relaxed))
+        self.loops
+            .iter()
+            .map(|m| {
+                m.bytes_to_peer
+                    .load(Ordering::Relaxed)
+                    .saturating_add(m.bytes_to_client.load(Ordering::Relaxed))
+            })
+            .fold(0, u64::saturating_add)
     }
 
-    /// Copies the core's counters and the shell's gauges.
+    /// Copies the core's counters and the shell's gauges (single event loop).
     pub fn publish(
         &self,
         stats: &Stats,
@@ -68,14 +98,29 @@ impl Metrics {
         tcp_connections: usize,
         send_errors: u64,
     ) {
+        self.publish_loop(0, stats, allocations, tcp_connections, send_errors);
+    }
+
+    /// Copies event loop `id`'s counters and gauges.
+    pub fn publish_loop(
+        &self,
+        id: usize,
+        stats: &Stats,
+        allocations: usize,
+        tcp_connections: usize,
+        send_errors: u64,
+    ) {
+        let Some(m) = self.loops.get(id) else {
+            return;
+        };
         let set = |a: &AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
-        set(&self.allocations, allocations as u64);
-        set(&self.tcp_connections, tcp_connections as u64);
-        set(&self.allocations_created, stats.allocations_created);
-        set(&self.packets_to_peer, stats.packets_to_peer);
-        set(&self.bytes_to_peer, stats.bytes_to_peer);
-        set(&self.packets_to_client, stats.packets_to_client);
-        set(&self.bytes_to_client, stats.bytes_to_client);
+        set(&m.allocations, allocations as u64);
+        set(&m.tcp_connections, tcp_connections as u64);
+        set(&m.allocations_created, stats.allocations_created);
+        set(&m.packets_to_peer, stats.packets_to_peer);
+        set(&m.bytes_to_peer, stats.bytes_to_peer);
+        set(&m.packets_to_client, stats.packets_to_client);
+        set(&m.bytes_to_client, stats.bytes_to_client);
         let f = stats.auth_failures;
         let reasons = [
             f.missing_integrity,
@@ -86,15 +131,23 @@ impl Metrics {
             f.bad_integrity,
             f.wrong_credentials,
         ];
-        for (a, v) in self.auth_failures.iter().zip(reasons) {
+        for (a, v) in m.auth_failures.iter().zip(reasons) {
             set(a, v);
         }
-        set(&self.denied_peers, stats.denied_peers);
-        set(&self.quota_rejections, stats.quota_rejections);
-        set(&self.dropped_no_permission, stats.dropped_no_permission);
-        set(&self.dropped_rate_limited, stats.dropped_rate_limited);
-        set(&self.malformed, stats.malformed);
-        set(&self.send_errors, send_errors);
+        set(&m.denied_peers, stats.denied_peers);
+        set(&m.quota_rejections, stats.quota_rejections);
+        set(&m.dropped_no_permission, stats.dropped_no_permission);
+        set(&m.dropped_rate_limited, stats.dropped_rate_limited);
+        set(&m.malformed, stats.malformed);
+        set(&m.send_errors, send_errors);
+    }
+
+    /// Records how many datagrams event loop `id` relayed between two of its allocations in
+    /// memory.
+    pub fn publish_short_circuited(&self, id: usize, n: u64) {
+        if let Some(m) = self.loops.get(id) {
+            m.short_circuited.store(n, Ordering::Relaxed);
+        }
     }
 
     /// Marks the relay as draining (graceful shutdown under way).
@@ -102,9 +155,20 @@ impl Metrics {
         self.draining.store(u64::from(draining), Ordering::Relaxed);
     }
 
+    /// Whether the relay is draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed) != 0
+    }
+
     /// Prometheus text exposition format 0.0.4.
     pub fn render(&self) -> String {
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        // A counter or gauge summed over the loops.
+        let sum = |f: fn(&LoopMetrics) -> &AtomicU64| -> u64 {
+            self.loops
+                .iter()
+                .map(|m| f(m).load(Ordering::Relaxed))
+                .sum()
+        };
         let mut out = String::with_capacity(2048);
         let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
             let _ = writeln!(out, "# HELP switchboard_relay_{name} {help}");
@@ -117,33 +181,33 @@ impl Metrics {
             "allocations",
             "gauge",
             "Live TURN allocations.",
-            &[("", get(&self.allocations))],
+            &[("", sum(|m| &m.allocations))],
         );
         metric(
             "draining",
             "gauge",
             "1 while draining after SIGTERM/SIGINT (new allocations refused), else 0.",
-            &[("", get(&self.draining))],
+            &[("", self.draining.load(Ordering::Relaxed))],
         );
         metric(
             "allocations_created_total",
             "counter",
             "TURN allocations created.",
-            &[("", get(&self.allocations_created))],
+            &[("", sum(|m| &m.allocations_created))],
         );
         metric(
             "tcp_connections",
             "gauge",
             "Open client TCP/TLS connections.",
-            &[("", get(&self.tcp_connections))],
+            &[("", sum(|m| &m.tcp_connections))],
         );
         metric(
             "relayed_packets_total",
             "counter",
             "Packets relayed, by direction (in = client to peer, out = peer to client).",
             &[
-                (r#"{direction="in"}"#, get(&self.packets_to_peer)),
-                (r#"{direction="out"}"#, get(&self.packets_to_client)),
+                (r#"{direction="in"}"#, sum(|m| &m.packets_to_peer)),
+                (r#"{direction="out"}"#, sum(|m| &m.packets_to_client)),
             ],
         );
         metric(
@@ -151,9 +215,16 @@ impl Metrics {
             "counter",
             "Payload bytes relayed, by direction (in = client to peer, out = peer to client).",
             &[
-                (r#"{direction="in"}"#, get(&self.bytes_to_peer)),
-                (r#"{direction="out"}"#, get(&self.bytes_to_client)),
+                (r#"{direction="in"}"#, sum(|m| &m.bytes_to_peer)),
+                (r#"{direction="out"}"#, sum(|m| &m.bytes_to_client)),
             ],
+        );
+        metric(
+            "short_circuited_packets_total",
+            "counter",
+            "Packets relayed between two allocations of this relay in memory, without leaving \
+             one relayed socket and entering another.",
+            &[("", sum(|m| &m.short_circuited))],
         );
         let labels: Vec<String> = AUTH_REASONS
             .iter()
@@ -162,7 +233,13 @@ impl Metrics {
         let samples: Vec<(&str, u64)> = labels
             .iter()
             .map(String::as_str)
-            .zip(self.auth_failures.iter().map(get))
+            .zip((0..AUTH_REASONS.len()).map(|i| {
+                self.loops
+                    .iter()
+                    .filter_map(|m| m.auth_failures.get(i))
+                    .map(|a| a.load(Ordering::Relaxed))
+                    .sum::<u64>()
+            }))
             .collect();
         metric(
             "auth_failures_total",
@@ -174,13 +251,13 @@ impl Metrics {
             "denied_peers_total",
             "counter",
             "Requests refused (403) by the peer address policy.",
-            &[("", get(&self.denied_peers))],
+            &[("", sum(|m| &m.denied_peers))],
         );
         metric(
             "quota_rejections_total",
             "counter",
             "Allocations refused by quota or capacity.",
-            &[("", get(&self.quota_rejections))],
+            &[("", sum(|m| &m.quota_rejections))],
         );
         metric(
             "dropped_packets_total",
@@ -189,14 +266,14 @@ impl Metrics {
             &[
                 (
                     r#"{reason="no_permission"}"#,
-                    get(&self.dropped_no_permission),
+                    sum(|m| &m.dropped_no_permission),
                 ),
                 (
                     r#"{reason="rate_limited"}"#,
-                    get(&self.dropped_rate_limited),
+                    sum(|m| &m.dropped_rate_limited),
                 ),
-                (r#"{reason="malformed"}"#, get(&self.malformed)),
-                (r#"{reason="send_error"}"#, get(&self.send_errors)),
+                (r#"{reason="malformed"}"#, sum(|m| &m.malformed)),
+                (r#"{reason="send_error"}"#, sum(|m| &m.send_errors)),
             ],
         );
         out
@@ -268,6 +345,13 @@ pub(crate) async fn answer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unp
             "200 OK",
             "text/plain; version=0.0.4; charset=utf-8",
             metrics.render() + &sessions.map(|s| s.sfu.metrics.render()).unwrap_or_default(),
+        ),
+        // Load balancers steer new clients away from a draining node; existing allocations keep
+        // being served over TURN, which does not go through this endpoint.
+        ("GET", "/healthz") if metrics.is_draining() => (
+            "503 Service Unavailable",
+            "text/plain; charset=utf-8",
+            "draining\n".to_owned(),
         ),
         ("GET", "/healthz") => ("200 OK", "text/plain; charset=utf-8", "ok\n".to_owned()),
         ("GET", _) => (

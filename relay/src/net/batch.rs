@@ -1,18 +1,14 @@
 //! Batched UDP IO for the event loop: one `recvmmsg` (through quinn-udp) drains up to [`BATCH`]
-//! datagrams from a socket, and the datagrams the TURN core produced meanwhile are flushed with
-//! one `sendmmsg` per destination socket instead of one `sendto` each.
-//!
-//! Sends bypass tokio (a plain non-blocking system call on the socket's descriptor), so they are
-//! not gated by tokio's cached write readiness, which a freshly bound relay socket lacks until the
-//! reactor has run.
+//! datagrams from a socket, and the datagrams produced meanwhile are flushed with one
+//! `sendmmsg` per source socket. Relayed data is not copied: an [`Outbox`] entry may point into
+//! the receive buffers (ChannelData header and payload go out as two iovecs), which stay
+//! untouched until the flush that follows every receive.
 
-use std::io::{self, IoSliceMut};
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::net::{SocketAddr, UdpSocket};
+use std::ops::Range;
 
 use quinn_udp::{RecvMeta, UdpSocketState};
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
 
 /// Datagrams per receive system call (quinn-udp's `recvmmsg` batch: 32 on Linux, 1 where the
 /// platform has no batched receive).
@@ -62,107 +58,192 @@ impl Receiver {
         })
     }
 
-    /// Receives up to [`BATCH`] datagrams from `socket` without blocking; `WouldBlock` when none
-    /// is waiting (which also clears tokio's readiness, so the next `readable()` waits).
+    /// Receives up to [`BATCH`] datagrams from a non-blocking `socket`; `WouldBlock` when none
+    /// is waiting. Returns how many slots were filled.
     pub fn recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
         let mut slots = self.bufs.chunks_exact_mut(SLOT);
         let mut iovs: [IoSliceMut<'_>; BATCH] =
             std::array::from_fn(|_| IoSliceMut::new(slots.next().unwrap_or_default()));
-        let (state, meta) = (&self.state, &mut *self.meta);
-        socket.try_io(Interest::READABLE, || {
-            state.recv(socket.into(), &mut iovs, meta)
+        self.state.recv(socket.into(), &mut iovs, &mut self.meta)
+    }
+
+    /// The datagrams of the last [`Receiver::recv`] that returned `n`: each sender with where
+    /// its bytes lie in the receive buffers (see [`Receiver::bytes`]). A slot holding several
+    /// datagrams (GRO) is split at its stride.
+    pub fn datagrams(&self, n: usize) -> impl Iterator<Item = (SocketAddr, Range<usize>)> + '_ {
+        self.meta.iter().take(n).enumerate().flat_map(|(i, m)| {
+            let base = i * SLOT;
+            let len = m.len.min(SLOT);
+            let stride = if m.stride == 0 { len } else { m.stride }.max(1);
+            // An empty slot is still one (zero-length) datagram.
+            let count = len.div_ceil(stride).max(1);
+            (0..count).map(move |k| {
+                let start = base + k * stride;
+                (m.addr, start..(start + stride).min(base + len))
+            })
         })
     }
 
-    /// The datagrams of the last [`Receiver::recv`] that returned `n`, with their senders. A
-    /// slot holding several datagrams (GRO) is split at its stride.
-    pub fn datagrams(&self, n: usize) -> impl Iterator<Item = (SocketAddr, &[u8])> {
-        self.meta
-            .iter()
-            .zip(self.bufs.chunks_exact(SLOT))
-            .take(n)
-            .flat_map(|(m, slot)| {
-                let filled = slot.get(..m.len).unwrap_or_default();
-                let stride = if m.stride == 0 { m.len } else { m.stride };
-                let mut segments = filled.chunks(stride.max(1));
-                // An empty slot is still one (zero-length) datagram.
-                let first = segments.next().unwrap_or_default();
-                std::iter::once(first)
-                    .chain(segments)
-                    .map(move |d| (m.addr, d))
-            })
+    /// The bytes at `range` (from [`Receiver::datagrams`]).
+    pub fn bytes(&self, range: Range<usize>) -> &[u8] {
+        self.bufs.get(range).unwrap_or_default()
+    }
+
+    /// Where `slice` (a part of [`Receiver::bytes`]) lies in the receive buffers.
+    pub fn range_of(&self, slice: &[u8]) -> Option<Range<usize>> {
+        let start = slice
+            .as_ptr()
+            .addr()
+            .checked_sub(self.bufs.as_ptr().addr())?;
+        let end = start.checked_add(slice.len())?;
+        (end <= self.bufs.len()).then_some(start..end)
     }
 }
 
-/// One datagram waiting to be sent.
-#[derive(Debug)]
-struct Outgoing {
-    socket: Arc<UdpSocket>,
-    to: SocketAddr,
-    payload: Vec<u8>,
+/// A socket of the event loop a datagram leaves from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Source {
+    /// Listener number `n` (to clients).
+    Listener(usize),
+    /// Relay socket in slot `n` (to peers).
+    Relay(usize),
 }
 
-/// Datagrams produced while handling a batch, sent together by [`Outbox::flush`].
+/// What a queued datagram carries.
+#[derive(Debug)]
+enum Data {
+    /// Bytes in the receive buffers, after an optional 4-byte ChannelData header.
+    Received {
+        header: Option<[u8; 4]>,
+        range: Range<usize>,
+    },
+    /// A message built for this datagram (responses, Data indications).
+    Owned(Vec<u8>),
+}
+
+#[derive(Debug)]
+struct Outgoing {
+    source: Source,
+    to: SocketAddr,
+    data: Data,
+}
+
+/// Datagrams produced while handling a batch, sent together by [`Outbox::flush`]. Its storage
+/// is reused from batch to batch.
 #[derive(Debug, Default)]
 pub struct Outbox {
     pending: Vec<Outgoing>,
 }
 
 impl Outbox {
-    /// Queues `payload` for `to` from `socket`. Holding the socket keeps it open until the flush
-    /// even if its allocation ends in the same batch.
-    pub fn push(&mut self, socket: Arc<UdpSocket>, to: SocketAddr, payload: Vec<u8>) {
+    /// Queues a message built for this datagram.
+    pub fn push_owned(&mut self, source: Source, to: SocketAddr, payload: Vec<u8>) {
         self.pending.push(Outgoing {
-            socket,
+            source,
             to,
-            payload,
+            data: Data::Owned(payload),
         });
     }
 
-    /// Sends everything queued, one `sendmmsg` per socket (and per [`BATCH`]); returns how many
-    /// datagrams the kernel refused (full send buffer, DF and too big, unreachable, ...).
-    pub fn flush(&mut self) -> u64 {
+    /// Queues bytes that are still in the receive buffers, after an optional header.
+    pub fn push_received(
+        &mut self,
+        source: Source,
+        to: SocketAddr,
+        header: Option<[u8; 4]>,
+        range: Range<usize>,
+    ) {
+        self.pending.push(Outgoing {
+            source,
+            to,
+            data: Data::Received { header, range },
+        });
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Sends everything queued, one `sendmmsg` per source socket (and per [`BATCH`]); returns
+    /// how many datagrams could not be sent (full send buffer, DF and too big, unreachable,
+    /// socket gone, ...). `rx` holds the received bytes entries point to.
+    pub fn flush<'s>(
+        &mut self,
+        rx: &Receiver,
+        socket: impl Fn(Source) -> Option<&'s UdpSocket>,
+    ) -> u64 {
         if self.pending.is_empty() {
             return 0;
         }
         // A stable sort groups datagrams by socket and keeps each socket's order.
-        self.pending.sort_by_key(|o| Arc::as_ptr(&o.socket).addr());
+        self.pending.sort_by_key(|o| o.source);
         let failed = self
             .pending
-            .chunk_by(|a, b| Arc::ptr_eq(&a.socket, &b.socket))
+            .chunk_by(|a, b| a.source == b.source)
             .flat_map(|run| run.chunks(BATCH))
-            .map(send_run)
+            .map(|run| match run.first().and_then(|o| socket(o.source)) {
+                Some(s) => send_run(s, run, rx),
+                None => run.len() as u64,
+            })
             .sum();
         self.pending.clear();
         failed
     }
 }
 
-/// Sends datagrams that all leave from the same socket; returns how many failed.
+/// The iovecs of one datagram: header (possibly empty) and payload.
+fn iovecs<'a>(o: &'a Outgoing, rx: &'a Receiver) -> [IoSlice<'a>; 2] {
+    match &o.data {
+        Data::Owned(v) => [IoSlice::new(v), IoSlice::new(&[])],
+        Data::Received { header, range } => [
+            IoSlice::new(header.as_ref().map_or(&[][..], |h| &h[..])),
+            IoSlice::new(rx.bytes(range.clone())),
+        ],
+    }
+}
+
+/// One message header's parts, kept together so the headers can borrow them.
 #[cfg(target_os = "linux")]
-fn send_run(run: &[Outgoing]) -> u64 {
+struct Slot<'a> {
+    addr: rustix::net::SocketAddrAny,
+    iov: [IoSlice<'a>; 2],
+    control: rustix::net::SendAncillaryBuffer<'a, 'a, 'a>,
+}
+
+/// Sends up to [`BATCH`] datagrams that all leave from `socket`; returns how many failed. The
+/// message headers live on the stack: nothing is allocated per send.
+#[cfg(target_os = "linux")]
+fn send_run(socket: &UdpSocket, run: &[Outgoing], rx: &Receiver) -> u64 {
     use rustix::io::Errno;
-    use rustix::net::{MMsgHdr, SendAncillaryBuffer, SendFlags, SocketAddrAny, sendmmsg};
+    use rustix::net::{MMsgHdr, SendAncillaryBuffer, SendFlags, sendmmsg};
 
     let Some(first) = run.first() else {
         return 0;
     };
-    let addrs: Vec<SocketAddrAny> = run.iter().map(|o| o.to.into()).collect();
-    let iovs: Vec<[io::IoSlice<'_>; 1]> =
-        run.iter().map(|o| [io::IoSlice::new(&o.payload)]).collect();
-    let mut controls: Vec<SendAncillaryBuffer<'_, '_, '_>> =
-        run.iter().map(|_| SendAncillaryBuffer::default()).collect();
-    let mut msgs: Vec<MMsgHdr<'_>> = addrs
-        .iter()
-        .zip(&iovs)
-        .zip(controls.iter_mut())
-        .map(|((addr, iov), control)| MMsgHdr::new_with_addr(addr, iov, control))
-        .collect();
+    let run = run.get(..BATCH).unwrap_or(run);
+    let mut items = run.iter();
+    // Unused slots repeat the first address with no data; they are never passed to the kernel.
+    let mut slots: [Slot<'_>; BATCH] = std::array::from_fn(|_| {
+        let (addr, iov) = match items.next() {
+            Some(o) => (o.to, iovecs(o, rx)),
+            None => (first.to, [IoSlice::new(&[]), IoSlice::new(&[])]),
+        };
+        Slot {
+            addr: addr.into(),
+            iov,
+            control: SendAncillaryBuffer::default(),
+        }
+    });
+    let mut msgs = slots.each_mut().map(|slot| {
+        let Slot { addr, iov, control } = slot;
+        MMsgHdr::new_with_addr(addr, iov, control)
+    });
     let mut failed = 0;
     let mut start = 0;
     // Each pass sends at least one datagram or gives one up, so this ends within `run.len()`.
-    while let Some(rest) = msgs.get_mut(start..).filter(|r| !r.is_empty()) {
-        match sendmmsg(&*first.socket, rest, SendFlags::empty()) {
+    while let Some(rest) = msgs.get_mut(start..run.len()).filter(|r| !r.is_empty()) {
+        match sendmmsg(socket, rest, SendFlags::empty()) {
             Ok(n) if n > 0 => start += n,
             // The send buffer is full: the rest would fail the same way.
             Err(Errno::AGAIN) => {
@@ -180,13 +261,17 @@ fn send_run(run: &[Outgoing]) -> u64 {
     failed
 }
 
-/// Sends datagrams one `sendto` each where the platform has no `sendmmsg`.
+/// Sends datagrams one `sendmsg` each where the platform has no `sendmmsg`.
 #[cfg(not(target_os = "linux"))]
-fn send_run(run: &[Outgoing]) -> u64 {
-    use rustix::net::{SendFlags, sendto};
-
+fn send_run(socket: &UdpSocket, run: &[Outgoing], rx: &Receiver) -> u64 {
     run.iter()
-        .filter(|o| sendto(&*o.socket, &o.payload, SendFlags::empty(), &o.to).is_err())
+        .filter(|o| {
+            let [h, p] = iovecs(o, rx);
+            let mut buf = Vec::with_capacity(h.len() + p.len());
+            buf.extend_from_slice(&h);
+            buf.extend_from_slice(&p);
+            socket.send_to(&buf, o.to).is_err()
+        })
         .count() as u64
 }
 
@@ -200,50 +285,64 @@ fn send_run(run: &[Outgoing]) -> u64 {
 mod tests {
     use super::*;
 
-    async fn socket() -> Arc<UdpSocket> {
-        Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap())
+    fn socket() -> UdpSocket {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_nonblocking(true).unwrap();
+        s
     }
 
-    /// Waits (bounded) until `rx` has received `want` datagrams from `socket`.
-    async fn receive_all(rx: &mut Receiver, socket: &UdpSocket, want: usize) -> Vec<Vec<u8>> {
+    /// Receives (bounded) until `rx` has `want` datagrams from `socket`.
+    fn receive_all(rx: &mut Receiver, socket: &UdpSocket, want: usize) -> Vec<Vec<u8>> {
         let mut got = Vec::new();
         for _ in 0..100 {
             if got.len() >= want {
                 break;
             }
-            let _ =
-                tokio::time::timeout(std::time::Duration::from_millis(50), socket.readable()).await;
             match rx.recv(socket) {
-                Ok(n) => got.extend(rx.datagrams(n).map(|(_, d)| d.to_vec())),
-                Err(e) => assert_eq!(e.kind(), io::ErrorKind::WouldBlock),
+                Ok(n) => got.extend(
+                    rx.datagrams(n)
+                        .map(|(_, r)| rx.bytes(r).to_vec())
+                        .collect::<Vec<_>>(),
+                ),
+                Err(e) => {
+                    assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
             }
         }
         got
     }
 
-    #[tokio::test]
-    async fn outbox_sends_in_order_per_socket_and_receiver_batches() {
-        let (a, b, sink) = (socket().await, socket().await, socket().await);
+    #[test]
+    fn outbox_sends_in_order_per_socket_and_receiver_batches() {
+        let (a, b, sink) = (socket(), socket(), socket());
         let to = sink.local_addr().unwrap();
+        let sockets = [&a, &b];
         let mut outbox = Outbox::default();
+        let rx = Receiver::new().unwrap();
         // More than one batch, interleaved over two sockets, sizes from 1 byte to the largest
         // IPv4 UDP payload.
         let sizes: Vec<usize> = (0..BATCH * 2 + 3)
             .map(|i| if i == 5 { 65_507 } else { i + 1 })
             .collect();
         for (i, &len) in sizes.iter().enumerate() {
-            let from = if i % 2 == 0 { &a } else { &b };
             let mut payload = vec![0u8; len];
             payload[0] = u8::try_from(i).unwrap();
-            outbox.push(from.clone(), to, payload);
+            outbox.push_owned(Source::Listener(i % 2), to, payload);
         }
         // A zero-length datagram is data too (a peer may send one); it must not vanish.
-        outbox.push(a.clone(), to, Vec::new());
-        assert_eq!(outbox.flush(), 0);
-        assert!(outbox.pending.is_empty());
+        outbox.push_owned(Source::Listener(0), to, Vec::new());
+        assert_eq!(
+            outbox.flush(&rx, |s| match s {
+                Source::Listener(i) => sockets.get(i).copied(),
+                Source::Relay(_) => None,
+            }),
+            0
+        );
+        assert!(outbox.is_empty());
 
         let mut rx = Receiver::new().unwrap();
-        let mut got = receive_all(&mut rx, &sink, sizes.len() + 1).await;
+        let mut got = receive_all(&mut rx, &sink, sizes.len() + 1);
         assert_eq!(got.len(), sizes.len() + 1);
         let empty = got
             .iter()
@@ -267,18 +366,47 @@ mod tests {
         assert!(matches!(rx.recv(&sink), Err(e) if e.kind() == io::ErrorKind::WouldBlock));
     }
 
-    #[tokio::test]
-    async fn a_refused_datagram_does_not_stop_the_others() {
-        let (a, sink) = (socket().await, socket().await);
-        let to = sink.local_addr().unwrap();
-        let mut outbox = Outbox::default();
-        outbox.push(a.clone(), to, vec![1]);
-        // Larger than any UDP datagram: the kernel refuses it (EMSGSIZE).
-        outbox.push(a.clone(), to, vec![2; 70_000]);
-        outbox.push(a.clone(), to, vec![3]);
-        assert_eq!(outbox.flush(), 1);
+    #[test]
+    fn received_bytes_go_out_with_a_header_without_a_copy() {
+        let (from, relay, sink) = (socket(), socket(), socket());
+        from.send_to(b"payload", relay.local_addr().unwrap())
+            .unwrap();
         let mut rx = Receiver::new().unwrap();
-        let got = receive_all(&mut rx, &sink, 2).await;
+        let got = receive_all(&mut rx, &relay, 1);
+        assert_eq!(got, vec![b"payload".to_vec()]);
+        // `receive_all` left the datagram in slot 0.
+        let range = rx.range_of(rx.bytes(0..7)).unwrap();
+        let mut outbox = Outbox::default();
+        let to = sink.local_addr().unwrap();
+        outbox.push_received(Source::Relay(0), to, Some([0x40, 0, 0, 7]), range.clone());
+        outbox.push_received(Source::Relay(0), to, None, range);
+        assert_eq!(outbox.flush(&rx, |_| Some(&relay)), 0);
+        let mut rx2 = Receiver::new().unwrap();
+        let got = receive_all(&mut rx2, &sink, 2);
+        assert_eq!(
+            got,
+            vec![b"\x40\x00\x00\x07payload".to_vec(), b"payload".to_vec()]
+        );
+    }
+
+    #[test]
+    fn a_refused_datagram_does_not_stop_the_others() {
+        let (a, sink) = (socket(), socket());
+        let to = sink.local_addr().unwrap();
+        let rx = Receiver::new().unwrap();
+        let mut outbox = Outbox::default();
+        outbox.push_owned(Source::Listener(0), to, vec![1]);
+        // Larger than any UDP datagram: the kernel refuses it (EMSGSIZE).
+        outbox.push_owned(Source::Listener(0), to, vec![2; 70_000]);
+        outbox.push_owned(Source::Listener(0), to, vec![3]);
+        // A socket that is gone counts as failed too.
+        outbox.push_owned(Source::Relay(9), to, vec![4]);
+        assert_eq!(
+            outbox.flush(&rx, |s| (s == Source::Listener(0)).then_some(&a)),
+            2
+        );
+        let mut rx = Receiver::new().unwrap();
+        let got = receive_all(&mut rx, &sink, 2);
         assert_eq!(got, vec![vec![1], vec![3]]);
     }
 }

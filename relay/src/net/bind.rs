@@ -1,6 +1,7 @@
-//! Listening sockets. IPv6 listeners are v6-only, so `[::]:3478` and `0.0.0.0:3478` can both be
+//! Socket set-up. IPv6 sockets are v6-only, so `[::]:3478` and `0.0.0.0:3478` can both be
 //! configured and IPv4 clients keep their real addresses instead of v4-mapped IPv6 ones (which
-//! would otherwise show up in XOR-MAPPED-ADDRESS and in 5-tuples).
+//! would otherwise show up in XOR-MAPPED-ADDRESS and in 5-tuples). Listeners may be shared by
+//! several event loops through SO_REUSEPORT; every UDP socket gets the configured buffer size.
 
 use std::io;
 use std::net::SocketAddr;
@@ -29,17 +30,61 @@ fn socket(addr: SocketAddr, kind: SocketType) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// A non-blocking UDP socket bound to `addr`.
-pub fn udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+/// Socket buffer sizes the kernel granted, for the start-up report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Buffers {
+    /// SO_RCVBUF as granted (Linux reports twice the usable size; this is the usable size).
+    pub recv: usize,
+    /// SO_SNDBUF as granted (usable size).
+    pub send: usize,
+}
+
+/// Asks for `bytes` of receive and send buffer (0 leaves the kernel default); returns what was
+/// granted. The kernel silently caps requests at `net.core.rmem_max`/`wmem_max`.
+fn set_buffers(fd: &OwnedFd, bytes: usize) -> io::Result<Buffers> {
+    if bytes > 0 {
+        sockopt::set_socket_recv_buffer_size(fd, bytes)?;
+        sockopt::set_socket_send_buffer_size(fd, bytes)?;
+    }
+    Ok(Buffers {
+        recv: sockopt::socket_recv_buffer_size(fd)? / 2,
+        send: sockopt::socket_send_buffer_size(fd)? / 2,
+    })
+}
+
+/// A non-blocking UDP listener on `addr`, shareable between event loops with SO_REUSEPORT (the
+/// kernel then picks a socket by hashing the 4-tuple, so a client's flow always lands on the
+/// same one).
+pub fn udp_listener(
+    addr: SocketAddr,
+    reuse_port: bool,
+    buffer: usize,
+) -> io::Result<(std::net::UdpSocket, Buffers)> {
     let fd = socket(addr, SocketType::DGRAM)?;
+    if reuse_port {
+        sockopt::set_socket_reuseport(&fd, true)?;
+    }
+    let buffers = set_buffers(&fd, buffer)?;
+    net::bind(&fd, &addr)?;
+    Ok((fd.into(), buffers))
+}
+
+/// A non-blocking relay socket on `addr` with `buffer` bytes of socket buffer.
+pub fn relay_udp(addr: SocketAddr, buffer: usize) -> io::Result<std::net::UdpSocket> {
+    let fd = socket(addr, SocketType::DGRAM)?;
+    set_buffers(&fd, buffer)?;
     net::bind(&fd, &addr)?;
     Ok(fd.into())
 }
 
-/// A non-blocking TCP listener on `addr` (SO_REUSEADDR, so restarts do not wait for TIME_WAIT).
-pub fn tcp(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+/// A non-blocking TCP listener on `addr` (SO_REUSEADDR, so restarts do not wait for TIME_WAIT;
+/// SO_REUSEPORT when event loops share it).
+pub fn tcp(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
     let fd = socket(addr, SocketType::STREAM)?;
     sockopt::set_socket_reuseaddr(&fd, true)?;
+    if reuse_port {
+        sockopt::set_socket_reuseport(&fd, true)?;
+    }
     net::bind(&fd, &addr)?;
     net::listen(&fd, LISTEN_BACKLOG)?;
     Ok(fd.into())

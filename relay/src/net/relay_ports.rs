@@ -1,14 +1,13 @@
 //! The relay-port pool: binds UDP sockets from the configured range for the TURN core.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use futures_util::future::AbortHandle;
-use tokio::net::UdpSocket;
+use rustc_hash::FxHashMap;
 
 use crate::stun::attributes::AddressFamily;
-use crate::turn::{PortRequest, RelayAllocator};
+use crate::turn::{BindFailure, PortRequest};
 
 /// An inclusive relay port range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,38 +35,98 @@ impl std::str::FromStr for PortRange {
     }
 }
 
-/// One bound relay socket.
-#[derive(Debug)]
-pub struct RelaySocket {
-    /// The socket: tokio for readiness; receives and sends are batched system calls on its
-    /// descriptor (see [`super::batch`]), so one descriptor per allocation is enough.
-    pub socket: Arc<UdpSocket>,
-    /// Cancels the pending readiness future so the socket is closed at once on release.
-    pub abort: Option<AbortHandle>,
-}
-
-/// Relay sockets by local address, plus the addresses bound but not yet watched for readiness.
+/// The relay-port pool: relay sockets in a slab, so the event loop finds a ready socket by the
+/// index it registered it with, and the core's relayed addresses map to slots through one
+/// fast-hashed table.
 #[derive(Debug)]
 pub struct RelayPorts {
     ips: Vec<IpAddr>,
     range: PortRange,
     cursor: u16,
-    /// Bound sockets.
-    pub sockets: HashMap<SocketAddr, RelaySocket>,
-    /// Newly bound addresses the event loop must start watching.
-    pub unwatched: Vec<SocketAddr>,
+    /// Requested socket buffer size (bytes), 0 for the kernel default.
+    buffer: usize,
+    slots: Vec<Option<RelaySocket>>,
+    free: Vec<usize>,
+    by_addr: FxHashMap<SocketAddr, usize>,
+    /// Slots bound since the event loop last registered new sockets.
+    pub unwatched: Vec<usize>,
+    /// Released sockets, closed after the next flush so datagrams queued on them still leave.
+    closing: Vec<UdpSocket>,
+    /// Reserved sockets (the odd port of an EVEN-PORT pair), shared by every loop's pool: the
+    /// Allocate that uses the reservation may arrive on another loop, which adopts the socket.
+    parked: Parking,
+}
+
+/// Sockets held for EVEN-PORT reservations, shared between the loops' pools (touched only on
+/// Allocate and on release, never on the packet path).
+pub type Parking = Arc<Mutex<HashMap<SocketAddr, UdpSocket>>>;
+
+/// One bound relay socket.
+#[derive(Debug)]
+pub struct RelaySocket {
+    /// Non-blocking; receives and sends are batched system calls on its descriptor.
+    pub socket: UdpSocket,
+    /// Its local address (the relayed transport address as bound).
+    pub addr: SocketAddr,
 }
 
 impl RelayPorts {
-    /// A pool binding on `ips` (at most one per family) within `range`.
-    pub fn new(ips: Vec<IpAddr>, range: PortRange) -> Self {
+    /// A pool binding on `ips` (at most one per family) within `range`, with socket buffers of
+    /// `buffer` bytes (0: the kernel default).
+    pub fn new(ips: Vec<IpAddr>, range: PortRange, buffer: usize) -> Self {
         Self {
             ips,
             range,
             cursor: range.low,
-            sockets: HashMap::new(),
+            buffer,
+            slots: Vec::new(),
+            free: Vec::new(),
+            by_addr: FxHashMap::default(),
             unwatched: Vec::new(),
+            closing: Vec::new(),
+            parked: Parking::default(),
         }
+    }
+
+    /// Shares reserved sockets with the other loops' pools.
+    #[must_use]
+    pub fn with_parking(mut self, parked: Parking) -> Self {
+        self.parked = parked;
+        self
+    }
+
+    /// A parking lot for [`RelayPorts::with_parking`].
+    pub fn shared_parking() -> Parking {
+        Parking::default()
+    }
+
+    fn parking(&self) -> MutexGuard<'_, HashMap<SocketAddr, UdpSocket>> {
+        self.parked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes the socket of `addr` out of the slab without closing it.
+    fn unslot(&mut self, addr: SocketAddr) -> Option<UdpSocket> {
+        let slot = self.by_addr.remove(&addr)?;
+        self.free.push(slot);
+        self.unwatched.retain(|s| *s != slot);
+        self.slots
+            .get_mut(slot)
+            .and_then(Option::take)
+            .map(|s| s.socket)
+    }
+
+    /// Puts an already bound socket into the slab.
+    fn slot_in(&mut self, addr: SocketAddr, socket: UdpSocket) {
+        let slot = self.free.pop().unwrap_or(self.slots.len());
+        let entry = Some(RelaySocket { socket, addr });
+        match self.slots.get_mut(slot) {
+            Some(s) => *s = entry,
+            None => self.slots.push(entry),
+        }
+        self.by_addr.insert(addr, slot);
+        self.unwatched.push(slot);
     }
 
     fn ip(&self, family: AddressFamily) -> Option<IpAddr> {
@@ -77,27 +136,34 @@ impl RelayPorts {
             .find(|ip| AddressFamily::of(SocketAddr::new(*ip, 0)) == family)
     }
 
+    /// The socket in `slot`.
+    pub fn get(&self, slot: usize) -> Option<&RelaySocket> {
+        self.slots.get(slot).and_then(Option::as_ref)
+    }
+
+    /// The slot of the relay socket bound to `addr`.
+    pub fn slot_of(&self, addr: &SocketAddr) -> Option<usize> {
+        self.by_addr.get(addr).copied()
+    }
+
+    /// Bound relay sockets.
+    pub fn len(&self) -> usize {
+        self.by_addr.len()
+    }
+
+    /// Whether no relay socket is bound.
+    pub fn is_empty(&self) -> bool {
+        self.by_addr.is_empty()
+    }
+
     fn bind(&mut self, addr: SocketAddr) -> bool {
-        if self.sockets.contains_key(&addr) {
+        if self.by_addr.contains_key(&addr) {
             return false;
         }
-        let Ok(std_socket) = std::net::UdpSocket::bind(addr) else {
+        let Ok(socket) = super::bind::relay_udp(addr, self.buffer) else {
             return false;
         };
-        if std_socket.set_nonblocking(true).is_err() {
-            return false;
-        }
-        let Ok(socket) = UdpSocket::from_std(std_socket) else {
-            return false;
-        };
-        self.sockets.insert(
-            addr,
-            RelaySocket {
-                socket: Arc::new(socket),
-                abort: None,
-            },
-        );
-        self.unwatched.push(addr);
+        self.slot_in(addr, socket);
         true
     }
 
@@ -132,55 +198,101 @@ impl RelayPorts {
         }
         None
     }
-}
 
-impl RelayAllocator for RelayPorts {
-    fn supports(&self, family: AddressFamily) -> bool {
-        self.ip(family).is_some()
+    /// The address families relay sockets can be bound in.
+    pub fn families(&self) -> Vec<AddressFamily> {
+        [AddressFamily::V4, AddressFamily::V6]
+            .into_iter()
+            .filter(|f| self.ip(*f).is_some())
+            .collect()
     }
 
-    fn allocate(&mut self, request: PortRequest) -> Option<SocketAddr> {
-        match request {
-            PortRequest::Any(family) => {
-                let ip = self.ip(family)?;
-                self.find(ip, false, false)
-            }
+    /// Answers the core's [`crate::turn::Output::BindRelay`]: binds (or, for a reservation,
+    /// hands over) a relay socket, with DF set if asked (RFC 8656 §7.2 DONT-FRAGMENT).
+    pub fn bind_for(
+        &mut self,
+        request: PortRequest,
+        dont_fragment: bool,
+    ) -> Result<SocketAddr, BindFailure> {
+        let addr = match request {
+            PortRequest::Any(family) => self.ip(family).and_then(|ip| self.find(ip, false, false)),
             PortRequest::Even {
                 family,
                 reserve_next,
-            } => {
-                let ip = self.ip(family)?;
-                self.find(ip, true, reserve_next)
+            } => self
+                .ip(family)
+                .and_then(|ip| self.find(ip, true, reserve_next)),
+            PortRequest::Reserved(addr) => {
+                let parked = self.parking().remove(&addr);
+                match parked {
+                    Some(socket) => {
+                        self.slot_in(addr, socket);
+                        Some(addr)
+                    }
+                    None => self.by_addr.contains_key(&addr).then_some(addr),
+                }
             }
-            PortRequest::Reserved(addr) => self.sockets.contains_key(&addr).then_some(addr),
         }
-    }
-
-    fn supports_dont_fragment(&self) -> bool {
-        true
+        .ok_or(BindFailure::NoPort)?;
+        // The reserved odd port waits in the shared parking lot for whichever loop gets the
+        // Allocate with its token.
+        if let PortRequest::Even {
+            reserve_next: true, ..
+        } = request
+            && let Some(next) = addr
+                .port()
+                .checked_add(1)
+                .map(|p| SocketAddr::new(addr.ip(), p))
+            && let Some(socket) = self.unslot(next)
+        {
+            self.parking().insert(next, socket);
+        }
+        if dont_fragment && !self.set_dont_fragment(addr) {
+            self.release(addr);
+            if let PortRequest::Even {
+                reserve_next: true, ..
+            } = request
+                && let Some(port) = addr.port().checked_add(1)
+            {
+                self.release(SocketAddr::new(addr.ip(), port));
+            }
+            return Err(BindFailure::DontFragment);
+        }
+        Ok(addr)
     }
 
     fn set_dont_fragment(&mut self, relay: SocketAddr) -> bool {
         use rustix::net::sockopt;
-        let Some(s) = self.sockets.get(&relay) else {
+        let Some(s) = self.slot_of(&relay).and_then(|i| self.get(i)) else {
             return false;
         };
         // IP_PMTUDISC_DO: always set DF and never fragment locally (oversized sends fail).
         let result = if relay.is_ipv4() {
-            sockopt::set_ip_mtu_discover(&*s.socket, sockopt::Ipv4PathMtuDiscovery::DO)
+            sockopt::set_ip_mtu_discover(&s.socket, sockopt::Ipv4PathMtuDiscovery::DO)
         } else {
-            sockopt::set_ipv6_mtu_discover(&*s.socket, sockopt::Ipv6PathMtuDiscovery::DO)
+            sockopt::set_ipv6_mtu_discover(&s.socket, sockopt::Ipv6PathMtuDiscovery::DO)
         };
         result.is_ok()
     }
 
-    fn release(&mut self, relay: SocketAddr) {
-        if let Some(s) = self.sockets.remove(&relay)
-            && let Some(abort) = s.abort
-        {
-            abort.abort();
+    /// Releases a relay socket (allocation or reservation ended); it is closed at the next
+    /// [`RelayPorts::close_released`].
+    pub fn release(&mut self, relay: SocketAddr) {
+        let Some(slot) = self.by_addr.remove(&relay) else {
+            let parked = self.parking().remove(&relay);
+            self.closing.extend(parked);
+            return;
+        };
+        if let Some(s) = self.slots.get_mut(slot).and_then(Option::take) {
+            self.closing.push(s.socket);
         }
-        self.unwatched.retain(|a| *a != relay);
+        self.free.push(slot);
+        self.unwatched.retain(|s| *s != slot);
+    }
+
+    /// Closes the released sockets (after the datagrams queued on them were flushed).
+    pub fn close_released(&mut self) {
+        self.closing.clear();
     }
 }
 
@@ -193,50 +305,85 @@ mod tests {
         RelayPorts::new(
             vec!["127.0.0.1".parse().unwrap()],
             PortRange { low, high: low + 9 },
+            0,
         )
     }
 
-    #[tokio::test]
-    async fn binds_within_the_range_and_releases() {
+    #[test]
+    fn binds_within_the_range_and_releases() {
         let mut p = pool(47_600);
-        let a = p.allocate(PortRequest::Any(AddressFamily::V4)).unwrap();
+        let a = p
+            .bind_for(PortRequest::Any(AddressFamily::V4), true)
+            .unwrap();
         assert!((47_600..=47_609).contains(&a.port()));
-        assert_eq!(p.unwatched, vec![a]);
-        assert!(!p.supports(AddressFamily::V6));
-        assert!(p.set_dont_fragment(a));
+        assert_eq!(p.unwatched, vec![p.slot_of(&a).unwrap()]);
+        assert_eq!(p.families(), vec![AddressFamily::V4]);
         p.release(a);
-        assert!(p.sockets.is_empty() && p.unwatched.is_empty());
+        assert!(p.is_empty() && p.unwatched.is_empty());
+        p.close_released();
         // The port is really free again.
         std::net::UdpSocket::bind(a).unwrap();
     }
 
-    #[tokio::test]
-    async fn even_ports_and_reserved_pairs() {
+    #[test]
+    fn even_ports_and_reserved_pairs() {
         let mut p = pool(47_620);
         let even = p
-            .allocate(PortRequest::Even {
-                family: AddressFamily::V4,
-                reserve_next: true,
-            })
+            .bind_for(
+                PortRequest::Even {
+                    family: AddressFamily::V4,
+                    reserve_next: true,
+                },
+                false,
+            )
             .unwrap();
         assert_eq!(even.port() % 2, 0);
         let next = SocketAddr::new(even.ip(), even.port() + 1);
-        assert!(p.sockets.contains_key(&next), "the next port is held");
-        assert_eq!(p.allocate(PortRequest::Reserved(next)), Some(next));
+        assert!(p.parking().contains_key(&next), "the next port is held");
+        assert!(std::net::UdpSocket::bind(next).is_err(), "and bound");
+        assert_eq!(p.bind_for(PortRequest::Reserved(next), false), Ok(next));
         assert_eq!(
-            p.allocate(PortRequest::Reserved("127.0.0.1:1".parse().unwrap())),
-            None
+            p.bind_for(PortRequest::Reserved("127.0.0.1:1".parse().unwrap()), false),
+            Err(BindFailure::NoPort)
         );
     }
 
-    #[tokio::test]
-    async fn exhaustion_returns_none() {
+    #[test]
+    fn another_loops_pool_adopts_a_reserved_socket() {
+        let parking = RelayPorts::shared_parking();
+        let mut a = pool(47_660).with_parking(parking.clone());
+        let mut b = pool(47_680).with_parking(parking);
+        let even = a
+            .bind_for(
+                PortRequest::Even {
+                    family: AddressFamily::V4,
+                    reserve_next: true,
+                },
+                false,
+            )
+            .unwrap();
+        let next = SocketAddr::new(even.ip(), even.port() + 1);
+        assert_eq!(b.bind_for(PortRequest::Reserved(next), false), Ok(next));
+        assert!(b.slot_of(&next).is_some() && a.slot_of(&next).is_none());
+        // The reservation is used: the first pool's timer finds nothing to release.
+        a.release(next);
+        assert!(b.slot_of(&next).is_some());
+        b.release(next);
+        b.close_released();
+        std::net::UdpSocket::bind(next).unwrap();
+    }
+
+    #[test]
+    fn exhaustion_returns_none() {
         let mut p = pool(47_640);
         let got: Vec<_> = (0..12)
-            .filter_map(|_| p.allocate(PortRequest::Any(AddressFamily::V4)))
+            .filter_map(|_| p.bind_for(PortRequest::Any(AddressFamily::V4), false).ok())
             .collect();
         assert!(got.len() <= 10);
-        assert_eq!(p.allocate(PortRequest::Any(AddressFamily::V4)), None);
+        assert_eq!(
+            p.bind_for(PortRequest::Any(AddressFamily::V4), false),
+            Err(BindFailure::NoPort)
+        );
     }
 
     #[test]

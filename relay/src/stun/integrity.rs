@@ -99,7 +99,7 @@ pub fn compute(
     }
 }
 
-/// Verifies a received MAC in constant time.
+/// Verifies a received MAC; the comparison is constant time (`hmac`'s verify uses `subtle`).
 pub fn verify(
     kind: IntegrityKind,
     key: &IntegrityKey,
@@ -116,8 +116,8 @@ pub fn verify(
             mac.verify_slice(tag).is_ok()
         }
         IntegrityKind::Sha256 => {
-            // RFC 8489 §14.6 allows truncation to no fewer than 16 bytes.
-            if tag.len() < 16 {
+            // RFC 8489 §14.6: at most 32 bytes, at least 16, and a multiple of 4.
+            if !(16..=32).contains(&tag.len()) || !tag.len().is_multiple_of(4) {
                 return false;
             }
             let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&key.0) else {
@@ -134,4 +134,41 @@ pub fn fingerprint(prefix: &[u8], adjusted_len: usize) -> u32 {
     let mut h = crc32fast::Hasher::new();
     feed(&mut |b| h.update(b), prefix, adjusted_len);
     h.finalize() ^ FINGERPRINT_XOR
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::indexing_slicing,
+    reason = "tests use fixed, known-good inputs"
+)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sha256_tags_follow_rfc_8489_section_14_6() {
+        let key = IntegrityKey::long_term("u", "r", "p");
+        let prefix = [0u8; 20];
+        let full = compute(IntegrityKind::Sha256, &key, &prefix, 56);
+        assert!(verify(IntegrityKind::Sha256, &key, &prefix, 56, &full));
+        // Truncated to 16, 20, 28 bytes: accepted.
+        for len in [16, 20, 28] {
+            assert!(verify(
+                IntegrityKind::Sha256,
+                &key,
+                &prefix,
+                56,
+                &full[..len]
+            ));
+        }
+        // Shorter than 16, or not a multiple of 4: refused, even though it is a valid prefix.
+        for len in [12, 17, 30] {
+            assert!(!verify(
+                IntegrityKind::Sha256,
+                &key,
+                &prefix,
+                56,
+                &full[..len]
+            ));
+        }
+    }
 }

@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use super::auth::{CredentialTag, UserId};
 use super::policy::canonical;
-use super::types::{FiveTuple, Timestamp};
+use super::types::{FiveTuple, Millis};
 use crate::stun::{ChannelNumber, TransactionId};
 
 /// RFC 8656 §12: after a channel binding expires, its number and peer address must not be bound
@@ -19,7 +19,7 @@ pub struct Permission {
     /// Peer IP (canonical: v4-mapped folded to v4).
     pub ip: IpAddr,
     /// When it lapses unless refreshed.
-    pub expires: Timestamp,
+    pub expires: Millis,
 }
 
 /// A channel number bound to a peer transport address (RFC 8656 §12).
@@ -30,19 +30,19 @@ pub struct ChannelBinding {
     /// Peer transport address.
     pub peer: SocketAddr,
     /// When it lapses unless refreshed.
-    pub expires: Timestamp,
+    pub expires: Millis,
 }
 
 /// Token bucket limiting relayed bytes per second in both directions combined.
 #[derive(Clone, Copy, Debug)]
 pub struct Bandwidth {
     tokens: u64,
-    last: Timestamp,
+    last: Millis,
 }
 
 impl Bandwidth {
     /// A full bucket.
-    pub fn new(rate: u64, now: Timestamp) -> Self {
+    pub fn new(rate: u64, now: Millis) -> Self {
         Self {
             tokens: rate,
             last: now,
@@ -50,11 +50,11 @@ impl Bandwidth {
     }
 
     /// Spends `bytes` if available; `rate` 0 means unlimited. Burst is one second's worth.
-    pub fn take(&mut self, bytes: usize, rate: u64, now: Timestamp) -> bool {
+    pub fn take(&mut self, bytes: usize, rate: u64, now: Millis) -> bool {
         if rate == 0 {
             return true;
         }
-        let elapsed = u64::try_from(now.since(self.last).as_millis()).unwrap_or(u64::MAX);
+        let elapsed = now.since(self.last);
         let refill = rate.saturating_mul(elapsed) / 1000;
         if refill > 0 {
             self.tokens = self.tokens.saturating_add(refill).min(rate);
@@ -93,12 +93,14 @@ pub struct Allocation {
     pub user: UserId,
     /// Which accepted credential authenticated it.
     pub credential: CredentialTag,
-    /// REST username expiry, enforced for the allocation's whole life.
-    pub credential_expires: Option<Timestamp>,
-    /// Set when the credential leaves the accepted set: the next request gets 401 and ends it.
+    /// REST username expiry: `expires` never passes it (Allocate and Refresh cap the lifetime
+    /// there), so relaying stops when the credential does.
+    pub credential_expires: Option<Millis>,
+    /// Set when the credential leaves the accepted set: data is no longer relayed, and the next
+    /// request gets 401 and ends the allocation.
     pub revoked: bool,
-    /// Time-to-expiry deadline.
-    pub expires: Timestamp,
+    /// Time-to-expiry deadline (never later than `credential_expires`).
+    pub expires: Millis,
     /// Transaction id of the Allocate, to answer retransmissions (RFC 8656 §7.2).
     pub allocate_tid: TransactionId,
     /// Installed permissions.
@@ -110,8 +112,14 @@ pub struct Allocation {
 }
 
 impl Allocation {
+    /// Whether data may flow: not past its lifetime (which the credential's expiry caps) and not
+    /// revoked by a secret rotation.
+    pub fn is_live(&self, now: Millis) -> bool {
+        self.expires > now && !self.revoked
+    }
+
     /// Whether a live permission covers `ip`.
-    pub fn permits(&self, ip: IpAddr, now: Timestamp) -> bool {
+    pub fn permits(&self, ip: IpAddr, now: Millis) -> bool {
         let ip = canonical(ip);
         self.permissions
             .iter()
@@ -119,7 +127,7 @@ impl Allocation {
     }
 
     /// Installs or refreshes a permission; `false` if the table is full.
-    pub fn permit(&mut self, ip: IpAddr, expires: Timestamp, max: usize) -> bool {
+    pub fn permit(&mut self, ip: IpAddr, expires: Millis, max: usize) -> bool {
         let ip = canonical(ip);
         if let Some(p) = self.permissions.iter_mut().find(|p| p.ip == ip) {
             p.expires = expires;
@@ -138,25 +146,25 @@ impl Allocation {
     }
 
     /// The live binding for a channel number.
-    pub fn channel(&self, number: ChannelNumber, now: Timestamp) -> Option<&ChannelBinding> {
+    pub fn channel(&self, number: ChannelNumber, now: Millis) -> Option<&ChannelBinding> {
         self.channels
             .iter()
             .find(|c| c.number == number && c.expires > now)
     }
 
     /// The live binding for a peer address.
-    pub fn channel_for_peer(&self, peer: SocketAddr, now: Timestamp) -> Option<&ChannelBinding> {
+    pub fn channel_for_peer(&self, peer: SocketAddr, now: Millis) -> Option<&ChannelBinding> {
         self.channels
             .iter()
             .find(|c| c.peer == peer && c.expires > now)
     }
 
     /// Drops expired permissions, and channel bindings past their rebind hold.
-    pub fn sweep(&mut self, now: Timestamp) {
+    pub fn sweep(&mut self, now: Millis) {
         self.permissions.retain(|p| p.expires > now);
         // An expired binding stays as a tombstone so its number and peer cannot be rebound to
         // something else for a while; data no longer flows on it.
         self.channels
-            .retain(|c| c.expires.plus(CHANNEL_REBIND_HOLD) > now);
+            .retain(|c| c.expires.saturating_add(CHANNEL_REBIND_HOLD) > now);
     }
 }

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use sha1::Sha1;
+use subtle::ConstantTimeEq as _;
 
-use super::types::Timestamp;
+use super::types::Millis;
 use crate::stun::IntegrityKey;
 
 /// Identifies which configured secret or static user produced a key, without holding it; used to
@@ -59,7 +60,7 @@ pub enum Lookup {
         /// Quota subject.
         user: UserId,
         /// REST expiry, if this is a REST username.
-        expires: Option<Timestamp>,
+        expires: Option<Millis>,
     },
     /// A REST username whose expiry has passed.
     Expired,
@@ -115,7 +116,7 @@ impl Credentials {
     }
 
     /// Keys that could have produced a message from `username` at `now`.
-    pub fn lookup(&self, username: &str, realm: &str, now: Timestamp) -> Lookup {
+    pub fn lookup(&self, username: &str, realm: &str, now: Millis) -> Lookup {
         if let Some(password) = self.users.get(username) {
             return Lookup::Keys {
                 candidates: vec![Candidate {
@@ -149,7 +150,7 @@ impl Credentials {
         Lookup::Keys {
             candidates,
             user: UserId(id.into()),
-            expires: Some(Timestamp::from_secs(expiry)),
+            expires: Some(Millis::from_secs(expiry)),
         }
     }
 
@@ -202,13 +203,13 @@ impl NonceIssuer {
     }
 
     /// A fresh nonce for `client`.
-    pub fn mint(&self, client: SocketAddr, now: Timestamp) -> String {
-        let expiry = now.plus(self.lifetime).as_secs();
+    pub fn mint(&self, client: SocketAddr, now: Millis) -> String {
+        let expiry = now.saturating_add(self.lifetime).as_secs();
         format!("{expiry:010x}{}", self.mac(expiry, client))
     }
 
     /// Checks a nonce presented by `client`.
-    pub fn check(&self, nonce: &[u8], client: SocketAddr, now: Timestamp) -> NonceCheck {
+    pub fn check(&self, nonce: &[u8], client: SocketAddr, now: Millis) -> NonceCheck {
         let Ok(nonce) = std::str::from_utf8(nonce) else {
             return NonceCheck::Stale;
         };
@@ -219,13 +220,8 @@ impl NonceIssuer {
             return NonceCheck::Stale;
         };
         let expected = self.mac(expiry, client);
-        // Constant-time enough: both are hex of a MAC; compare every byte.
-        let same = expected.len() == mac.len()
-            && expected
-                .bytes()
-                .zip(mac.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0;
+        // Constant time in the MAC's content (its length is public).
+        let same: bool = expected.as_bytes().ct_eq(mac.as_bytes()).into();
         if same && expiry > now.as_secs() {
             NonceCheck::Valid
         } else {
@@ -250,7 +246,7 @@ mod tests {
             secrets: vec!["s1".into(), "s2".into()],
             users: HashMap::new(),
         };
-        let now = Timestamp::from_secs(1_000);
+        let now = Millis::from_secs(1_000);
         match c.lookup("2000:alice", "r", now) {
             Lookup::Keys {
                 candidates,
@@ -259,7 +255,7 @@ mod tests {
             } => {
                 assert_eq!(candidates.len(), 2);
                 assert_eq!(user, UserId("alice".into()));
-                assert_eq!(expires, Some(Timestamp::from_secs(2000)));
+                assert_eq!(expires, Some(Millis::from_secs(2000)));
                 assert_eq!(
                     candidates[0].key,
                     IntegrityKey::long_term("2000:alice", "r", &rest_password("s1", "2000:alice"))
@@ -308,7 +304,7 @@ mod tests {
             secrets: vec!["s".into()],
             users: HashMap::new(),
         };
-        let now = Timestamp::from_secs(1_000);
+        let now = Millis::from_secs(1_000);
         let user_of = |name| match c.lookup(name, "r", now) {
             Lookup::Keys { user, .. } => user,
             other => panic!("unexpected {other:?}"),
@@ -338,12 +334,12 @@ mod tests {
         let n = NonceIssuer::new([9; 32], Duration::from_secs(60));
         let a: SocketAddr = "192.0.2.1:1000".parse().unwrap();
         let b: SocketAddr = "192.0.2.1:1001".parse().unwrap();
-        let t0 = Timestamp::from_secs(100);
+        let t0 = Millis::from_secs(100);
         let nonce = n.mint(a, t0);
         assert_eq!(n.check(nonce.as_bytes(), a, t0), NonceCheck::Valid);
         assert_eq!(n.check(nonce.as_bytes(), b, t0), NonceCheck::Stale);
         assert_eq!(
-            n.check(nonce.as_bytes(), a, Timestamp::from_secs(160)),
+            n.check(nonce.as_bytes(), a, Millis::from_secs(160)),
             NonceCheck::Stale
         );
         assert_eq!(n.check(b"garbage", a, t0), NonceCheck::Stale);

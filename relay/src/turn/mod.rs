@@ -1,9 +1,14 @@
-//! Sans-IO TURN server (RFC 8656): fed client datagrams, peer datagrams and time; drained of
-//! transmits, timeouts and events. Relay sockets come from a [`RelayAllocator`] the shell provides.
+//! Sans-IO TURN server (RFC 8656): fed client datagrams, peer datagrams, relay sockets the shell
+//! bound on its request, and time; drained of [`Output`]s with `Server::poll_output`. Relayed
+//! data comes back directly from the handler as a [`Forward`] borrowing the input.
 
 pub mod allocation;
 pub mod auth;
+pub mod config;
+mod control;
+mod data;
 pub mod policy;
+pub mod quota;
 pub mod server;
 pub mod types;
 
@@ -12,8 +17,11 @@ mod tests;
 
 pub use allocation::{Allocation, ChannelBinding, Permission};
 pub use auth::{Credentials, UserId};
+pub use config::{AuthFailures, ServerConfig, Stats};
 pub use policy::{Cidr, PeerPolicy};
-pub use server::{AuthFailures, Server, ServerConfig, Stats};
+pub use quota::{QuotaExceeded, Quotas, Reservation, Reservations, Shared};
+pub use server::Server;
 pub use types::{
-    DeleteReason, Event, FiveTuple, PortRequest, RelayAllocator, Timestamp, Transmit, Transport,
+    BindFailure, BindId, DeleteReason, Event, FiveTuple, Forward, Millis, Output, PortRequest,
+    Transmit, Transport,
 };

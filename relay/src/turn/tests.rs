@@ -21,26 +21,30 @@ const SECRET: &str = "north";
 const REALM: &str = "switchboard.test";
 const T0: u64 = 1_800_000_000;
 
-/// Hands out relay ports on 127.0.0.1 from 50000 upwards, tracking what is bound.
+/// Hands out relay ports on 127.0.0.1 (or 2001:db8::1) from 50000 upwards, tracking what is
+/// bound: the shell's side of [`Output::BindRelay`] and [`Output::ReleaseRelay`].
 #[derive(Debug, Default)]
 struct FakePorts {
     next: u16,
     bound: HashSet<SocketAddr>,
     released: Vec<SocketAddr>,
     exhausted: bool,
-    no_dont_fragment: bool,
     dont_fragment: Vec<SocketAddr>,
 }
 
-impl RelayAllocator for FakePorts {
-    fn supports(&self, family: AddressFamily) -> bool {
-        family == AddressFamily::V4
-    }
+impl FakePorts {
     fn allocate(&mut self, request: PortRequest) -> Option<SocketAddr> {
         if self.exhausted {
             return None;
         }
-        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let ip: IpAddr = match request {
+            PortRequest::Any(AddressFamily::V6)
+            | PortRequest::Even {
+                family: AddressFamily::V6,
+                ..
+            } => "2001:db8::1".parse().unwrap(),
+            _ => "127.0.0.1".parse().unwrap(),
+        };
         if self.next == 0 {
             self.next = 50_000;
         }
@@ -59,13 +63,7 @@ impl RelayAllocator for FakePorts {
         self.bound.insert(addr);
         Some(addr)
     }
-    fn supports_dont_fragment(&self) -> bool {
-        !self.no_dont_fragment
-    }
-    fn set_dont_fragment(&mut self, relay: SocketAddr) -> bool {
-        self.dont_fragment.push(relay);
-        true
-    }
+
     fn release(&mut self, relay: SocketAddr) {
         assert!(
             self.bound.remove(&relay),
@@ -78,7 +76,8 @@ impl RelayAllocator for FakePorts {
 struct Harness {
     server: Server,
     ports: FakePorts,
-    now: Timestamp,
+    now: Millis,
+    events: std::collections::VecDeque<Event>,
 }
 
 fn udp(n: u8) -> FiveTuple {
@@ -279,14 +278,41 @@ impl Harness {
         Self {
             server: Server::new(config, credentials),
             ports: FakePorts::default(),
-            now: Timestamp::from_secs(T0),
+            now: Millis::from_secs(T0),
+            events: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// Performs the core's outputs as the shell would; returns the transmits and the deadline.
+    fn pump(&mut self) -> (Vec<Transmit>, Option<Millis>) {
+        let mut out = Vec::new();
+        loop {
+            match self.server.poll_output() {
+                Output::Transmit(t) => out.push(t),
+                Output::BindRelay {
+                    id,
+                    request,
+                    dont_fragment,
+                } => {
+                    let result = self.ports.allocate(request).ok_or(BindFailure::NoPort);
+                    if let (Ok(a), true) = (result, dont_fragment) {
+                        self.ports.dont_fragment.push(a);
+                    }
+                    self.server.handle_relay_bound(id, result, self.now);
+                }
+                Output::ReleaseRelay(a) => self.ports.release(a),
+                Output::Event(e) => self.events.push_back(e),
+                Output::Timeout(t) => return (out, t),
+            }
         }
     }
 
     fn feed(&mut self, ft: FiveTuple, bytes: &[u8]) -> Vec<Transmit> {
-        self.server
-            .handle_datagram(ft, bytes, self.now, &mut self.ports);
-        std::iter::from_fn(|| self.server.poll_transmit()).collect()
+        let forward = self
+            .server
+            .handle_datagram(ft, bytes, self.now)
+            .map(|f| f.to_transmit());
+        forward.into_iter().chain(self.pump().0).collect()
     }
 
     fn exchange(&mut self, ft: FiveTuple, bytes: &[u8]) -> Response {
@@ -305,17 +331,32 @@ impl Harness {
     }
 
     fn peer_sends(&mut self, relay: SocketAddr, p: SocketAddr, data: &[u8]) -> Vec<Transmit> {
-        self.server.handle_peer_datagram(relay, p, data, self.now);
-        std::iter::from_fn(|| self.server.poll_transmit()).collect()
+        let forward = self
+            .server
+            .handle_peer_datagram(relay, p, data, self.now)
+            .map(|f| f.to_transmit());
+        forward.into_iter().chain(self.pump().0).collect()
+    }
+
+    /// The next lifecycle event the core reported.
+    fn event(&mut self) -> Option<Event> {
+        self.pump();
+        self.events.pop_front()
+    }
+
+    /// The core's next deadline.
+    fn deadline(&mut self) -> Option<Millis> {
+        self.pump().1
     }
 
     /// Advances time, running timers as the shell would.
     fn advance(&mut self, d: Duration) {
-        let end = self.now.plus(d);
-        while let Some(t) = self.server.poll_timeout().filter(|t| *t <= end) {
+        let end = self.now.saturating_add(d);
+        while let Some(t) = self.deadline().filter(|t| *t <= end) {
             self.now = t.max(self.now);
-            self.server.handle_timeout(self.now, &mut self.ports);
+            self.server.handle_timeout(self.now);
         }
+        self.pump();
         self.now = end;
     }
 }
@@ -375,10 +416,7 @@ fn allocate_with_rest_credentials() {
     let relay = relay_of(&r);
     assert!(h.ports.bound.contains(&relay));
     assert_eq!(h.server.allocation_count(), 1);
-    assert!(matches!(
-        h.server.poll_event(),
-        Some(Event::AllocationCreated { .. })
-    ));
+    assert!(matches!(h.event(), Some(Event::AllocationCreated { .. })));
     assert!(r.msg().has_fingerprint() && r.msg().verify_fingerprint());
 }
 
@@ -444,8 +482,7 @@ fn dont_fragment_is_honoured_or_refused_as_unknown() {
     assert_eq!(r.class(), Class::Success);
     assert_eq!(h.ports.dont_fragment, vec![relay_of(&r)]);
 
-    let mut h = Harness::new();
-    h.ports.no_dont_fragment = true;
+    let mut h = Harness::with(|c| c.dont_fragment = false);
     let mut c = Client::rest(udp(1), "alice", later());
     let r = c.call(&mut h, Method::ALLOCATE, &with_df);
     assert_eq!(r.code(), Some(420));
@@ -988,7 +1025,8 @@ fn channel_data_to_tcp_clients_is_padded() {
     };
     assert_eq!(payload.len(), 12);
     // Closing the connection ends the allocation.
-    h.server.handle_connection_closed(tcp(1), &mut h.ports);
+    h.server.handle_connection_closed(tcp(1));
+    h.pump();
     assert_eq!(h.server.allocation_count(), 0);
     assert_eq!(h.ports.released, vec![relay]);
 }
@@ -998,20 +1036,20 @@ fn allocations_expire() {
     let mut h = Harness::new();
     let mut c = Client::rest(udp(1), "alice", later());
     let relay = relay_of(&c.allocate(&mut h));
-    h.server.poll_event();
+    h.event();
     h.advance(Duration::from_secs(599));
     assert_eq!(h.server.allocation_count(), 1);
     h.advance(Duration::from_secs(2));
     assert_eq!(h.server.allocation_count(), 0);
     assert_eq!(h.ports.released, vec![relay]);
     assert!(matches!(
-        h.server.poll_event(),
+        h.event(),
         Some(Event::AllocationDeleted {
             reason: DeleteReason::Expired,
             ..
         })
     ));
-    assert_eq!(h.server.poll_timeout(), None, "no timers without state");
+    assert_eq!(h.deadline(), None, "no timers without state");
 }
 
 #[test]
@@ -1208,7 +1246,7 @@ fn allocate_after_unswept_expiry_succeeds() {
     let mut c = Client::rest(udp(1), "alice", later());
     c.allocate(&mut h);
     // Jump past the lifetime without running timers: the stale allocation must not cause a 437.
-    h.now = h.now.plus(Duration::from_secs(601));
+    h.now = h.now.saturating_add(Duration::from_secs(601));
     let r = c.allocate(&mut h);
     assert_eq!(r.class(), Class::Success, "{:?}", r.code());
     assert_eq!(h.server.allocation_count(), 1);
@@ -1216,29 +1254,12 @@ fn allocate_after_unswept_expiry_succeeds() {
 
 #[test]
 fn ipv6_relays_and_peers() {
-    struct V6Ports(FakePorts);
-    impl RelayAllocator for V6Ports {
-        fn supports(&self, _: AddressFamily) -> bool {
-            true
-        }
-        fn allocate(&mut self, request: PortRequest) -> Option<SocketAddr> {
-            let v4 = self.0.allocate(request)?;
-            Some(SocketAddr::new("2001:db8::1".parse().unwrap(), v4.port()))
-        }
-        fn supports_dont_fragment(&self) -> bool {
-            true
-        }
-        fn set_dont_fragment(&mut self, _: SocketAddr) -> bool {
-            true
-        }
-        fn release(&mut self, _: SocketAddr) {}
-    }
     let mut h = Harness::with(|c| {
         c.peer_policy
             .allowed
-            .push("2001:db8:ffff::/48".parse().unwrap())
+            .push("2001:db8:ffff::/48".parse().unwrap());
+        c.relay_families = vec![AddressFamily::V4, AddressFamily::V6];
     });
-    let mut ports = V6Ports(FakePorts::default());
     let c = Client::rest(udp(1), "alice", later());
     let nonce = h.server_nonce(udp(1));
     let req = MessageBuilder::new(
@@ -1252,16 +1273,12 @@ fn ipv6_relays_and_peers() {
     .attr(attr::NONCE, nonce.as_bytes())
     .integrity(IntegrityKind::Sha1, &c.key())
     .finish();
-    h.server.handle_datagram(udp(1), &req, h.now, &mut ports);
-    let Some(Transmit::Client { payload, .. }) = h.server.poll_transmit() else {
-        panic!()
-    };
-    let r = Response { bytes: payload };
+    let r = h.exchange(udp(1), &req);
     assert_eq!(r.class(), Class::Success, "{:?}", r.code());
     let relay = relay_of(&r);
     assert!(relay.is_ipv6());
     // A v6 peer in an allowed prefix gets a permission; a v4 peer is a family mismatch.
-    let permit = |h: &mut Harness, ports: &mut V6Ports, p: SocketAddr, tid: u8| {
+    let permit = |h: &mut Harness, p: SocketAddr, tid: u8| {
         let req = MessageBuilder::new(
             MessageType::new(Method::CREATE_PERMISSION, Class::Request),
             TransactionId([tid; 12]),
@@ -1272,30 +1289,16 @@ fn ipv6_relays_and_peers() {
         .attr(attr::NONCE, nonce.as_bytes())
         .integrity(IntegrityKind::Sha1, &c.key())
         .finish();
-        h.server.handle_datagram(udp(1), &req, h.now, ports);
-        let Some(Transmit::Client { payload, .. }) = h.server.poll_transmit() else {
-            panic!()
-        };
-        Response { bytes: payload }
+        h.exchange(udp(1), &req)
     };
     assert_eq!(
-        permit(&mut h, &mut ports, peer("[2001:db8:ffff::5]:9"), 7).class(),
+        permit(&mut h, peer("[2001:db8:ffff::5]:9"), 7).class(),
         Class::Success
     );
-    assert_eq!(
-        permit(&mut h, &mut ports, peer("[fe80::1]:9"), 8).code(),
-        Some(403)
-    );
-    assert_eq!(
-        permit(&mut h, &mut ports, peer("192.0.2.10:9"), 9).code(),
-        Some(443)
-    );
-    let out = {
-        h.server
-            .handle_peer_datagram(relay, peer("[2001:db8:ffff::5]:77"), b"v6", h.now);
-        h.server.poll_transmit()
-    };
-    assert!(matches!(out, Some(Transmit::Client { .. })));
+    assert_eq!(permit(&mut h, peer("[fe80::1]:9"), 8).code(), Some(403));
+    assert_eq!(permit(&mut h, peer("192.0.2.10:9"), 9).code(), Some(443));
+    let out = h.peer_sends(relay, peer("[2001:db8:ffff::5]:77"), b"v6");
+    assert!(matches!(out.first(), Some(Transmit::Client { .. })));
 }
 
 #[test]
@@ -1397,4 +1400,118 @@ fn draining_refuses_new_allocations_and_serves_existing_ones() {
     h.advance(Duration::from_secs(600));
     assert_eq!(h.server.allocation_count(), 0, "bob's allocation expired");
     assert_eq!(carol.allocate(&mut h).code(), Some(508), "still draining");
+}
+
+/// ChannelData for channel 0x4000 from `c`, and whether the relay forwarded it.
+fn channel_relayed(h: &mut Harness, c: &Client, data: &[u8]) -> bool {
+    !h.feed(
+        c.ft,
+        &ChannelData::encode(ChannelNumber(0x4000), data, false),
+    )
+    .is_empty()
+}
+
+#[test]
+fn a_rest_allocation_never_outlives_its_credential() {
+    let mut h = Harness::new();
+    let mut c = Client::rest(udp(1), "alice", T0 + 100);
+    let r = c.allocate(&mut h);
+    assert_eq!(r.lifetime(), Some(100), "lifetime capped at the credential");
+    let relay = relay_of(&r);
+    let p = peer("192.0.2.10:5000");
+    assert_eq!(c.bind(&mut h, 0x4000, p).class(), Class::Success);
+    assert_eq!(
+        c.refresh(&mut h, 3600).lifetime(),
+        Some(100),
+        "a refresh with the same credential cannot pass it either"
+    );
+    h.advance(Duration::from_secs(99));
+    assert!(channel_relayed(&mut h, &c, b"before"));
+    assert_eq!(h.peer_sends(relay, p, b"before").len(), 1);
+
+    // No request in between: the data path alone must stop at the expiry, both ways.
+    h.now = Millis::from_secs(T0 + 100);
+    assert!(!channel_relayed(&mut h, &c, b"after"));
+    assert!(h.peer_sends(relay, p, b"after").is_empty());
+    assert!(c.send(&mut h, p, b"after").is_empty());
+    // And the timer releases the relayed port.
+    h.advance(Duration::from_secs(2));
+    assert_eq!(h.server.allocation_count(), 0);
+    assert_eq!(h.ports.released, vec![relay]);
+}
+
+#[test]
+fn a_refresh_with_a_newer_credential_of_the_same_user_extends_the_allocation() {
+    let mut h = Harness::new();
+    let mut c = Client::rest(udp(1), "alice.t1", T0 + 100);
+    let relay = relay_of(&c.allocate(&mut h));
+    let p = peer("192.0.2.10:5000");
+    assert_eq!(c.bind(&mut h, 0x4000, p).class(), Class::Success);
+    h.advance(Duration::from_secs(50));
+
+    // Another user's fresh credential on the same 5-tuple is refused (RFC 8656 §5: 441).
+    let mut other = Client::rest(udp(1), "bob.t1", T0 + 5000);
+    assert_eq!(other.refresh(&mut h, 600).code(), Some(441));
+
+    let fresh = Client::rest(udp(1), "alice.t1", T0 + 500);
+    c.username = fresh.username;
+    c.password = fresh.password;
+    assert_eq!(
+        c.refresh(&mut h, 600).lifetime(),
+        Some(450),
+        "extended, and capped by the fresh credential's expiry"
+    );
+    h.advance(Duration::from_secs(100));
+    assert!(
+        channel_relayed(&mut h, &c, b"past the first credential"),
+        "the allocation moved onto the fresh credential"
+    );
+    assert_eq!(h.peer_sends(relay, p, b"back").len(), 1);
+    assert_eq!(h.server.allocation_count(), 1);
+}
+
+#[test]
+fn a_revoked_credential_stops_relaying_at_once() {
+    let mut h = Harness::new();
+    let mut c = Client::rest(udp(1), "alice", later());
+    let relay = relay_of(&c.allocate(&mut h));
+    let p = peer("192.0.2.10:5000");
+    assert_eq!(c.bind(&mut h, 0x4000, p).class(), Class::Success);
+    assert!(channel_relayed(&mut h, &c, b"x"));
+    h.server.set_credentials(Credentials {
+        secrets: vec!["rotated".into()],
+        ..Default::default()
+    });
+    assert!(!channel_relayed(&mut h, &c, b"x"));
+    assert!(c.send(&mut h, p, b"x").is_empty());
+    assert!(h.peer_sends(relay, p, b"x").is_empty());
+    // Putting the secret back (an operator's mistake undone) lets the allocation live on.
+    h.server.set_credentials(Credentials {
+        secrets: vec![SECRET.into()],
+        ..Default::default()
+    });
+    assert!(channel_relayed(&mut h, &c, b"x"));
+}
+
+#[test]
+fn a_permission_admits_only_its_own_peer_ip_in_both_directions() {
+    let mut h = Harness::new();
+    let mut c = Client::rest(udp(1), "alice", later());
+    let relay = relay_of(&c.allocate(&mut h));
+    let (permitted, other) = (peer("192.0.2.10:5000"), peer("192.0.2.11:5000"));
+    assert_eq!(c.permit(&mut h, permitted).class(), Class::Success);
+
+    assert!(
+        c.send(&mut h, other, b"to other").is_empty(),
+        "client -> unpermitted peer"
+    );
+    assert!(
+        h.peer_sends(relay, other, b"from other").is_empty(),
+        "unpermitted peer -> client"
+    );
+    // A channel to the unpermitted peer cannot be bound behind the permission's back either:
+    // binding installs its own permission, so only the bound peer's IP gains one.
+    assert_eq!(c.send(&mut h, permitted, b"ok").len(), 1);
+    assert_eq!(h.peer_sends(relay, permitted, b"ok").len(), 1);
+    assert_eq!(h.server.stats().dropped_no_permission, 2);
 }

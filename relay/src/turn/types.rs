@@ -1,55 +1,19 @@
-//! Value types shared by the TURN core and its IO shell: time, five-tuples, transmits.
+//! Value types shared by the TURN core and its IO shell: five-tuples, what the core asks of the
+//! shell ([`Output`]) and where relayed data goes ([`Forward`]).
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::time::Duration;
 
+use crate::stun::ChannelNumber;
 use crate::stun::attributes::AddressFamily;
 
-/// Wall-clock time as milliseconds since the Unix epoch, passed in by the caller.
-///
-/// One clock serves both timers and TURN REST expiry (which is Unix time by definition); the
-/// shell keeps it non-decreasing so a clock step backwards cannot resurrect expired state.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
-pub struct Timestamp(u64);
-
-impl Timestamp {
-    /// From milliseconds since the Unix epoch.
-    pub const fn from_millis(ms: u64) -> Self {
-        Self(ms)
-    }
-
-    /// From whole seconds since the Unix epoch.
-    pub const fn from_secs(s: u64) -> Self {
-        Self(s.saturating_mul(1000))
-    }
-
-    /// Milliseconds since the Unix epoch.
-    pub const fn as_millis(self) -> u64 {
-        self.0
-    }
-
-    /// Whole seconds since the Unix epoch.
-    pub const fn as_secs(self) -> u64 {
-        self.0 / 1000
-    }
-
-    /// `self + d`, saturating.
-    pub fn plus(self, d: Duration) -> Self {
-        Self(
-            self.0
-                .saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-        )
-    }
-
-    /// Time from `earlier` to `self`, zero if `earlier` is later.
-    pub fn since(self, earlier: Self) -> Duration {
-        Duration::from_millis(self.0.saturating_sub(earlier.0))
-    }
-}
+/// Wall-clock time in milliseconds since the Unix epoch, passed in by the caller: the same type
+/// the signaling protocol uses. One clock serves timers and TURN REST expiry (Unix time by
+/// definition); the shell keeps it non-decreasing.
+pub use switchboard_proto::types::Millis;
 
 /// Transport protocol between client and server (RFC 8656 §2: part of the 5-tuple).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub enum Transport {
     /// UDP.
     Udp,
@@ -67,7 +31,7 @@ impl Transport {
 }
 
 /// Client address, server address and transport: identifies an allocation (RFC 8656 §2).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub struct FiveTuple {
     /// The client's address as seen by us (its server-reflexive address).
     pub client: SocketAddr,
@@ -77,7 +41,7 @@ pub struct FiveTuple {
     pub transport: Transport,
 }
 
-/// An outgoing datagram produced by the core.
+/// An outgoing message the core built (responses, Data indications).
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Transmit {
     /// To a client over the transport of `five_tuple`.
@@ -98,6 +62,90 @@ pub enum Transmit {
     },
 }
 
+/// Relayed data, borrowing the datagram it came from: the shell sends it without a copy.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Forward<'a> {
+    /// Client → peer: `payload` leaves from the relayed address `relay` to `peer`.
+    ToPeer {
+        /// The allocation's relayed transport address as bound locally.
+        relay: SocketAddr,
+        /// Destination peer.
+        peer: SocketAddr,
+        /// Application data (a slice of the client's datagram).
+        payload: &'a [u8],
+    },
+    /// Peer → client over a channel: `header`, `payload`, then `padding` zero bytes (streams,
+    /// RFC 8656 §12.5), together one ChannelData message.
+    ToClient {
+        /// Which client connection.
+        five_tuple: FiveTuple,
+        /// The 4-byte ChannelData header (channel number, length).
+        header: [u8; 4],
+        /// Application data (the peer's datagram).
+        payload: &'a [u8],
+        /// Zero bytes after the payload: 0 over UDP, up to 3 over streams.
+        padding: usize,
+    },
+}
+
+impl Forward<'_> {
+    /// A ChannelData forward for `five_tuple` on `channel`.
+    pub(crate) fn channel_data(
+        five_tuple: FiveTuple,
+        channel: ChannelNumber,
+        payload: &[u8],
+    ) -> Forward<'_> {
+        let len = u16::try_from(payload.len()).unwrap_or(u16::MAX);
+        let [c0, c1] = channel.0.to_be_bytes();
+        let [l0, l1] = len.to_be_bytes();
+        let padding = if five_tuple.transport.is_stream() {
+            (4 - payload.len() % 4) % 4
+        } else {
+            0
+        };
+        Forward::ToClient {
+            five_tuple,
+            header: [c0, c1, l0, l1],
+            payload,
+            padding,
+        }
+    }
+
+    /// The same bytes as an owned [`Transmit`] (stream transports, tests).
+    pub fn to_transmit(&self) -> Transmit {
+        match *self {
+            Forward::ToPeer {
+                relay,
+                peer,
+                payload,
+            } => Transmit::Peer {
+                relay,
+                peer,
+                payload: payload.to_vec(),
+            },
+            Forward::ToClient {
+                five_tuple,
+                header,
+                payload,
+                padding,
+            } => {
+                let mut out = Vec::with_capacity(header.len() + payload.len() + padding);
+                out.extend_from_slice(&header);
+                out.extend_from_slice(payload);
+                out.resize(out.len() + padding, 0);
+                Transmit::Client {
+                    five_tuple,
+                    payload: out,
+                }
+            }
+        }
+    }
+}
+
+/// Names one pending request for a relay socket ([`Output::BindRelay`]).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct BindId(pub u64);
+
 /// What the core asks of the shell's relay-port pool.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum PortRequest {
@@ -114,18 +162,37 @@ pub enum PortRequest {
     Reserved(SocketAddr),
 }
 
-/// The shell's pool of relay sockets; the core calls it synchronously so it can answer Allocate.
-pub trait RelayAllocator {
-    /// Whether relayed addresses of `family` can be allocated (else 440).
-    fn supports(&self, family: AddressFamily) -> bool;
-    /// Binds a relay socket, returning its local address, or `None` when no port fits (508).
-    fn allocate(&mut self, request: PortRequest) -> Option<SocketAddr>;
-    /// Whether relay sockets can be made to send with the DF bit set (else DONT-FRAGMENT is 420).
-    fn supports_dont_fragment(&self) -> bool;
-    /// Makes a relay socket send with DF set (RFC 8656 §7.2 DONT-FRAGMENT); `false` on failure.
-    fn set_dont_fragment(&mut self, relay: SocketAddr) -> bool;
-    /// Closes a relay socket (allocation or reservation ended).
-    fn release(&mut self, relay: SocketAddr);
+/// Why the shell could not provide a relay socket.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum BindFailure {
+    /// No port fits the request (answered 508).
+    NoPort,
+    /// The socket was bound but DF could not be set on it; the shell released it (answered 500).
+    DontFragment,
+}
+
+/// What the core asks of its shell, drained with `Server::poll_output` until
+/// [`Output::Timeout`].
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Output {
+    /// A message to send.
+    Transmit(Transmit),
+    /// Bind a relay socket for an Allocate (with DF set if `dont_fragment`, RFC 8656 §7.2), and
+    /// answer with `Server::handle_relay_bound(id, ..)`.
+    BindRelay {
+        /// Quote this in the answer.
+        id: BindId,
+        /// Which port.
+        request: PortRequest,
+        /// Set DF on the socket.
+        dont_fragment: bool,
+    },
+    /// Close a relay socket (allocation or reservation ended).
+    ReleaseRelay(SocketAddr),
+    /// A lifecycle notification.
+    Event(Event),
+    /// Nothing else to do now: call `Server::handle_timeout` at this time (never, if `None`).
+    Timeout(Option<Millis>),
 }
 
 /// Lifecycle notifications for logging and metrics; they never carry credentials.
@@ -154,7 +221,7 @@ pub enum Event {
 pub enum DeleteReason {
     /// Refresh with LIFETIME 0.
     Refreshed,
-    /// Lifetime ran out.
+    /// Lifetime ran out (or the REST credential it was made with expired).
     Expired,
     /// Its credentials expired or were revoked.
     Revoked,

@@ -88,6 +88,15 @@ pub fn relay_port_range() -> (u16, u16) {
     (base, base + 49)
 }
 
+/// A wide relay port range (400 ports) for tests with hundreds of allocations, disjoint from
+/// [`relay_port_range`]'s.
+pub fn wide_relay_port_range() -> (u16, u16) {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let slot = NEXT.fetch_add(1, Ordering::Relaxed);
+    let base = 20_000 + (std::process::id() % 10) as u16 * 1_600 + slot * 400;
+    (base, base + 399)
+}
+
 /// A running relay; killed (by pid, whole process group) when dropped.
 pub struct Relay {
     child: Option<Child>,
@@ -104,8 +113,12 @@ impl Relay {
 
     /// Starts the relay with extra arguments (listen, realm and port range are set here).
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_with_ports(extra, relay_port_range())
+    }
+
+    /// Like [`Relay::start_with`], relaying on ports `low..=high`.
+    pub fn start_with_ports(extra: &[&str], (low, high): (u16, u16)) -> Self {
         let port = free_port();
-        let (low, high) = relay_port_range();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let log =
             std::env::temp_dir().join(format!("relay-test-{}-{port}.log", std::process::id()));
@@ -369,19 +382,54 @@ pub fn uclient(
     messages: u32,
     clients: u32,
 ) -> UclientReport {
+    uclient_as(
+        relay,
+        peer_port,
+        &["-W", SECRET, "-u", "interop"],
+        flags,
+        messages,
+        clients,
+    )
+}
+
+/// Runs `turnutils_uclient` with the given credential flags (`-W`/`-u`/`-w`) and parses its
+/// totals.
+pub fn uclient_as(
+    relay: &Relay,
+    peer_port: u16,
+    credentials: &[&str],
+    flags: &[&str],
+    messages: u32,
+    clients: u32,
+) -> UclientReport {
+    uclient_at(
+        relay.addr.port(),
+        peer_port,
+        credentials,
+        flags,
+        messages,
+        clients,
+    )
+}
+
+/// [`uclient_as`] against a relay on 127.0.0.1:`relay_port` (usable from another thread).
+pub fn uclient_at(
+    relay_port: u16,
+    peer_port: u16,
+    credentials: &[&str],
+    flags: &[&str],
+    messages: u32,
+    clients: u32,
+) -> UclientReport {
     let tool = require_tool("turnutils_uclient");
     let mut cmd = Command::new(tool);
-    cmd.args(flags).args([
-        "-W",
-        SECRET,
-        "-u",
-        "interop",
+    cmd.args(flags).args(credentials).args([
         "-e",
         "127.0.0.1",
         "-r",
         &peer_port.to_string(),
         "-p",
-        &relay.addr.port().to_string(),
+        &relay_port.to_string(),
         "-n",
         &messages.to_string(),
         "-m",
@@ -489,6 +537,18 @@ impl TurnClient {
 
     pub fn raw(&self, bytes: &[u8]) {
         self.socket.send_to(bytes, self.server).unwrap();
+    }
+
+    /// The next datagram, waiting at most `within`.
+    pub fn recv_within(&self, within: Duration) -> Option<Vec<u8>> {
+        self.socket
+            .set_read_timeout(Some(within.max(Duration::from_millis(1))))
+            .unwrap();
+        let got = self.recv();
+        self.socket
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        got
     }
 
     pub fn recv(&self) -> Option<Vec<u8>> {
