@@ -276,3 +276,103 @@ fn a_node_that_stops_beating_disappears_after_its_lease() {
         urls.first() == Some(&turn_url(&alive)) && !urls.contains(&turn_url(&dead))
     });
 }
+
+/// A relay process (the release binary), in its own process group.
+struct RelayNode {
+    child: std::process::Child,
+}
+
+impl RelayNode {
+    fn start(bin: &str, f: &Fleet, ip: &str, node: &str, region: &str) -> RelayNode {
+        use std::os::unix::process::CommandExt;
+        let child = std::process::Command::new(bin)
+            .args([
+                "--listen",
+                &format!("{ip}:3478"),
+                "--secret",
+                "fleet-turn-secret",
+                "--threads",
+                "1",
+                "--drain-timeout",
+                "30",
+                "--worker-url",
+                &f.base,
+                "--node-id",
+                node,
+                "--region",
+                region,
+                "--public-url",
+                &format!("turn:{node}.test:3478?transport=udp"),
+                "--heartbeat-interval",
+                "1",
+            ])
+            .env("RELAY_REGISTRY_SECRET", &f.secret)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+        RelayNode { child }
+    }
+
+    fn signal(&self, sig: rustix::process::Signal) {
+        // kill(2) on the group, never the `kill` command.
+        let pid = i32::try_from(self.child.id())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+            .unwrap();
+        let _ = rustix::process::kill_process_group(pid, sig);
+    }
+}
+
+impl Drop for RelayNode {
+    fn drop(&mut self) {
+        self.signal(rustix::process::Signal::KILL);
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn relay_processes_register_drain_and_drop_out_when_killed() {
+    let f = fleet();
+    let Ok(bin) = std::env::var("SWITCHBOARD_RELAY_BIN") else {
+        panic!("SWITCHBOARD_RELAY_BIN is not set: scripts/e2e.sh sets it to the release relay");
+    };
+    let region = unique_room("p").to_ascii_lowercase();
+    let one = unique_room("node1");
+    let two = unique_room("node2");
+    let n1 = RelayNode::start(&bin, &f, "127.0.0.2", &one, &region);
+    let n2 = RelayNode::start(&bin, &f, "127.0.0.3", &two, &region);
+    let listed =
+        |id: &str| -> Option<Value> { f.relays().into_iter().find(|n| n["node_id"] == id) };
+    f.eventually("both relay processes registered", || {
+        listed(&one).is_some() && listed(&two).is_some()
+    });
+    let n = listed(&one).unwrap();
+    assert_eq!(n["region"], region.as_str());
+    assert_eq!(n["draining"], false);
+    assert_eq!(n["urls"]["turn"][0], turn_url(&one).as_str());
+    f.eventually("ICE servers name both nodes", || {
+        let urls = f.turn_urls(&region);
+        urls.contains(&turn_url(&one)) && urls.contains(&turn_url(&two))
+    });
+
+    // SIGTERM: node 1 drains (it keeps serving what it has) and gets no new clients.
+    n1.signal(rustix::process::Signal::TERM);
+    f.eventually("node 1 reported draining", || {
+        listed(&one).is_some_and(|n| n["draining"] == true)
+    });
+    f.eventually("ICE servers without the draining node", || {
+        let urls = f.turn_urls(&region);
+        !urls.contains(&turn_url(&one)) && urls.contains(&turn_url(&two))
+    });
+
+    // kill -9: node 2 stops beating and drops out after its lease.
+    n2.signal(rustix::process::Signal::KILL);
+    f.eventually("the killed node removed from the registry", || {
+        listed(&two).is_none()
+    });
+    drop(n1);
+    drop(n2);
+}

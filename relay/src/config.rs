@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use serde::Deserialize;
+use switchboard_proto::registry::{NodeId, Region};
 
+use crate::fleet::FleetConfig;
 use crate::net::PortRange;
 use crate::turn::{Cidr, Credentials, PeerPolicy, ServerConfig};
 
@@ -149,6 +151,36 @@ pub struct Args {
     /// share a listening address (always on with more than one thread).
     #[arg(long, env = "RELAY_REUSE_PORT")]
     pub reuse_port: bool,
+
+    // --- Fleet: registration with the Worker's relay registry (off unless --worker-url) ---
+    /// Base URL of the Switchboard Worker to register with (`POST /v1/relays/heartbeat`);
+    /// setting it turns registration on [default: off].
+    #[arg(long, env = "RELAY_WORKER_URL", value_name = "URL")]
+    pub worker_url: Option<String>,
+    /// This node's id in the registry, `[A-Za-z0-9_.-]{1,64}`; needed with --worker-url.
+    #[arg(long, env = "RELAY_NODE_ID", value_name = "ID")]
+    pub node_id: Option<String>,
+    /// This node's region, `[a-z0-9-]{1,32}` (e.g. a continent code as Cloudflare reports it:
+    /// `eu`, `na`, `as`); needed with --worker-url.
+    #[arg(long, env = "RELAY_REGION", value_name = "REGION")]
+    pub region: Option<String>,
+    /// A URL clients use to reach this node (`stun:`, `turn:`, `turns:`, and at most one
+    /// `https://` SFU endpoint); repeatable; needed with --worker-url.
+    #[arg(
+        long,
+        env = "RELAY_PUBLIC_URL",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    pub public_url: Vec<String>,
+    /// The registration secret (the Worker's `REGISTRY_SECRET`); heartbeats are signed with it,
+    /// it is never sent. Prefer the environment or the config file.
+    #[arg(long, env = "RELAY_REGISTRY_SECRET", hide_env_values = true)]
+    pub registry_secret: Option<String>,
+    /// Seconds between heartbeats [default: 5]; keep it well under the Worker's lease
+    /// (`RELAY_LEASE_MS`, 15 s).
+    #[arg(long, env = "RELAY_HEARTBEAT_INTERVAL", value_name = "SECONDS")]
+    pub heartbeat_interval: Option<u64>,
 }
 
 /// The TOML file: the same options, keyed by long flag name.
@@ -183,6 +215,12 @@ struct FileConfig {
     threads: Option<usize>,
     socket_buffer: Option<usize>,
     reuse_port: Option<bool>,
+    worker_url: Option<String>,
+    node_id: Option<String>,
+    region: Option<String>,
+    public_url: Option<Vec<String>>,
+    registry_secret: Option<String>,
+    heartbeat_interval: Option<u64>,
 }
 
 /// The SFU's resolved settings.
@@ -257,6 +295,8 @@ pub struct Config {
     pub socket_buffer: usize,
     /// SO_REUSEPORT on the listeners.
     pub reuse_port: bool,
+    /// Registration with the Worker's relay registry, when on.
+    pub fleet: Option<FleetConfig>,
 }
 
 impl fmt::Debug for Config {
@@ -281,6 +321,7 @@ impl fmt::Debug for Config {
             .field("threads", &self.threads)
             .field("socket_buffer", &self.socket_buffer)
             .field("reuse_port", &self.reuse_port)
+            .field("fleet", &self.fleet)
             .finish_non_exhaustive()
     }
 }
@@ -489,7 +530,53 @@ impl Config {
                 })
             }
         };
-        Ok(Self {
+        let fleet = match args.worker_url.or(file.worker_url) {
+            None => None,
+            Some(worker_url) => {
+                if !(worker_url.starts_with("https://") || worker_url.starts_with("http://")) {
+                    return Err(err("--worker-url must be an http(s):// URL"));
+                }
+                let node_id = args
+                    .node_id
+                    .or(file.node_id)
+                    .ok_or_else(|| err("--worker-url needs --node-id"))?;
+                let node_id = NodeId::parse(&node_id)
+                    .ok_or_else(|| err("--node-id must match [A-Za-z0-9_.-]{1,64}"))?;
+                let region = args
+                    .region
+                    .or(file.region)
+                    .ok_or_else(|| err("--worker-url needs --region"))?;
+                let region = Region::parse(&region)
+                    .ok_or_else(|| err("--region must match [a-z0-9-]{1,32}"))?;
+                let public = or_file(args.public_url, file.public_url);
+                if public.is_empty() {
+                    return Err(err("--worker-url needs at least one --public-url"));
+                }
+                let urls = crate::fleet::sort_urls(&public).map_err(err)?;
+                let secret = args
+                    .registry_secret
+                    .or(file.registry_secret)
+                    .ok_or_else(|| err("--worker-url needs --registry-secret"))?;
+                let interval = args
+                    .heartbeat_interval
+                    .or(file.heartbeat_interval)
+                    .unwrap_or(5);
+                if interval == 0 || interval > 300 {
+                    return Err(err("--heartbeat-interval takes 1 to 300 seconds"));
+                }
+                Some(FleetConfig {
+                    worker_url,
+                    node_id,
+                    region,
+                    urls,
+                    secret,
+                    interval: Duration::from_secs(interval),
+                    max_allocations: 0,
+                    max_sfu_sessions: 0,
+                })
+            }
+        };
+        Ok(Config {
             sfu,
             listen,
             tls_listen,
@@ -517,6 +604,7 @@ impl Config {
                 args.drain_timeout.or(file.drain_timeout).unwrap_or(30),
             ),
             otlp_endpoint,
+            fleet,
             threads,
             socket_buffer: args.socket_buffer.or(file.socket_buffer).unwrap_or(4 << 20),
             reuse_port: args.reuse_port || file.reuse_port.unwrap_or(false) || threads > 1,

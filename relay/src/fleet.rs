@@ -11,7 +11,6 @@
 //! with full jitter, capped), while the relay keeps serving what it has.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use switchboard_proto::Millis;
@@ -21,6 +20,7 @@ use switchboard_proto::registry::{
 use tracing::{info, warn};
 
 use crate::http::Metrics;
+use crate::sfu::shell::SfuMetrics;
 
 /// What the node says about itself, from the `--worker-url`/`--node-id`/… flags.
 #[derive(Clone)]
@@ -102,41 +102,69 @@ fn process_cpu() -> Option<Duration> {
     Some(Duration::from_millis((utime + stime) * 10))
 }
 
-/// Starts the heartbeat thread. `draining` turns true when the node starts draining.
+/// Starts the heartbeat thread; load and the draining flag come from the relay's metrics.
 pub fn spawn(
     cfg: FleetConfig,
     metrics: Arc<Metrics>,
-    draining: Arc<AtomicBool>,
+    sfu: Option<Arc<SfuMetrics>>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("fleet-heartbeat".into())
-        .spawn(move || run(&cfg, &metrics, &draining))
+        .spawn(move || run(&cfg, &metrics, sfu.as_deref()))
 }
 
-fn run(cfg: &FleetConfig, metrics: &Metrics, draining: &AtomicBool) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(5)))
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let url = format!(
-        "{}/v1/relays/heartbeat",
-        cfg.worker_url.trim_end_matches('/')
-    );
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
-    let mut failures = 0u32;
-    let mut last_cpu = (std::time::Instant::now(), process_cpu().unwrap_or_default());
-    let mut last_bytes = metrics.relayed_bytes();
-    let mut announced = false;
-    loop {
+/// One last heartbeat with the draining flag set, sent as the relay stops: the registry stops
+/// handing the node out at once instead of at the end of its lease.
+pub fn final_heartbeat(cfg: &FleetConfig, metrics: &Metrics, sfu: Option<&SfuMetrics>) {
+    let mut sender = Sender::new(cfg, metrics);
+    if let Err(e) = sender.send(cfg, metrics, sfu, true) {
+        warn!(node = %cfg.node_id, "final heartbeat failed: {e}");
+    }
+}
+
+/// The HTTP client and the previous readings the load is computed from.
+struct Sender {
+    agent: ureq::Agent,
+    url: String,
+    cores: u32,
+    last_cpu: (std::time::Instant, Duration),
+    last_bytes: u64,
+}
+
+impl Sender {
+    fn new(cfg: &FleetConfig, metrics: &Metrics) -> Sender {
+        Sender {
+            agent: ureq::Agent::config_builder()
+                .timeout_global(Some(Duration::from_secs(5)))
+                .http_status_as_error(false)
+                .build()
+                .into(),
+            url: format!(
+                "{}/v1/relays/heartbeat",
+                cfg.worker_url.trim_end_matches('/')
+            ),
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()) as u32,
+            last_cpu: (std::time::Instant::now(), process_cpu().unwrap_or_default()),
+            last_bytes: metrics.relayed_bytes(),
+        }
+    }
+
+    /// Measures the load since the last call and posts one heartbeat.
+    fn send(
+        &mut self,
+        cfg: &FleetConfig,
+        metrics: &Metrics,
+        sfu: Option<&SfuMetrics>,
+        draining: bool,
+    ) -> Result<(), String> {
         let now = std::time::Instant::now();
-        let cpu = process_cpu().unwrap_or(last_cpu.1);
-        let wall = now.duration_since(last_cpu.0).as_secs_f64().max(0.001);
-        let cpu_percent = ((cpu.saturating_sub(last_cpu.1)).as_secs_f64() / wall * 100.0) as u32;
+        let cpu = process_cpu().unwrap_or(self.last_cpu.1);
+        let wall = now.duration_since(self.last_cpu.0).as_secs_f64().max(0.001);
+        let cpu_s = cpu.saturating_sub(self.last_cpu.1).as_secs_f64();
         let bytes = metrics.relayed_bytes();
-        let bandwidth_bps = ((bytes.saturating_sub(last_bytes)) as f64 * 8.0 / wall) as u64;
-        last_cpu = (now, cpu);
-        last_bytes = bytes;
+        let bandwidth_bps = (bytes.saturating_sub(self.last_bytes) as f64 * 8.0 / wall) as u64;
+        self.last_cpu = (now, cpu);
+        self.last_bytes = bytes;
         let hb = Heartbeat {
             node_id: cfg.node_id.clone(),
             region: cfg.region.clone(),
@@ -144,19 +172,25 @@ fn run(cfg: &FleetConfig, metrics: &Metrics, draining: &AtomicBool) {
             load: NodeLoad {
                 allocations: metrics.allocation_count(),
                 max_allocations: cfg.max_allocations,
-                sfu_sessions: 0,
+                sfu_sessions: sfu.map_or(0, SfuMetrics::sessions),
                 max_sfu_sessions: cfg.max_sfu_sessions,
                 bandwidth_bps,
-                cpu_percent,
-                cores,
+                cpu_percent: (cpu_s / wall * 100.0) as u32,
+                cores: self.cores,
             },
-            draining: draining.load(Ordering::Relaxed),
+            draining: draining || metrics.is_draining(),
         };
-        let ok = match serde_json::to_vec(&hb) {
-            Ok(body) => post(&agent, &url, &cfg.secret, &body),
-            Err(e) => Err(e.to_string()),
-        };
-        match ok {
+        let body = serde_json::to_vec(&hb).map_err(|e| e.to_string())?;
+        post(&self.agent, &self.url, &cfg.secret, &body)
+    }
+}
+
+fn run(cfg: &FleetConfig, metrics: &Metrics, sfu: Option<&SfuMetrics>) {
+    let mut sender = Sender::new(cfg, metrics);
+    let mut failures = 0u32;
+    let mut announced = false;
+    loop {
+        match sender.send(cfg, metrics, sfu, false) {
             Ok(()) => {
                 if !announced || failures > 0 {
                     info!(node = %cfg.node_id, region = cfg.region.as_str(), "registered with the relay registry");

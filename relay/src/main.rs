@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use clap::Parser as _;
 use switchboard_relay::config::{Args, Config};
+use switchboard_relay::fleet;
 use switchboard_relay::http::{self, Metrics};
 use switchboard_relay::net::{Control, EventLoop, Listeners, LoopConfig, RelayPorts, Shutdown};
 use switchboard_relay::sfu;
@@ -98,6 +99,16 @@ async fn run(args: Args, config: Config) -> Result<(), String> {
         let serve = http::sessions::serve_tls(listener, tls, metrics.clone(), api.clone());
         tokio::spawn(serve);
     }
+    let mut fleet_final = None;
+    if let Some(mut fleet) = config.fleet.clone() {
+        fleet.max_allocations = config.max_allocations as u64;
+        fleet.max_sfu_sessions = config.sfu.as_ref().map_or(0, |s| s.max_sessions as u64);
+        let sfu_metrics = sessions.as_ref().map(|s| s.sfu.metrics.clone());
+        info!(node = %fleet.node_id, region = fleet.region.as_str(), "registering with the relay registry");
+        fleet::spawn(fleet.clone(), metrics.clone(), sfu_metrics.clone())
+            .map_err(|e| format!("cannot start the fleet heartbeat: {e}"))?;
+        fleet_final = Some((fleet, sfu_metrics));
+    }
     if let Some(addr) = config.metrics_listen {
         let listener = http::bind(addr)
             .await
@@ -174,6 +185,9 @@ async fn run(args: Args, config: Config) -> Result<(), String> {
             Ok(l) => stopped.push(l),
             Err(e) => error!("an event loop failed: {e}"),
         }
+    }
+    if let Some((fleet, sfu_metrics)) = fleet_final {
+        fleet::final_heartbeat(&fleet, &metrics, sfu_metrics.as_deref());
     }
     drop(stopped);
     info!("stopped");

@@ -507,7 +507,15 @@ impl Server {
         self.allocations.insert(ft, allocation);
         self.by_relay.insert(relay, ft);
         self.stats.allocations_created += 1;
-        tracing::debug!(%relay, lifetime_s = p.lifetime.as_secs(), "allocation created");
+        // The port arrived after the request's span ended: name the trace here.
+        tracing::debug!(
+            trace_id = super::auth::parse_rest_username(&p.auth.username)
+                .and_then(|u| u.trace)
+                .map(tracing::field::display),
+            %relay,
+            lifetime_s = p.lifetime.as_secs(),
+            "allocation created"
+        );
         self.push(Output::Event(Event::AllocationCreated {
             five_tuple: ft,
             relay,
