@@ -5,6 +5,7 @@
 //! Durable Object, [`room::Room`], which runs the sans-IO room state machine
 //! over the Hibernation API and SQLite storage.
 
+mod alarm;
 mod config;
 mod ffi;
 mod http;

@@ -39,7 +39,7 @@ pub struct Registry {
     state: State,
     env: Env,
     core: RefCell<Option<Core>>,
-    alarm_at: Cell<Option<Option<u64>>>,
+    alarm_at: crate::alarm::KnownAlarm,
 }
 
 #[derive(Deserialize)]
@@ -194,28 +194,7 @@ impl Registry {
                 }
             }
         }
-        let Some(want) = wake_at else {
-            return Ok(());
-        };
-        let storage = self.state.storage();
-        let current = match self.alarm_at.get() {
-            Some(known) => known,
-            None => {
-                let a = storage
-                    .get_alarm()
-                    .await?
-                    .and_then(|ms| u64::try_from(ms).ok());
-                self.alarm_at.set(Some(a));
-                a
-            }
-        };
-        if current.is_none_or(|at| at > want.0) {
-            // An absolute time: `set_alarm(i64)` would be read as an offset.
-            let at = js_sys::Date::new(&wasm_bindgen::JsValue::from_f64(want.0 as f64));
-            storage.set_alarm(worker::ScheduledTime::new(at)).await?;
-            self.alarm_at.set(Some(Some(want.0)));
-        }
-        Ok(())
+        crate::alarm::wake_by(&self.state, &self.alarm_at, wake_at).await
     }
 }
 

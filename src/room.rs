@@ -72,7 +72,7 @@ struct Inner {
     env: Env,
     core: RefCell<Option<core::Room>>,
     sockets: RefCell<HashMap<ConnId, WebSocket>>,
-    alarm_at: Cell<Option<Option<u64>>>,
+    alarm_at: crate::alarm::KnownAlarm,
     /// The armed checkpoint timer's deadline, if one is armed.
     timer_at: Cell<Option<u64>>,
     /// SQL statements executed since the object woke, by kind (for the stats endpoint).
@@ -551,28 +551,7 @@ impl Inner {
 
     /// Sets the alarm if the room needs to wake earlier than it is scheduled to.
     async fn schedule(&self, wake_at: Option<Millis>) -> Result<()> {
-        let Some(want) = wake_at else {
-            return Ok(());
-        };
-        let storage = self.state.storage();
-        let current = match self.alarm_at.get() {
-            Some(known) => known,
-            None => {
-                let a = storage
-                    .get_alarm()
-                    .await?
-                    .and_then(|ms| u64::try_from(ms).ok());
-                self.alarm_at.set(Some(a));
-                a
-            }
-        };
-        if current.is_none_or(|at| at > want.0) {
-            // An absolute time: `set_alarm(i64)` would be read as an offset.
-            let at = js_sys::Date::new(&wasm_bindgen::JsValue::from_f64(want.0 as f64));
-            storage.set_alarm(worker::ScheduledTime::new(at)).await?;
-            self.alarm_at.set(Some(Some(want.0)));
-        }
-        Ok(())
+        crate::alarm::wake_by(&self.state, &self.alarm_at, wake_at).await
     }
 
     fn store(&self, sql: &SqlStorage, op: StoreOp) -> Result<()> {

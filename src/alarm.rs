@@ -1,0 +1,36 @@
+//! The Durable Object alarm, set only when an object must wake earlier than it already will.
+
+use std::cell::Cell;
+
+use switchboard_proto::Millis;
+use worker::{Result, State};
+
+/// What an object knows of its alarm: `None` until read from storage, then the alarm time
+/// (`Some(None)`: no alarm set). Reading it once per wake-up saves a storage call per event.
+pub type KnownAlarm = Cell<Option<Option<u64>>>;
+
+/// Sets the alarm to `want` if none is set or the set one is later.
+pub async fn wake_by(state: &State, known: &KnownAlarm, want: Option<Millis>) -> Result<()> {
+    let Some(want) = want else {
+        return Ok(());
+    };
+    let storage = state.storage();
+    let current = match known.get() {
+        Some(k) => k,
+        None => {
+            let a = storage
+                .get_alarm()
+                .await?
+                .and_then(|ms| u64::try_from(ms).ok());
+            known.set(Some(a));
+            a
+        }
+    };
+    if current.is_none_or(|at| at > want.0) {
+        // An absolute time: `set_alarm(i64)` would be read as an offset.
+        let at = js_sys::Date::new(&wasm_bindgen::JsValue::from_f64(want.0 as f64));
+        storage.set_alarm(worker::ScheduledTime::new(at)).await?;
+        known.set(Some(Some(want.0)));
+    }
+    Ok(())
+}
