@@ -73,11 +73,17 @@ fn http_endpoint_issues_verifiable_turn_credentials() {
 async fn welcome_carries_the_same_list_bound_to_the_peer() {
     let e = env();
     let c = Client::join(&e.open, &unique_room("ice"), "").await;
-    // v1.1: `<user>.<trace_id>`, the user being the peer id when the router names none.
-    let user = format!(
-        "{}.{}",
-        c.peer_id(),
-        c.welcome["trace_id"].as_str().unwrap()
-    );
+    // v1.1: `<user>.<trace_id>`, the user being the stable user the router names for this
+    // client: the same one `/v1/ice-servers` gives it.
+    let minted = http_get(&format!("{}/v1/ice-servers", e.open), &[]).json();
+    let stable = minted["iceServers"][1]["username"]
+        .as_str()
+        .unwrap()
+        .split_once(':')
+        .unwrap()
+        .1
+        .to_owned();
+    assert!(stable.starts_with("ip-"), "{stable}");
+    let user = format!("{stable}.{}", c.welcome["trace_id"].as_str().unwrap());
     check_list(&c.welcome["ice_servers"], Some(&user));
 }
