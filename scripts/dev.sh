@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs Switchboard locally: the Worker on workerd through `wrangler dev`
 # (http://127.0.0.1:8787, demo page at /), and one relay node (STUN/TURN on
-# 127.0.0.1:3478 UDP+TCP, metrics on 127.0.0.1:9478) sharing a development
-# TURN secret with the Worker. Installs what it needs first. Ctrl-C stops both.
+# 127.0.0.1:3478 UDP+TCP, metrics on 127.0.0.1:9478, its SFU on 127.0.0.1:3479
+# with sessions at http://127.0.0.1:3480/v1/sessions, the Worker's SFU_URLS)
+# sharing a development TURN secret with the Worker. Installs what it needs first. Ctrl-C stops both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -36,8 +37,10 @@ cleanup() { [ -n "$RELAY_PGID" ] && kill -TERM -- "-$RELAY_PGID" 2>/dev/null || 
 trap cleanup EXIT INT TERM
 RELAY_SECRET="$TURN_SECRET" setsid "$ROOT/target/release/relay" \
   --listen 127.0.0.1:3478 --realm switchboard --allow-loopback-peers \
-  --metrics-listen 127.0.0.1:9478 --drain-timeout 0 &
+  --metrics-listen 127.0.0.1:9478 --drain-timeout 0 \
+  --sfu-listen 127.0.0.1:3479 --sfu-http-listen 127.0.0.1:3480 &
 RELAY_PGID=$!
 echo "relay: STUN/TURN on 127.0.0.1:3478 (udp+tcp), metrics on http://127.0.0.1:9478/metrics"
+echo "relay: SFU on 127.0.0.1:3479 (udp+tcp), sessions at http://127.0.0.1:3480/v1/sessions"
 echo "worker: http://127.0.0.1:8787  (demo: open http://127.0.0.1:8787/?room=lobby in two tabs)"
-"$ROOT/node_modules/.bin/wrangler" dev --local --ip 127.0.0.1 --port 8787
+"$ROOT/node_modules/.bin/wrangler" dev --local --ip 127.0.0.1 --port 8787 --var SFU_URLS:http://127.0.0.1:3480

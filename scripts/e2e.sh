@@ -28,6 +28,9 @@ export SWITCHBOARD_ADMIN_TOKEN=test-admin-token
 export SWITCHBOARD_ALLOWED_ORIGIN=https://app.example
 export SWITCHBOARD_REGISTRY_SECRET=test-registry-secret
 export SWITCHBOARD_RELAY_LEASE_MS=2000
+# The open instance hands out relay session endpoints (welcome.sfu; tests/sfu_token.rs). Nothing
+# listens there: the tests check the grant and verify the token, they do not open sessions.
+export SWITCHBOARD_SFU_URLS=http://127.0.0.1:18790,http://127.0.0.1:18791
 export SWITCHBOARD_SKIP_BUILD=1   # built once above; wrangler must not rebuild per instance
 
 # start_worker NAME PORT INSPECTOR_PORT [--var K:V ...]: wrangler dev in its own process group.
@@ -54,7 +57,8 @@ wait_ready() {
   cat "$WORK/$name.log" >&2
   return 1
 }
-start_worker open 18787 19229 --var "ALLOWED_ORIGINS:$SWITCHBOARD_ALLOWED_ORIGIN"
+start_worker open 18787 19229 --var "ALLOWED_ORIGINS:$SWITCHBOARD_ALLOWED_ORIGIN" \
+  --var "SFU_URLS:$SWITCHBOARD_SFU_URLS"
 start_worker auth 18788 19230 --var "JWT_SECRET:$SWITCHBOARD_JWT_SECRET"
 # The relay registry's own instance: its nodes replace the static ICE URLs, so no
 # other test may share it.

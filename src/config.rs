@@ -3,6 +3,7 @@
 use switchboard_proto::auth::AllowedOrigins;
 use switchboard_proto::ice::{IceConfig, split_urls};
 use switchboard_proto::limits::Limits;
+use switchboard_proto::sfu_token::{self, SfuConfig};
 use worker::Env;
 
 /// Reads a var or secret; empty counts as unset.
@@ -58,6 +59,17 @@ pub fn ice(env: &Env) -> IceConfig {
         turn_secret: string(env, "TURN_SECRET"),
         ttl_s: number(env, "TURN_TTL_S", 3600),
     }
+}
+
+/// The relays' session endpoints (`SFU_URLS`, `TURN_SECRET`, `SFU_TOKEN_TTL_S`); `None` unless
+/// both `SFU_URLS` (with an `http(s)://` entry) and `TURN_SECRET` are set.
+pub fn sfu(env: &Env) -> Option<SfuConfig> {
+    let urls = split_urls(&string(env, "SFU_URLS")?);
+    SfuConfig::new(
+        &urls,
+        string(env, "TURN_SECRET").as_deref(),
+        number(env, "SFU_TOKEN_TTL_S", sfu_token::DEFAULT_TTL_S),
+    )
 }
 
 /// `JWT_SECRET`: when set, joining and ICE servers need a token.

@@ -435,6 +435,7 @@ impl Inner {
             name,
             limits: config::limits(&self.env),
             ice: config::ice(&self.env),
+            sfu: config::sfu(&self.env),
         };
         let room = core::Room::restore(cfg, records, stored, counters, next_body_id, t);
         let to_load = room.peers_to_load();

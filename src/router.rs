@@ -3,7 +3,7 @@
 
 use switchboard_proto::auth::{self, AuthError, Claims};
 use switchboard_proto::ice::TurnUser;
-use switchboard_proto::{ErrorCode, Meta, RoomName, ice};
+use switchboard_proto::{ErrorCode, Meta, RoomName, ice, sfu_token};
 use worker::{Env, Headers, Method, Request, RequestInit, Response, Result, Url};
 
 use crate::config;
@@ -22,7 +22,11 @@ pub async fn handle(req: Request, env: &Env) -> Result<Response> {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let known = matches!(
         segments.as_slice(),
-        ["healthz"] | ["v1", "ice-servers"] | ["v1", "rooms", _] | ["v1", "rooms", _, _]
+        ["healthz"]
+            | ["v1", "ice-servers"]
+            | ["v1", "sfu-token"]
+            | ["v1", "rooms", _]
+            | ["v1", "rooms", _, _]
     );
     if req.method() == Method::Options && known {
         return cors.preflight();
@@ -54,6 +58,12 @@ async fn route(req: Request, url: &Url, segments: &[&str], env: &Env) -> Result<
                 return error(ErrorCode::MethodNotAllowed, "use GET");
             }
             ice_servers(&req, url, env).await
+        }
+        ["v1", "sfu-token"] => {
+            if req.method() != Method::Get {
+                return error(ErrorCode::MethodNotAllowed, "use GET");
+            }
+            refresh_sfu_token(&req, url, env)
         }
         ["v1", "relays", "heartbeat"] => relay_heartbeat(req, env).await,
         ["v1", "relays"] => {
@@ -208,6 +218,43 @@ async fn ice_servers(req: &Request, url: &Url, env: &Env) -> Result<Response> {
     }
     let list = ice::ice_servers_traced(&cfg, user.as_str(), trace_id.as_deref(), now());
     let body = serde_json::json!({ "iceServers": list }).to_string();
+    json(200, &body)
+}
+
+/// `GET /v1/sfu-token?room=R&sfu_token=<current>`: a fresh session token for the peer the
+/// current (unexpired) token names, in the same room. The current token proves which peer asks
+/// (anyone could name a peer id, and a session for a peer id replaces that peer's session on the
+/// relay); the JWT, when `JWT_SECRET` is set, is checked as for joining the room.
+fn refresh_sfu_token(req: &Request, url: &Url, env: &Env) -> Result<Response> {
+    let Some(room) = query_param(url, "room").and_then(|r| RoomName::parse(&r)) else {
+        return invalid_room();
+    };
+    if let Err(e) = authenticate(req, url, env, Some(&room))? {
+        return unauthorized(e, Some(&room));
+    }
+    let Some(cfg) = config::sfu(env) else {
+        return error(ErrorCode::NotFound, "no SFU is configured (SFU_URLS)");
+    };
+    let Some(current) = query_param(url, "sfu_token") else {
+        return error(
+            ErrorCode::Unauthorized,
+            "sfu_token (the current session token) is required",
+        );
+    };
+    let t = now();
+    let claims = match sfu_token::verify(cfg.secret.as_bytes(), &current, t) {
+        Ok(c) => c,
+        Err(e) => return error(ErrorCode::Unauthorized, e.message()),
+    };
+    if claims.room != room {
+        return error(
+            ErrorCode::Unauthorized,
+            "the session token is for another room",
+        );
+    }
+    let grant = cfg.grant(&room, &claims.peer_id, t);
+    let body =
+        serde_json::to_string(&grant).map_err(|e| worker::Error::RustError(e.to_string()))?;
     json(200, &body)
 }
 

@@ -13,7 +13,7 @@ interface ChatMessage {
   id: string;
   from: string;
   text: string;
-  via: "datachannel" | "relay" | "self";
+  via: "datachannel" | "relay" | "sfu" | "self";
 }
 
 /** What tests (and curious developers in the console) can inspect. */
@@ -79,7 +79,8 @@ function appendMessage(message: ChatMessage, who: string): void {
   if (message.via !== "self") {
     const via = document.createElement("span");
     via.className = "via";
-    via.textContent = message.via === "datachannel" ? "via DataChannel" : "via WebSocket relay";
+    via.textContent =
+      message.via === "datachannel" ? "via DataChannel" : message.via === "sfu" ? "via relay SFU" : "via WebSocket relay";
     item.append(via);
   }
   item.dataset.messageId = message.id;

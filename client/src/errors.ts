@@ -30,6 +30,8 @@ export type ClientErrorCode =
   | "webrtc"
   /** Refreshing TURN credentials from `/v1/ice-servers` failed. */
   | "ice_servers"
+  /** Refreshing the SFU session token from `/v1/sfu-token` failed. */
+  | "sfu_token"
   /** An event listener threw; the SDK caught it so it never escapes into a timer. */
   | "listener"
   /** Reconnecting did not succeed within `giveUpAfterMs`; the session is closed. */

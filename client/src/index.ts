@@ -9,6 +9,7 @@ import { SwitchboardError } from "./errors.js";
 import { isPath, type Path } from "./ladder.js";
 import { PeerLink, defaultLadderOptions, isInternalPayload, type LadderOptions, type LinkState, type PeerLinkHost } from "./peer.js";
 import type { IceServer, PeerLeftReason, SequencedFrame, WelcomeFrame } from "./protocol.js";
+import { SfuSession, isSfuGrant, type SfuGrant, type SfuState } from "./sfu.js";
 import { SignalingConnection, type SignalingDiagnostics, type SignalingOptions, type SignalingState, type TokenSource } from "./signaling.js";
 
 export { SwitchboardError } from "./errors.js";
@@ -16,6 +17,7 @@ export type { ErrorCode, ServerErrorCode, ClientErrorCode } from "./errors.js";
 export type { Path, Rung, RtcMode, Target } from "./ladder.js";
 export { PATHS, RUNGS, availablePaths, rtcConfiguration, startTarget, lowerRung, upgradeTarget } from "./ladder.js";
 export type { LinkState, LadderOptions } from "./peer.js";
+export type { SfuGrant, SfuState } from "./sfu.js";
 export type { IceServer, PeerLeftReason } from "./protocol.js";
 export { SignalingConnection, backoffDelay } from "./signaling.js";
 export type {
@@ -86,7 +88,7 @@ export interface RoomEvents {
   /** The pair moved to another rung of the ladder. */
   path: { peerId: string; path: Path; previous: Path | null };
   /** App data from a peer, whichever path it took: exactly once and in order per sender (see `send`). */
-  data: { from: string; data: unknown; via: "datachannel" | "relay" };
+  data: { from: string; data: unknown; via: "datachannel" | "relay" | "sfu" };
   track: { peerId: string; track: MediaStreamTrack; streams: readonly MediaStream[] };
   /** The signaling session: connecting, open (resumed or not), reconnecting (with the backoff delay), closed. */
   "signaling-state": { state: SignalingState; attempt: number; delayMs?: number; reason?: string; resumed?: boolean };
@@ -132,6 +134,9 @@ export class Room {
   private readonly iceRefreshTimer: Timer;
   private forced: Path | null;
   private iceServersValue: IceServer[] = [];
+  private sfuGrant: SfuGrant | null = null;
+  private sfuSession: SfuSession | null = null;
+  private readonly sfuRefreshTimer: Timer;
   private left = false;
   private onPageHide: (() => void) | undefined;
   private readonly errorCounts = new Map<string, number>();
@@ -147,6 +152,7 @@ export class Room {
     this.ladder = { ...defaultLadderOptions, ...options.ladder };
     this.forced = options.forcePath ?? null;
     this.iceRefreshTimer = new Timer(this.clock);
+    this.sfuRefreshTimer = new Timer(this.clock);
     this.events = new Emitter<RoomEvents>((error, name) => {
       const wrapped = new SwitchboardError("listener", `a "${String(name)}" listener threw`, { cause: error });
       if (name !== "error" && this.events.listenerCount("error") > 0) this.events.emit("error", wrapped);
@@ -297,6 +303,7 @@ export class Room {
   /** Sends a local track to every peer, now and later, on every RTC rung. */
   addTrack(track: MediaStreamTrack, ...streams: MediaStream[]): void {
     this.tracks.push({ track, streams });
+    this.sfuSession?.addTrack(track, streams);
     for (const link of this.links.values()) link.addTrack(track, streams);
   }
 
@@ -316,12 +323,30 @@ export class Room {
     this.left = true;
     if (this.onPageHide) removeEventListener("pagehide", this.onPageHide);
     this.iceRefreshTimer.clear();
+    this.sfuRefreshTimer.clear();
     for (const link of this.links.values()) link.close();
     this.links.clear();
+    this.sfuSession?.close();
+  }
+
+  /** The page's session with the room's relay (the `sfu` rung), if one was started. */
+  get sfuState(): SfuState | null {
+    return this.sfuSession?.state ?? null;
+  }
+
+  /** The RTCPeerConnection to the room's relay, if the `sfu` rung was used. */
+  get sfuPeerConnection(): RTCPeerConnection | null {
+    return this.sfuSession?.peerConnection ?? null;
   }
 
   private onWelcome(frame: WelcomeFrame, previousPeerId: string | undefined): void {
     this.setIceServers(frame.ice_servers ?? []);
+    this.setSfuGrant(isSfuGrant(frame.sfu) ? frame.sfu : null);
+    if (!frame.resumed && previousPeerId !== undefined && this.sfuSession) {
+      // A new peer id: the relay session speaks for the old one.
+      this.sfuSession.close();
+      this.sfuSession = null;
+    }
     const present = new Map((frame.peers ?? []).map((peer) => [peer.peer_id, peer.meta] as const));
     if (!frame.resumed && previousPeerId !== undefined) {
       // A failed resume: the others now know this client under a new peer_id, so every pair starts over.
@@ -382,6 +407,8 @@ export class Room {
   }
 
   private linkHost(): PeerLinkHost {
+    // eslint-disable-next-line @typescript-eslint/no-this-alias -- read by the `open` getter below
+    const room = this;
     const create = this.options.createPeerConnection ?? ((config: RTCConfiguration) => new RTCPeerConnection(config));
     return {
       localId: this.peerId,
@@ -398,12 +425,86 @@ export class Room {
       relayHasRoom: () => this.signaling.hasRoom(),
       maxRelayBytes: () => this.signaling.maxFrameBytes,
       createPeerConnection: create,
+      sfu: {
+        available: () => this.sfuGrant !== null,
+        ensure: () => this.sfu()?.ensure(),
+        get open() {
+          return room.sfuSession?.open ?? false;
+        },
+        send: (to, message) => this.sfuSession?.send(to, message) ?? false,
+      },
       onPath: (peerId, path, previous) => this.events.emit("path", { peerId, path, previous }),
       onState: (peerId, state, path) => this.events.emit("connection-state", { peerId, state, path }),
       onData: (from, data, via) => this.events.emit("data", { from, data, via }),
       onTrack: (peerId, track, streams) => this.events.emit("track", { peerId, track, streams }),
       onError: (error) => this.emitError(error),
     };
+  }
+
+  /** The page's SFU session, created on first use. */
+  private sfu(): SfuSession | null {
+    if (this.left || this.sfuGrant === null) return null;
+    if (this.sfuSession) return this.sfuSession;
+    const create = this.options.createPeerConnection ?? ((config: RTCConfiguration) => new RTCPeerConnection(config));
+    const doFetch = this.options.fetch ?? globalThis.fetch.bind(globalThis);
+    this.sfuSession = new SfuSession({
+      clock: this.clock,
+      createPeerConnection: create,
+      fetch: doFetch,
+      grant: () => this.sfuGrant,
+      localTracks: () => this.tracks,
+      onMessage: (from, message) => this.links.get(from)?.onSfuMessage(message),
+      onTrack: (from, track, streams) => this.links.get(from)?.onSfuTrack(track, streams),
+      onState: (state) => {
+        if (state !== "open" && state !== "failed") return;
+        for (const link of this.links.values()) link.onSfuSession(state);
+      },
+      onError: (error) => this.emitError(error),
+    });
+    return this.sfuSession;
+  }
+
+  private setSfuGrant(grant: SfuGrant | null): void {
+    this.sfuGrant = grant;
+    this.scheduleSfuRefresh();
+  }
+
+  /** Renews the SFU token at 80% of its lifetime, so a new session (after a failure) can be made. */
+  private scheduleSfuRefresh(): void {
+    this.sfuRefreshTimer.clear();
+    const grant = this.sfuGrant;
+    if (grant === null || this.left) return;
+    const dueMs = Math.max(1_000, (grant.expires * 1000 - this.clock.now()) * 0.8);
+    if (dueMs > MAX_TIMER_MS) this.sfuRefreshTimer.set(MAX_TIMER_MS, () => this.scheduleSfuRefresh());
+    else this.sfuRefreshTimer.set(dueMs, () => void this.refreshSfuToken());
+  }
+
+  private async refreshSfuToken(): Promise<void> {
+    const current = this.sfuGrant;
+    if (current === null) return;
+    const doFetch = this.options.fetch ?? globalThis.fetch.bind(globalThis);
+    const url = new URL(roomUrl(this.url, this.roomName));
+    url.protocol = url.protocol === "wss:" ? "https:" : "http:";
+    url.pathname = url.pathname.replace(/\/v1\/rooms\/[^/]*$/, "/v1/sfu-token");
+    url.searchParams.set("room", this.roomName);
+    url.searchParams.set("sfu_token", current.token);
+    try {
+      const headers: Record<string, string> = {};
+      const source = this.options.token;
+      const token = typeof source === "function" ? await source() : source;
+      if (token !== undefined) headers.authorization = `Bearer ${token}`;
+      const response = await doFetch(url.toString(), { headers });
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      const body: unknown = await response.json();
+      if (!isSfuGrant(body)) throw new Error("no SFU grant in the answer");
+      // A welcome may have replaced the grant meanwhile (a resume); keep the newer one.
+      if (!this.left && this.sfuGrant === current) this.setSfuGrant(body);
+    } catch (cause) {
+      this.emitError(new SwitchboardError("sfu_token", "could not refresh the SFU session token", { cause }));
+      if (!this.left && this.sfuGrant === current && current.expires * 1000 > this.clock.now()) {
+        this.sfuRefreshTimer.set(30_000, () => void this.refreshSfuToken());
+      }
+    }
   }
 
   private setIceServers(iceServers: IceServer[]): void {

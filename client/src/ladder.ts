@@ -7,8 +7,9 @@
  * Rungs, best first: `rtc` (one RTCPeerConnection per pair with STUN and TURN
  * in one ICE agent, so direct and relayed candidates race and the selected
  * candidate pair says whether the pair is `p2p` or `turn`), `sfu` (the relay's
- * server-side peer; no relay offers it yet), `websocket` (`relay` frames over
- * signaling).
+ * server-side peer, one RTCPeerConnection per page shared by the pairs on it;
+ * offered when `welcome.sfu` names the room's relay), `websocket` (`relay`
+ * frames over signaling).
  */
 import type { IceServer } from "./protocol.js";
 
@@ -83,19 +84,18 @@ export function rtcConfiguration(mode: RtcMode, iceServers: readonly IceServer[]
   }
 }
 
-/** Whether the SFU rung is usable: it needs a relay that offers a server-side peer (none does yet). */
-export function sfuAvailable(): boolean {
-  return false;
-}
-
-/** The paths a pair can be on with these ICE servers, best first (the WebSocket rung always is). */
-export function availablePaths(iceServers: readonly IceServer[], rtcSupported = true): Path[] {
+/**
+ * The paths a pair can be on with these ICE servers, best first (the WebSocket
+ * rung always is). `sfu`: the room's relay offers a session endpoint
+ * (`welcome.sfu`); it needs RTCPeerConnection too.
+ */
+export function availablePaths(iceServers: readonly IceServer[], rtcSupported = true, sfu = false): Path[] {
   const out: Path[] = [];
   if (rtcSupported) {
     out.push("p2p");
     if (turnServers(iceServers).length > 0) out.push("turn");
   }
-  if (sfuAvailable()) out.push("sfu");
+  if (rtcSupported && sfu) out.push("sfu");
   out.push("websocket");
   return out;
 }
@@ -112,8 +112,9 @@ export function startTarget(
   rtcSupported: boolean,
   forcedA: Path | null,
   forcedB: Path | null,
+  sfu = false,
 ): Target {
-  const available = availablePaths(iceServers, rtcSupported);
+  const available = availablePaths(iceServers, rtcSupported, sfu);
   if (forcedA === null && forcedB === null) return targetOf(available[0] ?? "websocket", false);
   const floor = Math.max(forcedA === null ? 0 : rank(forcedA), forcedB === null ? 0 : rank(forcedB));
   return targetOf(available.find((path) => rank(path) >= floor) ?? "websocket", true);
@@ -132,10 +133,10 @@ function targetOf(path: Path, forced: boolean): Target {
   }
 }
 
-/** The rung below `rung` that can be used, or `null` at the bottom. */
-export function lowerRung(rung: Rung): Rung | null {
+/** The rung below `rung` that can be used (`sfu`: whether the SFU rung is offered), or `null` at the bottom. */
+export function lowerRung(rung: Rung, sfu = false): Rung | null {
   const below = RUNGS.slice(RUNGS.indexOf(rung) + 1);
-  return below.find((r) => r !== "sfu" || sfuAvailable()) ?? null;
+  return below.find((r) => r !== "sfu" || sfu) ?? null;
 }
 
 /**

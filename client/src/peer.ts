@@ -51,6 +51,7 @@ export type RtcPayload =
   | { sb: "rtc"; t: "open"; epoch: string; mode: RtcMode }
   | { sb: "rtc"; t: "close"; epoch: string }
   | { sb: "rtc"; t: "path"; path: Path }
+  | { sb: "rtc"; t: "sfu"; on: boolean }
   | { sb: "rtc"; t: "restart"; epoch: string }
   | { sb: "rtc"; t: "sdp"; epoch: string; description: RTCSessionDescriptionInit }
   | { sb: "rtc"; t: "ice"; epoch: string; candidates: RTCIceCandidateInit[] };
@@ -98,6 +99,18 @@ export const defaultLadderOptions: LadderOptions = {
   candidateBatchMs: 50,
 };
 
+/** The page's shared session with the room's relay (sfu.ts), as a pair sees it. */
+export interface SfuPort {
+  /** Whether the room's relay offers the `sfu` rung (`welcome.sfu`). */
+  available(): boolean;
+  /** Starts the session unless it is open or being made. */
+  ensure(): void;
+  /** Whether messages can be sent now. */
+  readonly open: boolean;
+  /** Sends `message` to `to` through the relay; `false`: not now (no room or not open). */
+  send(to: string, message: unknown): boolean;
+}
+
 export interface PeerLinkHost {
   readonly localId: string;
   readonly clock: Clock;
@@ -114,9 +127,10 @@ export interface PeerLinkHost {
   /** The room's largest frame: every message must fit a `relay` frame, since any path may carry it. */
   maxRelayBytes(): number;
   createPeerConnection(config: RTCConfiguration): RTCPeerConnection;
+  sfu: SfuPort;
   onPath(peerId: string, path: Path, previous: Path | null): void;
   onState(peerId: string, state: LinkState, path: Path): void;
-  onData(peerId: string, data: unknown, via: "datachannel" | "relay"): void;
+  onData(peerId: string, data: unknown, via: "datachannel" | "relay" | "sfu"): void;
   onTrack(peerId: string, track: MediaStreamTrack, streams: readonly MediaStream[]): void;
   onError(error: SwitchboardError): void;
 }
@@ -126,6 +140,9 @@ function randomId(): string {
   crypto.getRandomValues(bytes);
   return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
+
+/** How often the SFU probe is sent until answered. */
+const SFU_PROBE_MS = 250;
 
 /** How long a connection must look direct before a pair on `turn` reports `p2p`. */
 const ROUTE_SETTLE_MS = 300;
@@ -189,6 +206,18 @@ export class PeerLink {
   /** Follower: the path the controller last announced. */
   private announced: Path | null = null;
   private pathValue: Path | null = null;
+  /** This end routes the pair through the relay's SFU session once `sfuUsable` (controller: decided; follower: told). */
+  private sfuWanted = false;
+  /** A probe made the round trip through the SFU session for this pair. */
+  private sfuUsable = false;
+  /** Controller: the pair is on the `sfu` rung. */
+  private onSfu = false;
+  /** Tracks of this peer from the SFU session, surfaced while the pair is on `sfu`. */
+  private readonly sfuTracks: Array<{ track: MediaStreamTrack; streams: readonly MediaStream[] }> = [];
+  private sfuTracksShown = false;
+  private readonly sfuProbeTimer: Timer;
+  private readonly sfuDeadline: Timer;
+  private readonly sfuRetryTimer: Timer;
   private stateValue: LinkState = "new";
   private closed = false;
 
@@ -215,6 +244,9 @@ export class PeerLink {
     this.ackTimer = new Timer(host.clock);
     this.retransmitTimer = new Timer(host.clock);
     this.pumpTimer = new Timer(host.clock);
+    this.sfuProbeTimer = new Timer(host.clock);
+    this.sfuDeadline = new Timer(host.clock);
+    this.sfuRetryTimer = new Timer(host.clock);
     this.sendStream = new SendStream(this.linkId, {
       maxUnacked: host.options.maxUnackedMessages,
       maxUnackedBytes: 8 * 1024 * 1024,
@@ -280,8 +312,26 @@ export class PeerLink {
       case "path":
         if (this.polite && isPath(payload.path)) {
           this.announced = payload.path;
+          // The controller announces `sfu` only after its probe made the round trip through both
+          // pages' sessions, which proves this end's session reaches it too.
+          if (payload.path === "sfu" && this.sfuWanted && !this.sfuUsable && this.host.sfu.open) {
+            this.sfuUsable = true;
+            this.sfuProbeTimer.clear();
+            this.onSfuUsable();
+          }
           this.updatePath();
-          if (payload.path === "websocket" && this.active === null) this.setState("connected");
+          if ((payload.path === "websocket" || payload.path === "sfu") && this.active === null) this.setState("connected");
+        }
+        return;
+      case "sfu":
+        if (typeof payload.on !== "boolean") return;
+        if (this.polite) {
+          // The controller moves the pair onto (or off) the SFU rung.
+          if (payload.on) this.wantSfu();
+          else this.dropSfu();
+        } else if (!payload.on && (this.sfuWanted || this.onSfu)) {
+          // The follower's session failed: the pair cannot stay on the SFU rung.
+          this.onSfuLost();
         }
         return;
       case "restart": {
@@ -377,7 +427,17 @@ export class PeerLink {
     if (this.closed) return;
     this.closed = true;
     for (const conn of [...this.conns.values()]) this.closeConn(conn, false);
-    for (const timer of [this.upgradeTimer, this.ackTimer, this.retransmitTimer, this.pumpTimer]) timer.clear();
+    for (const timer of [
+      this.upgradeTimer,
+      this.ackTimer,
+      this.retransmitTimer,
+      this.pumpTimer,
+      this.sfuProbeTimer,
+      this.sfuDeadline,
+      this.sfuRetryTimer,
+    ]) {
+      timer.clear();
+    }
     this.setState("closed");
   }
 
@@ -394,12 +454,14 @@ export class PeerLink {
     if (restarted) {
       // A new remote instance: its connections and its receiving stream are gone.
       for (const conn of [...this.conns.values()]) this.closeConn(conn, false);
+      this.dropSfu();
       this.sendStream.restart();
       this.viaKey = null;
       this.pump();
     }
     if (!this.controller) return;
-    if (newRemote || (this.active === null && this.conns.size === 0 && !this.onWebsocket)) this.decide(true);
+    const idle = this.active === null && this.conns.size === 0 && !this.onWebsocket && !this.sfuWanted && !this.onSfu;
+    if (newRemote || idle) this.decide(true);
     else if (forcedChanged) this.decide(false);
   }
 
@@ -408,18 +470,38 @@ export class PeerLink {
   }
 
   private target(): Target {
-    return startTarget(this.host.iceServers(), this.host.rtcSupported, this.host.forced(), this.remoteForced);
+    return startTarget(
+      this.host.iceServers(),
+      this.host.rtcSupported,
+      this.host.forced(),
+      this.remoteForced,
+      this.host.sfu.available(),
+    );
   }
 
   /** Controller: moves the pair towards its start target; `fresh` rebuilds even a matching connection. */
   private decide(fresh: boolean): void {
     const target = this.target();
-    if (target.rung !== "rtc") {
+    if (target.rung === "websocket") {
       this.goWebsocket();
+      return;
+    }
+    if (target.rung === "sfu") {
+      if (fresh) {
+        for (const conn of [...this.conns.values()]) if (conn !== this.active) this.closeConn(conn, true);
+        this.leaveSfu();
+      }
+      if (this.onSfu) {
+        for (const conn of [...this.conns.values()]) this.closeConn(conn, true);
+        return;
+      }
+      // Make-before-break: whatever carries the pair keeps doing so until the SFU rung works.
+      if (!this.sfuWanted) this.buildSfu();
       return;
     }
     if (fresh) {
       for (const conn of [...this.conns.values()]) this.closeConn(conn, true);
+      this.leaveSfu();
     } else {
       if (this.active && (this.active.mode === target.mode || (!this.forcedPair() && target.mode === "auto"))) {
         // Already there (or unforced again on a working connection): drop builds for other targets.
@@ -445,7 +527,7 @@ export class PeerLink {
       this.onBuildFailed(mode, probe);
       return;
     }
-    if (this.active === null && !this.onWebsocket) this.setState("connecting");
+    if (this.active === null && !this.onWebsocket && !this.onSfu) this.setState("connecting");
     conn.deadline.set(this.host.options.rungTimeoutMs, () => {
       if (conn.closed || conn.usable) return;
       this.closeConn(conn, true);
@@ -466,15 +548,157 @@ export class PeerLink {
       this.build(mode, false);
       return;
     }
+    if (this.active || this.onSfu || this.sfuWanted) {
+      this.scheduleUpgrade();
+      return;
+    }
+    const lower = lowerRung("rtc", this.host.sfu.available() && this.host.rtcSupported);
+    if (lower === "sfu") this.buildSfu();
+    else if (lower === "websocket") this.goWebsocket();
+  }
+
+  // ---- the SFU rung ----
+
+  /** Controller: moves the pair onto the SFU rung once a probe made the round trip through it. */
+  private buildSfu(): void {
+    this.upgradeTimer.clear();
+    this.sfuRetryTimer.clear();
+    this.host.sendSignal(this.peerId, { sb: "rtc", t: "sfu", on: true });
+    this.wantSfu();
+    if (this.active === null && !this.onWebsocket) this.setState("connecting");
+    this.sfuDeadline.set(this.host.options.rungTimeoutMs, () => {
+      if (this.closed || this.sfuUsable) return;
+      this.onSfuLost();
+    });
+  }
+
+  /** Both ends: route the pair through the SFU session once it is proven. */
+  private wantSfu(): void {
+    this.sfuWanted = true;
+    this.host.sfu.ensure();
+    this.probeSfu();
+  }
+
+  /** Sends the SFU probe until it is answered (the other page's session may still be opening). */
+  private probeSfu(): void {
+    this.sfuProbeTimer.clear();
+    if (this.closed || !this.sfuWanted || this.sfuUsable) return;
+    if (this.host.sfu.open) this.host.sfu.send(this.peerId, { sb: "p", e: "sfu" });
+    this.sfuProbeTimer.set(SFU_PROBE_MS, () => this.probeSfu());
+  }
+
+  /** Both ends: stop routing through the SFU session (the controller says so, or it moved on). */
+  private dropSfu(): void {
+    const was = this.sfuWanted || this.onSfu;
+    this.sfuWanted = false;
+    this.sfuUsable = false;
+    this.onSfu = false;
+    this.sfuTracksShown = false;
+    this.sfuProbeTimer.clear();
+    this.sfuDeadline.clear();
+    if (was && !this.closed) {
+      this.pump();
+      this.updatePath();
+    }
+  }
+
+  /** Controller: leaves the SFU rung and tells the follower. */
+  private leaveSfu(): void {
+    if (!this.sfuWanted && !this.onSfu) return;
+    this.host.sendSignal(this.peerId, { sb: "rtc", t: "sfu", on: false });
+    this.dropSfu();
+  }
+
+  /** Controller: the SFU rung did not become usable in time, or its session failed (here or there). */
+  private onSfuLost(): void {
+    if (this.closed) return;
+    const wasOn = this.onSfu;
+    this.leaveSfu();
     if (this.active) {
       this.scheduleUpgrade();
       return;
     }
-    if (lowerRung("rtc") === "websocket") this.goWebsocket();
+    // A forced SFU rung is kept: try it again after a pause; otherwise relay frames carry the pair.
+    if (this.forcedPair() && this.target().rung === "sfu") {
+      if (wasOn) this.goWebsocket();
+      this.sfuRetryTimer.set(this.host.options.iceGraceMs, () => {
+        if (!this.closed && this.forcedPair() && this.target().rung === "sfu" && !this.sfuWanted) this.buildSfu();
+      });
+      return;
+    }
+    this.goWebsocket();
+  }
+
+  /** A message of this peer that came through the relay's SFU session. */
+  onSfuMessage(message: unknown): void {
+    if (this.closed) return;
+    const fields = typeof message === "object" && message !== null ? (message as Record<string, unknown>) : {};
+    if (fields.sb === "p" && fields.e === "sfu") {
+      this.host.sfu.send(this.peerId, { sb: "q", e: "sfu" });
+      return;
+    }
+    if (fields.sb === "q" && fields.e === "sfu") {
+      if (this.sfuWanted && !this.sfuUsable) {
+        this.sfuUsable = true;
+        this.sfuProbeTimer.clear();
+        this.onSfuUsable();
+      }
+      return;
+    }
+    const envelope = parseEnvelope(message);
+    if (envelope) this.onEnvelope(envelope, "sfu");
+    else this.host.onData(this.peerId, message, "sfu");
+  }
+
+  /** A track of this peer from the SFU session. */
+  onSfuTrack(track: MediaStreamTrack, streams: readonly MediaStream[]): void {
+    if (this.closed) return;
+    this.sfuTracks.push({ track, streams });
+    if (this.sfuTracksShown) this.host.onTrack(this.peerId, track, streams);
+  }
+
+  /** The page's SFU session changed state. */
+  onSfuSession(state: "open" | "failed"): void {
+    if (this.closed || !this.sfuWanted) return;
+    if (state === "open") {
+      this.probeSfu();
+      return;
+    }
+    this.sfuUsable = false;
+    this.sfuTracks.length = 0;
+    this.sfuTracksShown = false;
+    this.pump();
+    if (this.controller) this.onSfuLost();
+    else {
+      this.host.sendSignal(this.peerId, { sb: "rtc", t: "sfu", on: false });
+      this.sfuWanted = false;
+    }
+  }
+
+  private onSfuUsable(): void {
+    if (!this.sfuTracksShown) {
+      this.sfuTracksShown = true;
+      for (const { track, streams } of this.sfuTracks) this.host.onTrack(this.peerId, track, streams);
+    }
+    if (this.controller) {
+      this.sfuDeadline.clear();
+      this.onSfu = true;
+      this.onWebsocket = false;
+      const conns = [...this.conns.values()];
+      this.active = null;
+      for (const conn of conns) this.closeConn(conn, true);
+      this.updatePath();
+      this.setState("connected");
+      this.scheduleUpgrade();
+    } else {
+      this.updatePath();
+    }
+    this.pump();
   }
 
   /** Controller: the WebSocket rung. Data moves to `relay` frames at once, then the connections close. */
   private goWebsocket(): void {
+    this.leaveSfu();
     this.onWebsocket = true;
     const conns = [...this.conns.values()];
     this.active = null;
@@ -519,6 +743,7 @@ export class PeerLink {
   private switchTo(conn: Conn): void {
     this.active = conn;
     this.onWebsocket = false;
+    if (this.controller) this.leaveSfu();
     conn.deadline.clear();
     for (const { track, streams } of conn.heldTracks.splice(0)) this.host.onTrack(this.peerId, track, streams);
     this.updatePath();
@@ -537,8 +762,8 @@ export class PeerLink {
   private updatePath(): void {
     let path: Path | null;
     if (this.active) path = this.active.route ?? (this.active.mode === "turn" ? "turn" : "p2p");
-    else if (this.controller) path = this.onWebsocket ? "websocket" : this.pathValue;
-    else path = this.announced === "websocket" ? "websocket" : this.pathValue;
+    else if (this.controller) path = this.onSfu ? "sfu" : this.onWebsocket ? "websocket" : this.pathValue;
+    else path = this.announced === "websocket" || this.announced === "sfu" ? this.announced : this.pathValue;
     if (path === this.pathValue || path === null) return;
     const previous = this.pathValue;
     this.pathValue = path;
@@ -959,7 +1184,7 @@ export class PeerLink {
   // ---- the pair's data stream ----
 
   /** Where data goes now: the active connection's DataChannel while it works, else `relay` frames. */
-  private via(): Conn | "relay" {
+  private via(): Conn | "sfu" | "relay" {
     const conn = this.active;
     if (
       conn &&
@@ -970,6 +1195,7 @@ export class PeerLink {
     ) {
       return conn;
     }
+    if (this.sfuWanted && this.sfuUsable && this.host.sfu.open) return "sfu";
     return "relay";
   }
 
@@ -982,7 +1208,7 @@ export class PeerLink {
     this.pumpTimer.clear();
     if (this.closed) return;
     const via = this.via();
-    const key = via === "relay" ? "relay" : via.epoch;
+    const key = via === "relay" || via === "sfu" ? via : via.epoch;
     const queued = this.sendStream.retransmission();
     if (key !== this.viaKey) {
       this.viaKey = key;
@@ -1001,7 +1227,8 @@ export class PeerLink {
     if (blocked) this.pumpTimer.set(50, () => this.pump());
   }
 
-  private handTo(via: Conn | "relay", message: DataEnvelope | StreamEnvelope): boolean {
+  private handTo(via: Conn | "sfu" | "relay", message: DataEnvelope | StreamEnvelope): boolean {
+    if (via === "sfu") return this.host.sfu.send(this.peerId, message);
     if (via === "relay") {
       if (!this.host.relayHasRoom()) return false;
       // A refusal is repaired by the retransmission timer.
@@ -1024,7 +1251,7 @@ export class PeerLink {
     });
   }
 
-  private onEnvelope(envelope: StreamEnvelope, via: "datachannel" | "relay"): void {
+  private onEnvelope(envelope: StreamEnvelope, via: "datachannel" | "relay" | "sfu"): void {
     if (envelope.sb === "a") {
       if (this.sendStream.onAck(envelope) > 0) {
         this.retransmitTimer.clear();

@@ -44,6 +44,8 @@ export interface WelcomeFrame {
   limits?: RoomLimits;
   /** The highest client `cseq` the room has processed for this peer (v1.1). */
   cseq?: number;
+  /** The room's relay session endpoint and this peer's token; absent when no relay offers the `sfu` rung. */
+  sfu?: unknown;
 }
 
 export interface PeerJoinedFrame {

@@ -44,11 +44,18 @@ test("start: rtc in auto mode, or the worse of the two forced paths", () => {
   assert.deepEqual(startTarget(ice, true, null, "websocket"), { rung: "websocket" });
   assert.deepEqual(startTarget([stun], true, "turn", null), { rung: "websocket" }, "forced TURN without TURN servers falls below");
   assert.deepEqual(startTarget(ice, false, null, null), { rung: "websocket" });
-  assert.deepEqual(startTarget(ice, true, "sfu", null), { rung: "websocket" }, "no relay offers the SFU rung yet");
+  assert.deepEqual(startTarget(ice, true, "sfu", null), { rung: "websocket" }, "without welcome.sfu there is no SFU rung");
+  assert.deepEqual(startTarget(ice, true, "sfu", null, true), { rung: "sfu" });
+  assert.deepEqual(startTarget(ice, true, "turn", "sfu", true), { rung: "sfu" }, "the worse forced path wins");
+  assert.deepEqual(startTarget(ice, true, null, null, true), { rung: "rtc", mode: "auto" }, "unforced starts on rtc");
+  assert.deepEqual(startTarget(ice, false, "sfu", null, true), { rung: "websocket" }, "the SFU rung needs RTCPeerConnection");
+  assert.deepEqual(availablePaths(ice, true, true), ["p2p", "turn", "sfu", "websocket"]);
 });
 
-test("below rtc comes websocket (sfu slots in between once a relay offers it)", () => {
+test("below rtc comes sfu when the relay offers it, else websocket", () => {
   assert.equal(lowerRung("rtc"), "websocket");
+  assert.equal(lowerRung("rtc", true), "sfu");
+  assert.equal(lowerRung("sfu", true), "websocket");
   assert.equal(lowerRung("websocket"), null);
 });
 

@@ -137,6 +137,84 @@ pub fn verify_any(secrets: &[&[u8]], token: &str, now: Millis) -> Result<Claims,
     Ok(claims)
 }
 
+/// Where and how the Worker issues session tokens (`SFU_URLS`, `TURN_SECRET`, `SFU_TOKEN_TTL_S`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SfuConfig {
+    /// Base URLs of the relays' session endpoints (`http://` or `https://`, no trailing `/`).
+    pub urls: Vec<String>,
+    /// The secret shared with the relays (the TURN REST secret).
+    pub secret: String,
+    /// Token lifetime in seconds.
+    pub ttl_s: u64,
+}
+
+/// Default token lifetime (`SFU_TOKEN_TTL_S`), seconds.
+pub const DEFAULT_TTL_S: u64 = 600;
+
+impl SfuConfig {
+    /// A config from the Worker's settings: `None` without a secret or without a usable URL.
+    /// URLs that are not `http://`/`https://` are dropped; a trailing `/` is removed.
+    pub fn new(urls: &[String], secret: Option<&str>, ttl_s: u64) -> Option<SfuConfig> {
+        let secret = secret.filter(|s| !s.is_empty())?;
+        let urls: Vec<String> = urls
+            .iter()
+            .filter(|u| {
+                u.strip_prefix("https://")
+                    .or_else(|| u.strip_prefix("http://"))
+                    .is_some_and(|host| !host.trim_end_matches('/').is_empty())
+            })
+            .map(|u| u.trim_end_matches('/').to_owned())
+            .collect();
+        if urls.is_empty() {
+            return None;
+        }
+        Some(SfuConfig {
+            urls,
+            secret: secret.to_owned(),
+            ttl_s: ttl_s.max(1),
+        })
+    }
+
+    /// The room's node: a stable hash (FNV-1a, 64 bit) of the room name picks one of `urls`, so
+    /// every peer of a room meets on one node for as long as `SFU_URLS` does not change.
+    pub fn node_for(&self, room: &RoomName) -> &str {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in room.as_str().bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        let n = self.urls.len() as u64;
+        let i = if n == 0 { 0 } else { (h % n) as usize };
+        self.urls.get(i).map_or("", String::as_str)
+    }
+
+    /// The grant for `peer_id` of `room` at `now`: the room's session endpoint and a fresh token.
+    pub fn grant(&self, room: &RoomName, peer_id: &PeerId, now: Millis) -> SfuGrant {
+        let expires = now.as_secs().saturating_add(self.ttl_s);
+        let claims = Claims {
+            room: room.clone(),
+            peer_id: peer_id.clone(),
+            exp: expires,
+        };
+        SfuGrant {
+            url: format!("{}/v1/sessions", self.node_for(room)),
+            token: sign(self.secret.as_bytes(), &claims),
+            expires,
+        }
+    }
+}
+
+/// `welcome.sfu` and the body of `GET /v1/sfu-token`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SfuGrant {
+    /// The session endpoint to `POST` the offer to (`<node>/v1/sessions`).
+    pub url: String,
+    /// The bearer token.
+    pub token: String,
+    /// When the token stops being accepted, seconds since the Unix epoch (the token's `exp`).
+    pub expires: u64,
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // tests fail loudly on purpose
 mod tests {
@@ -210,5 +288,59 @@ mod tests {
             let t = format!("{signed}.{sig}");
             assert_eq!(verify(b"s", &t, NOW), Err(TokenError::Malformed), "{json}");
         }
+    }
+    fn sfu_config(urls: &[&str]) -> SfuConfig {
+        let urls: Vec<String> = urls.iter().map(|u| (*u).to_owned()).collect();
+        SfuConfig::new(&urls, Some("s"), 600).unwrap()
+    }
+
+    #[test]
+    fn config_needs_a_secret_and_an_http_url() {
+        let urls = vec!["https://a.example:8443/".to_owned(), "turn:x".to_owned()];
+        assert_eq!(SfuConfig::new(&urls, None, 600), None);
+        assert_eq!(SfuConfig::new(&urls, Some(""), 600), None);
+        assert_eq!(
+            SfuConfig::new(&["ftp://x".to_owned()], Some("s"), 600),
+            None
+        );
+        let c = SfuConfig::new(&urls, Some("s"), 600).unwrap();
+        assert_eq!(c.urls, vec!["https://a.example:8443".to_owned()]);
+    }
+
+    #[test]
+    fn grant_verifies_for_the_room_and_peer_until_it_expires() {
+        let c = sfu_config(&["http://127.0.0.1:7000"]);
+        let room = RoomName::parse("lobby").unwrap();
+        let peer = PeerId::parse("p1").unwrap();
+        let g = c.grant(&room, &peer, NOW);
+        assert_eq!(g.url, "http://127.0.0.1:7000/v1/sessions");
+        assert_eq!(g.expires, NOW.as_secs() + 600);
+        let claims = verify(b"s", &g.token, NOW).unwrap();
+        assert_eq!(
+            (claims.room, claims.peer_id, claims.exp),
+            (room, peer, g.expires)
+        );
+        let later = Millis(NOW.0 + 600_000);
+        assert_eq!(verify(b"s", &g.token, later), Err(TokenError::Expired));
+        let json = serde_json::to_value(&g).unwrap();
+        assert_eq!(json.get("expires"), Some(&serde_json::json!(g.expires)));
+    }
+
+    #[test]
+    fn a_room_always_lands_on_one_node_and_rooms_spread() {
+        let c = sfu_config(&["http://a", "http://b", "http://c"]);
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..64 {
+            let room = RoomName::parse(&format!("room-{i}")).unwrap();
+            let node = c.node_for(&room).to_owned();
+            assert_eq!(c.node_for(&room), node, "stable");
+            // A second config with the same list agrees (no per-process seed).
+            assert_eq!(
+                sfu_config(&["http://a", "http://b", "http://c"]).node_for(&room),
+                node
+            );
+            seen.insert(node);
+        }
+        assert_eq!(seen.len(), 3, "64 rooms use every node");
     }
 }

@@ -380,6 +380,9 @@ pub enum ServerFrame<'a> {
         limits: WireLimits,
         /// Highest client `cseq` whose outcome is settled (0 on a fresh join).
         cseq: u64,
+        /// The room's relay session endpoint and this peer's token; absent without one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sfu: Option<&'a crate::sfu_token::SfuGrant>,
     },
     /// Client frames up to `cseq` are accepted (cumulative).
     Ack {

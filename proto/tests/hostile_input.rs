@@ -92,6 +92,7 @@ fn garbage_never_panics_and_the_room_keeps_routing() {
             ..Limits::default()
         },
         ice: IceConfig::default(),
+        sfu: None,
     };
     let mut room = Room::new(cfg);
     let now = Millis(1_700_000_000_000);

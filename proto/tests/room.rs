@@ -13,6 +13,7 @@ use switchboard_proto::room::{
     Counters, Join, Output, PeerRecord, ResumeRequest, Room, RoomConfig, StoreOp, StoredFrame,
     StoredQueue, close_code,
 };
+use switchboard_proto::sfu_token::{self, SfuConfig};
 use switchboard_proto::wire::SeqBody;
 use switchboard_proto::{ConnId, Meta, Millis, PeerId, ResumeToken, RoomName, TraceId};
 
@@ -69,6 +70,7 @@ fn config(limits: Limits) -> RoomConfig {
             turn_secret: Some("s".into()),
             ttl_s: 3600,
         },
+        sfu: None,
     }
 }
 
@@ -340,6 +342,41 @@ fn join_presence_and_welcome() {
         vec![json!({"type":"peer-joined","seq":1,"peer_id":w["peer_id"],"meta":{"name":"bob"}})]
     );
     assert!(h.logs.iter().filter(|l| l.0 == "join").count() == 2);
+    assert!(w.get("sfu").is_none(), "no SFU configured: no sfu field");
+}
+
+#[test]
+fn welcome_carries_an_sfu_grant_for_the_peer_when_configured() {
+    let mut h = Harness::new();
+    let urls = vec![
+        "http://127.0.0.1:1".to_owned(),
+        "http://127.0.0.1:2/".to_owned(),
+    ];
+    let mut cfg = config(limits());
+    cfg.sfu = SfuConfig::new(&urls, Some("relay-secret"), 120);
+    let node = cfg.sfu.as_ref().unwrap().node_for(&cfg.name).to_owned();
+    h.room = Room::new(cfg);
+    let a = h.join(T0);
+    let conn = h.join_with("{}", None, T0);
+    let w = h.take(conn).remove(0);
+    let sfu = &w["sfu"];
+    assert_eq!(sfu["url"], format!("{node}/v1/sessions"));
+    assert_eq!(sfu["expires"], T0.as_secs() + 120);
+    let claims = sfu_token::verify(b"relay-secret", sfu["token"].as_str().unwrap(), T0).unwrap();
+    assert_eq!(claims.room.as_str(), "lobby");
+    assert_eq!(claims.peer_id.as_str(), w["peer_id"].as_str().unwrap());
+    assert_eq!(claims.exp, T0.as_secs() + 120);
+    assert!(sfu_token::verify(b"other", sfu["token"].as_str().unwrap(), T0).is_err());
+    // A resumed session gets a fresh token for the same peer.
+    let later = Millis(T0.0 + 60_000);
+    let (_, frames) = resume(&mut h, &a, 0, later);
+    let w = &frames[0];
+    assert_eq!(w["type"], "welcome");
+    assert_eq!(w["resumed"], true);
+    assert_eq!(w["sfu"]["expires"], later.as_secs() + 120);
+    let claims =
+        sfu_token::verify(b"relay-secret", w["sfu"]["token"].as_str().unwrap(), later).unwrap();
+    assert_eq!(claims.peer_id, a.peer);
 }
 
 #[test]

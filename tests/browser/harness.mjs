@@ -332,13 +332,21 @@ export function stunAnswers(port = 3478) {
   });
 }
 
+/** The relay's SFU media port (UDP and ICE-TCP) and its session endpoint (HTTP), with `startRelay({ sfu: true })`. */
+export const SFU_PORT = 3479;
+export const SFU_HTTP_PORT = 3480;
+/** `SFU_URLS` for a Worker whose rooms use that relay. */
+export const SFU_URLS = `http://127.0.0.1:${SFU_HTTP_PORT}`;
+
 /**
  * Our Rust relay as the TURN server on 127.0.0.1:3478 (the shared Worker's
  * TURN_URLS), in its own process group, relaying from `portRange`.
  */
-export async function startRelay({ portRange = "50000-50999" } = {}) {
+export async function startRelay({ portRange = "50000-50999", sfu = false } = {}) {
   if (!RELAY_BIN) throw new Error("no relay binary: run `cargo build --release -p switchboard-relay` first");
   const args = ["--listen", "127.0.0.1:3478", "--allow-loopback-peers", "--realm", "switchboard", "--port-range", portRange];
+  // The SFU: media and data on SFU_PORT (UDP, and ICE-TCP on the same TCP port), sessions over HTTP.
+  if (sfu) args.push("--sfu-listen", `127.0.0.1:${SFU_PORT}`, "--sfu-http-listen", `127.0.0.1:${SFU_HTTP_PORT}`);
   const child = spawn(RELAY_BIN, args, {
     detached: true,
     stdio: ["ignore", "ignore", "pipe"],

@@ -34,6 +34,7 @@ pub use queue::{StoredFrame, StoredQueue};
 
 use crate::ice::{self, IceConfig};
 use crate::limits::{Limits, TokenBucket};
+use crate::sfu_token::SfuConfig;
 use crate::types::{ConnId, Meta, Millis, PeerId, ResumeToken, RoomName, TraceId, UserId};
 use crate::wire::{
     self, ClientFrame, ErrorCode, ErrorInfo, FrameError, LeaveReason, PeerInfo, SeqBody,
@@ -76,6 +77,8 @@ pub struct RoomConfig {
     pub limits: Limits,
     /// ICE servers handed out in `welcome`.
     pub ice: IceConfig,
+    /// The relays' session endpoints (`welcome.sfu`); `None`: no `sfu` rung is offered.
+    pub sfu: Option<SfuConfig>,
 }
 
 /// A new socket asking to join.
@@ -1371,6 +1374,11 @@ impl Room {
         // user, and the trace ties the relay's logs to this peer.
         let turn_user = format!("{}.{}", me.user(), me.rec.trace_id.as_str());
         let ice_servers = ice::ice_servers(&self.cfg.ice, &turn_user, now);
+        let sfu = self
+            .cfg
+            .sfu
+            .as_ref()
+            .map(|c| c.grant(&self.cfg.name, peer_id, now));
         let peers: Vec<PeerInfo<'_>> = self
             .peers
             .values()
@@ -1398,6 +1406,7 @@ impl Room {
                 max_frame_bytes: l.max_frame_bytes,
             },
             cseq: me.rec.cseq_hi,
+            sfu: sfu.as_ref(),
         }
         .to_json();
         self.out.push(Output::Send { conn, text });

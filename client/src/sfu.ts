@@ -1,0 +1,389 @@
+/**
+ * The `sfu` rung's one RTCPeerConnection per page to the room's relay (the
+ * relay's session endpoint, docs/PROTOCOL.md "Relay session endpoint"),
+ * shared by every pair whose path is `sfu`.
+ *
+ * Set-up, WHIP-style: the SDK creates an offer with the data channel
+ * `switchboard` (`protocol: "switchboard-envelope"`, ordered, reliable), the
+ * control channel `switchboard-control` and a send-only transceiver per local
+ * track, waits for ICE gathering (bounded by `gatherTimeoutMs`; the relay is
+ * ICE-lite and answers with all of its candidates), and POSTs it to
+ * `welcome.sfu.url` with `Authorization: Bearer <token>`. The answer's
+ * `Location` is the session; `DELETE` on it ends the session on `close()`.
+ * Candidates gathered after the POST are sent with `PATCH`
+ * (`application/trickle-ice-sdpfrag`).
+ *
+ * Data: every message is `<to>\n<json>`; the relay delivers `<from>\n<json>`.
+ * Tracks: the relay adds a publisher's tracks by offering over the control
+ * channel (`{"type":"offer","sdp"}`, answered `{"type":"answer","sdp"}`); the
+ * stream id of a forwarded track is the publisher's peer id. Tracks added
+ * later are offered by the SDK over the control channel; the SDK is the
+ * impolite side and ignores a relay offer while its own is outstanding (the
+ * relay offers again afterwards).
+ *
+ * The token is only needed to create a session; `SfuSession` keeps the latest
+ * one (refreshed by the room via `/v1/sfu-token`) for a new session after a
+ * failure.
+ */
+import { Clock, Timer } from "./clock.js";
+import { SwitchboardError } from "./errors.js";
+
+/** `welcome.sfu` and the answer of `GET /v1/sfu-token`. */
+export interface SfuGrant {
+  /** The session endpoint (`<relay>/v1/sessions`). */
+  url: string;
+  /** Bearer token for `POST`. */
+  token: string;
+  /** Unix seconds from which the relay refuses the token. */
+  expires: number;
+}
+
+export function isSfuGrant(value: unknown): value is SfuGrant {
+  if (typeof value !== "object" || value === null) return false;
+  const v = value as Record<string, unknown>;
+  return typeof v.url === "string" && /^https?:\/\//.test(v.url) && typeof v.token === "string" && Number.isFinite(v.expires);
+}
+
+export type SfuState = "idle" | "connecting" | "open" | "failed" | "closed";
+
+export interface SfuHost {
+  readonly clock: Clock;
+  createPeerConnection(config: RTCConfiguration): RTCPeerConnection;
+  fetch: typeof fetch;
+  grant(): SfuGrant | null;
+  localTracks(): ReadonlyArray<{ track: MediaStreamTrack; streams: MediaStream[] }>;
+  /** A message from `from` (parsed JSON). */
+  onMessage(from: string, message: unknown): void;
+  onTrack(from: string, track: MediaStreamTrack, streams: readonly MediaStream[]): void;
+  onState(state: SfuState): void;
+  onError(error: SwitchboardError): void;
+}
+
+export const SFU_LABEL = "switchboard";
+export const SFU_PROTOCOL = "switchboard-envelope";
+export const CONTROL_LABEL = "switchboard-control";
+
+/** Encodes a message for the relay's envelope channel: `<to>\n<json>`. */
+export function encodeEnvelope(to: string, message: unknown): string {
+  return `${to}\n${JSON.stringify(message)}`;
+}
+
+/** Decodes `<from>\n<json>`; `null` when it is not one. */
+export function decodeEnvelope(text: string): { from: string; message: unknown } | null {
+  const nl = text.indexOf("\n");
+  if (nl <= 0) return null;
+  try {
+    return { from: text.slice(0, nl), message: JSON.parse(text.slice(nl + 1)) };
+  } catch {
+    return null;
+  }
+}
+
+export interface SfuOptions {
+  /** Longest wait for ICE gathering before the offer is sent with what was gathered. */
+  gatherTimeoutMs: number;
+  /** Largest `bufferedAmount` of the data channel before `send` refuses (the caller retries). */
+  maxBuffer: number;
+}
+
+export const defaultSfuOptions: SfuOptions = { gatherTimeoutMs: 2_000, maxBuffer: 1024 * 1024 };
+
+export class SfuSession {
+  private pc: RTCPeerConnection | null = null;
+  private dc: RTCDataChannel | null = null;
+  private control: RTCDataChannel | null = null;
+  private location: string | null = null;
+  private stateValue: SfuState = "idle";
+  private makingOffer = false;
+  /** A track was added while the session was being set up: offer it once the control channel is open. */
+  private renegotiate = false;
+  private readonly attached = new Set<MediaStreamTrack>();
+  private readonly pending: RTCIceCandidateInit[] = [];
+  private readonly gatherTimer: Timer;
+  /**
+   * Control-channel work (answering a relay offer, applying an answer, making an offer) runs one
+   * step at a time: a relay offer that arrives while our answer is still being applied must see
+   * the result, or it would be taken for glare and ignored.
+   */
+  private controlChain: Promise<void> = Promise.resolve();
+  /** Incremented per session attempt, so a late answer of an abandoned attempt is ignored. */
+  private attempt = 0;
+
+  constructor(
+    private readonly host: SfuHost,
+    private readonly options: SfuOptions = defaultSfuOptions,
+  ) {
+    this.gatherTimer = new Timer(host.clock);
+  }
+
+  get state(): SfuState {
+    return this.stateValue;
+  }
+
+  /** Whether `send` can carry a message now. */
+  get open(): boolean {
+    return this.stateValue === "open" && this.dc?.readyState === "open";
+  }
+
+  /** Whether the channel has room for more. */
+  hasRoom(): boolean {
+    return this.open && (this.dc?.bufferedAmount ?? 0) <= this.options.maxBuffer;
+  }
+
+  get peerConnection(): RTCPeerConnection | null {
+    return this.pc;
+  }
+
+  /** Starts a session unless one is open or being made. */
+  ensure(): void {
+    if (this.stateValue === "connecting" || this.stateValue === "open" || this.stateValue === "closed") return;
+    void this.start();
+  }
+
+  /** Sends `message` to peer `to`; `false` when the channel cannot take it now. */
+  send(to: string, message: unknown): boolean {
+    const dc = this.dc;
+    if (!this.open || !dc || dc.bufferedAmount > this.options.maxBuffer) return false;
+    try {
+      dc.send(encodeEnvelope(to, message));
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /** A local track: sent on the session (renegotiated over the control channel once open). */
+  addTrack(track: MediaStreamTrack, streams: MediaStream[]): void {
+    const pc = this.pc;
+    if (!pc || this.attached.has(track) || this.stateValue === "closed") return;
+    this.attached.add(track);
+    try {
+      pc.addTransceiver(track, { direction: "sendonly", streams });
+    } catch (error) {
+      this.reportError("could not send a track to the relay", error);
+    }
+  }
+
+  /** Ends the session (`DELETE`) for good. */
+  close(): void {
+    if (this.stateValue === "closed") return;
+    this.teardown(true);
+    this.setState("closed");
+  }
+
+  private async start(): Promise<void> {
+    const grant = this.host.grant();
+    if (!grant) {
+      this.fail("no SFU grant (welcome.sfu) to create a session with", undefined);
+      return;
+    }
+    this.teardown(true);
+    this.attempt += 1;
+    const attempt = this.attempt;
+    this.setState("connecting");
+    let pc: RTCPeerConnection;
+    try {
+      pc = this.host.createPeerConnection({ iceServers: [], bundlePolicy: "max-bundle" });
+    } catch (error) {
+      this.fail("could not create an RTCPeerConnection", error);
+      return;
+    }
+    this.pc = pc;
+    this.attached.clear();
+    const dc = pc.createDataChannel(SFU_LABEL, { ordered: true, protocol: SFU_PROTOCOL });
+    const control = pc.createDataChannel(CONTROL_LABEL, { ordered: true });
+    this.dc = dc;
+    this.control = control;
+    dc.onopen = () => {
+      if (this.pc === pc && this.stateValue === "connecting" && pc.connectionState !== "failed") this.setState("open");
+      if (this.pc === pc && this.renegotiate) this.serialized(() => this.offerOverControl(pc, control));
+    };
+    control.onopen = () => {
+      if (this.pc === pc && this.renegotiate && this.stateValue === "open") this.serialized(() => this.offerOverControl(pc, control));
+    };
+    dc.onclose = () => {
+      if (this.pc === pc && this.stateValue !== "closed") this.fail("the relay's data channel closed", undefined);
+    };
+    dc.onmessage = (event) => {
+      if (this.pc !== pc || typeof event.data !== "string") return;
+      const decoded = decodeEnvelope(event.data);
+      if (decoded) this.host.onMessage(decoded.from, decoded.message);
+    };
+    control.onmessage = (event) => {
+      if (this.pc === pc && typeof event.data === "string") {
+        const text = event.data;
+        this.serialized(() => this.onControl(pc, control, text));
+      }
+    };
+    pc.ontrack = ({ track, streams }) => {
+      const from = streams[0]?.id;
+      if (this.pc === pc && from) this.host.onTrack(from, track, streams);
+    };
+    pc.onconnectionstatechange = () => {
+      if (this.pc !== pc) return;
+      if (pc.connectionState === "failed" || pc.connectionState === "closed") this.fail(`the relay connection is ${pc.connectionState}`, undefined);
+    };
+    pc.onicecandidate = ({ candidate }) => {
+      if (this.pc !== pc || !candidate || !candidate.candidate) return;
+      this.pending.push(candidate.toJSON());
+      if (this.location !== null) void this.trickle(pc);
+    };
+    // Later tracks (after the session is up) are offered over the control channel.
+    pc.onnegotiationneeded = () => {
+      if (this.pc !== pc) return;
+      this.renegotiate = true;
+      if (this.stateValue === "open") this.serialized(() => this.offerOverControl(pc, control));
+    };
+    for (const { track, streams } of this.host.localTracks()) this.addTrack(track, streams);
+    try {
+      await pc.setLocalDescription(await pc.createOffer());
+      // Everything attached so far is in this offer.
+      this.renegotiate = false;
+      await this.gathered(pc);
+      if (this.pc !== pc || attempt !== this.attempt) return;
+      const offer = pc.localDescription?.sdp ?? "";
+      this.pending.length = 0; // gathered candidates are in the offer
+      const response = await this.host.fetch(grant.url, {
+        method: "POST",
+        headers: { authorization: `Bearer ${grant.token}`, "content-type": "application/sdp" },
+        body: offer,
+      });
+      if (this.pc !== pc || attempt !== this.attempt) return;
+      if (response.status !== 201) {
+        const text = await response.text().catch(() => "");
+        throw new Error(`POST ${grant.url}: HTTP ${response.status} ${text.slice(0, 200)}`);
+      }
+      const location = response.headers.get("location");
+      const answer = await response.text();
+      if (location) this.location = new URL(location, grant.url).toString();
+      await pc.setRemoteDescription({ type: "answer", sdp: answer });
+      if (this.pending.length > 0) void this.trickle(pc);
+    } catch (error) {
+      if (this.pc === pc) this.fail("could not set up the relay session", error);
+    }
+  }
+
+  /** Resolves when ICE gathering completes or after `gatherTimeoutMs`. */
+  private gathered(pc: RTCPeerConnection): Promise<void> {
+    if (pc.iceGatheringState === "complete") return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => {
+        this.gatherTimer.clear();
+        pc.removeEventListener("icegatheringstatechange", check);
+        resolve();
+      };
+      const check = () => {
+        if (pc.iceGatheringState === "complete") done();
+      };
+      pc.addEventListener("icegatheringstatechange", check);
+      this.gatherTimer.set(this.options.gatherTimeoutMs, done);
+    });
+  }
+
+  private async trickle(pc: RTCPeerConnection): Promise<void> {
+    const location = this.location;
+    if (!location || this.pending.length === 0) return;
+    const candidates = this.pending.splice(0);
+    const mid = candidates[0]?.sdpMid ?? "0";
+    const body = [`a=mid:${mid}`, ...candidates.map((c) => `a=${c.candidate}`)].join("\r\n") + "\r\n";
+    try {
+      const response = await this.host.fetch(location, {
+        method: "PATCH",
+        headers: { "content-type": "application/trickle-ice-sdpfrag" },
+        body,
+      });
+      if (this.pc === pc && response.status !== 204) throw new Error(`PATCH: HTTP ${response.status}`);
+    } catch (error) {
+      // A lost candidate only narrows the choice; the relay's candidates are all in its answer.
+      if (this.pc === pc) this.reportError("could not trickle a candidate to the relay", error);
+    }
+  }
+
+  private async onControl(pc: RTCPeerConnection, control: RTCDataChannel, text: string): Promise<void> {
+    let message: { type?: unknown; sdp?: unknown };
+    try {
+      message = JSON.parse(text) as { type?: unknown; sdp?: unknown };
+    } catch {
+      return;
+    }
+    if (typeof message.sdp !== "string") return;
+    try {
+      if (message.type === "offer") {
+        // Impolite: our own offer is outstanding; the relay offers again after answering it.
+        if (this.makingOffer || pc.signalingState !== "stable") return;
+        await pc.setRemoteDescription({ type: "offer", sdp: message.sdp });
+        await pc.setLocalDescription();
+        if (this.pc === pc && pc.localDescription) {
+          control.send(JSON.stringify({ type: "answer", sdp: pc.localDescription.sdp }));
+        }
+      } else if (message.type === "answer") {
+        if (pc.signalingState !== "have-local-offer") return;
+        await pc.setRemoteDescription({ type: "answer", sdp: message.sdp });
+        this.makingOffer = false;
+        // A track added while this offer was out is offered next.
+        if (this.renegotiate && this.pc === pc) this.serialized(() => this.offerOverControl(pc, control));
+      }
+    } catch (error) {
+      if (this.pc === pc) this.reportError("renegotiation with the relay failed", error);
+    }
+  }
+
+  private serialized(step: () => Promise<void>): void {
+    this.controlChain = this.controlChain.then(step, step);
+  }
+
+  private async offerOverControl(pc: RTCPeerConnection, control: RTCDataChannel): Promise<void> {
+    if (this.makingOffer || pc.signalingState !== "stable" || control.readyState !== "open") return;
+    try {
+      this.makingOffer = true;
+      this.renegotiate = false;
+      await pc.setLocalDescription(await pc.createOffer());
+      if (this.pc === pc && pc.localDescription) control.send(JSON.stringify({ type: "offer", sdp: pc.localDescription.sdp }));
+    } catch (error) {
+      this.makingOffer = false;
+      if (this.pc === pc) this.reportError("could not offer a track to the relay", error);
+    }
+  }
+
+  private fail(message: string, cause: unknown): void {
+    if (this.stateValue === "closed") return;
+    this.reportError(message, cause);
+    this.teardown(true);
+    this.setState("failed");
+  }
+
+  /** Drops the current connection; `remove` also DELETEs the session on the relay. */
+  private teardown(remove: boolean): void {
+    this.gatherTimer.clear();
+    const pc = this.pc;
+    this.pc = null;
+    this.makingOffer = false;
+    this.renegotiate = false;
+    this.pending.length = 0;
+    if (remove && this.location) {
+      const location = this.location;
+      this.host.fetch(location, { method: "DELETE", keepalive: true }).catch(() => undefined);
+    }
+    this.location = null;
+    for (const channel of [this.dc, this.control]) {
+      if (!channel) continue;
+      channel.onopen = channel.onclose = channel.onmessage = null;
+      channel.close();
+    }
+    this.dc = this.control = null;
+    if (pc) {
+      pc.ontrack = pc.onconnectionstatechange = pc.onicecandidate = pc.onnegotiationneeded = null;
+      pc.close();
+    }
+  }
+
+  private setState(state: SfuState): void {
+    if (this.stateValue === state) return;
+    this.stateValue = state;
+    this.host.onState(state);
+  }
+
+  private reportError(message: string, cause: unknown): void {
+    this.host.onError(new SwitchboardError("webrtc", `${message} (sfu)`, { cause }));
+  }
+}

@@ -1,0 +1,346 @@
+// The `sfu` rung with fake RTCPeerConnections, a fake fetch and fake timers:
+// the session set-up (POST with the token, DELETE on leave), the per-pair
+// probe through the relay's envelope channel, data through it, the automatic
+// ladder's fall from rtc to sfu to websocket, and the token refresh.
+import { test, mock, beforeEach, afterEach } from "node:test";
+import assert from "node:assert/strict";
+import { Switchboard } from "../dist/index.js";
+import { FakeServer, welcome } from "./fake-websocket.mjs";
+
+const NOW = 1_700_000_000_000;
+beforeEach(() => mock.timers.enable({ apis: ["setTimeout", "Date"], now: NOW }));
+afterEach(() => mock.timers.reset());
+
+const ICE = [{ urls: ["stun:127.0.0.1:3478"] }];
+const GRANT = { url: "http://relay.test/v1/sessions", token: "sfu1.tok.en", expires: NOW / 1000 + 600 };
+
+const settle = async () => {
+  for (let i = 0; i < 10; i++) await new Promise((resolve) => setImmediate(resolve));
+};
+
+class FakeChannel {
+  constructor(label, init = {}) {
+    this.label = label;
+    this.protocol = init.protocol ?? "";
+    this.readyState = "connecting";
+    this.bufferedAmount = 0;
+    this.sent = [];
+    this.onopen = this.onmessage = this.onclose = this.onbufferedamountlow = null;
+  }
+  send(text) {
+    if (this.readyState !== "open") throw new Error("InvalidStateError");
+    this.sent.push(text);
+  }
+  close() {
+    this.readyState = "closed";
+  }
+  open() {
+    this.readyState = "open";
+    this.onopen?.();
+  }
+  receive(text) {
+    this.onmessage?.({ data: text });
+  }
+}
+
+class FakePc {
+  constructor(config, registry) {
+    this.config = config;
+    this.connectionState = "new";
+    this.signalingState = "stable";
+    this.iceGatheringState = "complete";
+    this.channels = [];
+    this.closed = false;
+    this.localDescription = null;
+    this.transceivers = [];
+    registry.push(this);
+  }
+  createDataChannel(label, init) {
+    const channel = new FakeChannel(label, init);
+    this.channels.push(channel);
+    return channel;
+  }
+  channel(label) {
+    return this.channels.find((c) => c.label === label);
+  }
+  addTransceiver(kind, init) {
+    const t = { direction: init?.direction, receiver: { track: { kind } }, sender: { track: null, replaceTrack: async () => {} } };
+    this.transceivers.push(t);
+    return t;
+  }
+  getTransceivers() {
+    return this.transceivers;
+  }
+  async createOffer() {
+    return { type: "offer", sdp: "v=0 offer" };
+  }
+  async setLocalDescription(description) {
+    this.localDescription = { ...(description ?? { type: "offer", sdp: "v=0 offer" }), toJSON() { return this; } };
+  }
+  async setRemoteDescription(description) {
+    this.remoteDescription = description;
+  }
+  addEventListener() {}
+  removeEventListener() {}
+  getConfiguration() {
+    return this.config;
+  }
+  setConfiguration(config) {
+    this.config = config;
+  }
+  restartIce() {}
+  async getStats() {
+    return new Map();
+  }
+  close() {
+    this.closed = true;
+    this.connectionState = "closed";
+  }
+}
+
+async function joinWithSfu(selfId, options = {}) {
+  const server = new FakeServer();
+  const pcs = [];
+  const requests = [];
+  const fetchImpl = async (url, init = {}) => {
+    requests.push({ url: String(url), method: init.method ?? "GET", headers: init.headers ?? {}, body: init.body });
+    const method = init.method ?? "GET";
+    if (method === "POST") {
+      return new Response("v=0 answer", { status: 201, headers: { location: "/v1/sessions/abc" } });
+    }
+    if (method === "DELETE") return new Response("", { status: 200 });
+    if (String(url).includes("/v1/sfu-token")) {
+      return new Response(JSON.stringify({ ...GRANT, token: "sfu1.fresh.tok", expires: GRANT.expires + 600 }), { status: 200 });
+    }
+    return new Response("", { status: 404 });
+  };
+  const pending = Switchboard.join("http://127.0.0.1:8787", "lobby", {
+    ladder: { rungTimeoutMs: 1000, upgradeIntervalMs: 60_000, iceGraceMs: 300 },
+    createPeerConnection: (config) => new FakePc(config, pcs),
+    fetch: fetchImpl,
+    ...options,
+    signaling: { createWebSocket: server.factory, random: () => 0.5 },
+  });
+  server.last.accept();
+  server.last.receive(welcome({ peer_id: selfId, peers: [{ peer_id: "p5", meta: {} }], ice_servers: ICE, sfu: GRANT }));
+  const room = await pending;
+  const paths = [];
+  const data = [];
+  room.on("path", ({ path }) => paths.push(path));
+  room.on("data", (event) => data.push(event));
+  room.on("error", () => {});
+  return { server, room, pcs, requests, paths, data };
+}
+
+let seq = 0;
+function fromPeer(server, payload) {
+  seq += 1;
+  server.last.receive({ type: "signal", seq, from: "p5", payload });
+}
+const hello = { sb: "rtc", t: "hello", link: "remote-link", knows: null, forced: null };
+const internal = (server, t) => server.last.frames().filter((f) => f.type === "signal" && f.payload.t === t).map((f) => f.payload);
+/** The SFU session's connection: the one with the envelope channel. */
+const sfuPc = (pcs) => pcs.find((pc) => pc.channel("switchboard")?.protocol === "switchboard-envelope");
+const sent = (pc) => pc.channel("switchboard").sent.map((text) => [text.slice(0, text.indexOf("\n")), JSON.parse(text.slice(text.indexOf("\n") + 1))]);
+
+async function openSfu(pcs) {
+  await settle();
+  const pc = sfuPc(pcs);
+  assert.ok(pc, "an RTCPeerConnection to the relay");
+  pc.connectionState = "connected";
+  pc.channel("switchboard").open();
+  pc.channel("switchboard-control").open();
+  await settle();
+  return pc;
+}
+
+test("forced sfu: one session to the room's relay, a probe through it, then data in the envelope", async () => {
+  seq = 0;
+  const { server, room, pcs, requests, paths, data } = await joinWithSfu("p9", { forcePath: "sfu" });
+  fromPeer(server, hello);
+  assert.deepEqual(internal(server, "sfu"), [{ sb: "rtc", t: "sfu", on: true }], "the controller moves the pair onto sfu");
+  assert.deepEqual(internal(server, "open"), [], "no pair connection on the sfu rung");
+  await settle();
+  const post = requests.find((r) => r.method === "POST");
+  assert.equal(post.url, GRANT.url);
+  assert.equal(post.headers.authorization, `Bearer ${GRANT.token}`);
+  assert.equal(post.headers["content-type"], "application/sdp");
+  assert.equal(post.body, "v=0 offer");
+  const pc = await openSfu(pcs);
+  assert.equal(pc.remoteDescription.sdp, "v=0 answer");
+  assert.deepEqual(pc.config.iceServers, [], "the relay is ICE-lite with host candidates: no STUN/TURN");
+  assert.equal(pc.channel("switchboard-control").label, "switchboard-control");
+  assert.deepEqual(sent(pc).at(-1), ["p5", { sb: "p", e: "sfu" }], "the probe is addressed to the peer");
+  assert.equal(room.path("p5"), null, "not on sfu before the probe made the round trip");
+
+  // Until the other page's session is up the relay drops the probe: it is sent again.
+  mock.timers.tick(250);
+  assert.equal(sent(pc).filter(([, m]) => m.sb === "p").length, 2);
+  pc.channel("switchboard").receive('p5\n{"sb":"q","e":"sfu"}');
+  assert.deepEqual(paths, ["sfu"]);
+  assert.equal(room.path("p5"), "sfu");
+  assert.deepEqual(internal(server, "path").map((p) => p.path), ["sfu"]);
+  // A late hello from the same remote instance leaves the pair where it is.
+  fromPeer(server, hello);
+  assert.deepEqual(internal(server, "sfu"), [{ sb: "rtc", t: "sfu", on: true }]);
+  assert.equal(room.path("p5"), "sfu");
+
+  await room.send("p5", { hello: "via sfu" });
+  assert.deepEqual(sent(pc).at(-1)[0], "p5");
+  assert.deepEqual(sent(pc).at(-1)[1].d, { hello: "via sfu" });
+  // The other end's probe is answered; its data is delivered once, with via "sfu".
+  pc.channel("switchboard").receive('p5\n{"sb":"p","e":"sfu"}');
+  assert.deepEqual(sent(pc).at(-1), ["p5", { sb: "q", e: "sfu" }]);
+  const envelope = JSON.stringify({ sb: "d", s: "remote-link.1", n: 1, d: "hi" });
+  pc.channel("switchboard").receive(`p5\n${envelope}`);
+  pc.channel("switchboard").receive(`p5\n${envelope}`);
+  assert.deepEqual(data.map((d) => [d.from, d.data, d.via]), [["p5", "hi", "sfu"]]);
+  assert.equal(server.last.frames().filter((f) => f.type === "relay" && f.data.sb === "d").length, 0, "no data over the socket");
+
+  room.leave();
+  const del = requests.find((r) => r.method === "DELETE");
+  assert.equal(del.url, "http://relay.test/v1/sessions/abc");
+  assert.ok(pc.closed);
+});
+
+test("automatic ladder: rtc does not work, sfu does not either, then websocket", async () => {
+  seq = 0;
+  const { server, room, pcs } = await joinWithSfu("p9");
+  fromPeer(server, hello);
+  assert.deepEqual(internal(server, "open").map((p) => p.mode), ["auto"], "rtc first");
+  mock.timers.tick(1000); // the rtc connection is not usable in time
+  assert.deepEqual(internal(server, "sfu"), [{ sb: "rtc", t: "sfu", on: true }], "then the sfu rung");
+  await settle();
+  assert.ok(sfuPc(pcs), "a session to the relay");
+  assert.equal(room.path("p5"), null);
+  mock.timers.tick(1000); // no probe answer through the relay in time
+  assert.deepEqual(internal(server, "sfu").at(-1), { sb: "rtc", t: "sfu", on: false });
+  assert.equal(room.path("p5"), "websocket");
+});
+
+test("automatic ladder: when rtc fails and the sfu probe comes back, the pair is on sfu", async () => {
+  seq = 0;
+  const { server, room, pcs } = await joinWithSfu("p9");
+  fromPeer(server, hello);
+  mock.timers.tick(1000);
+  const pc = await openSfu(pcs);
+  pc.channel("switchboard").receive('p5\n{"sb":"q","e":"sfu"}');
+  assert.equal(room.path("p5"), "sfu");
+  // The session fails: the pair falls to the WebSocket rung and tells the follower.
+  pc.connectionState = "failed";
+  pc.onconnectionstatechange?.();
+  assert.equal(room.path("p5"), "websocket");
+  assert.deepEqual(internal(server, "sfu").at(-1), { sb: "rtc", t: "sfu", on: false });
+});
+
+test("the follower joins the sfu rung when told and sends through it once its probe came back", async () => {
+  seq = 0;
+  // "p1" < "p5": the other end controls the pair.
+  const { server, room, pcs, paths } = await joinWithSfu("p1");
+  fromPeer(server, hello);
+  fromPeer(server, { sb: "rtc", t: "sfu", on: true });
+  const pc = await openSfu(pcs);
+  await room.send("p5", "before");
+  assert.ok(server.last.frames().some((f) => f.type === "relay" && f.data.d === "before"), "relay frames until the rung is proven");
+  // The controller announces sfu only after its probe went through both sessions: that proves ours too.
+  fromPeer(server, { sb: "rtc", t: "path", path: "sfu" });
+  assert.deepEqual(paths, ["sfu"]);
+  await room.send("p5", "from the follower");
+  assert.deepEqual(sent(pc).at(-1)[1].d, "from the follower");
+  // Told to leave the rung: data goes back to relay frames.
+  fromPeer(server, { sb: "rtc", t: "sfu", on: false });
+  fromPeer(server, { sb: "rtc", t: "path", path: "websocket" });
+  await room.send("p5", "after");
+  assert.ok(server.last.frames().some((f) => f.type === "relay" && f.data.d === "after"));
+  assert.equal(room.path("p5"), "websocket");
+});
+
+test("the SFU token is refreshed from /v1/sfu-token at 80% of its lifetime", async () => {
+  seq = 0;
+  const { requests } = await joinWithSfu("p9");
+  mock.timers.tick(479_000);
+  await settle();
+  assert.equal(requests.filter((r) => r.url.includes("/v1/sfu-token")).length, 0);
+  mock.timers.tick(1_000);
+  await settle();
+  const refresh = requests.find((r) => r.url.includes("/v1/sfu-token"));
+  assert.ok(refresh, "refreshed at 480 s of 600");
+  const url = new URL(refresh.url);
+  assert.equal(url.origin + url.pathname, "http://127.0.0.1:8787/v1/sfu-token");
+  assert.equal(url.searchParams.get("room"), "lobby");
+  assert.equal(url.searchParams.get("sfu_token"), GRANT.token);
+  // The next refresh is scheduled from the new expiry (1200 s after NOW): at 80% of the remaining 720 s.
+  mock.timers.tick(575_000);
+  await settle();
+  assert.equal(requests.filter((r) => r.url.includes("/v1/sfu-token")).length, 1);
+  mock.timers.tick(2_000);
+  await settle();
+  const second = requests.filter((r) => r.url.includes("/v1/sfu-token"))[1];
+  assert.equal(new URL(second.url).searchParams.get("sfu_token"), "sfu1.fresh.tok", "the refreshed token proves the peer next time");
+});
+
+test("forced p2p → sfu is make-before-break and the unacknowledged data is sent again through the relay", async () => {
+  seq = 0;
+  const { server, room, pcs, paths } = await joinWithSfu("p9", { forcePath: "p2p" });
+  fromPeer(server, hello);
+  const rtc = pcs[0];
+  const dc = rtc.channel("switchboard");
+  rtc.connectionState = "connected";
+  dc.open();
+  await settle();
+  const probe = JSON.parse(dc.sent.find((text) => JSON.parse(text).sb === "p"));
+  dc.receive(JSON.stringify({ sb: "q", e: probe.e, relay: false }));
+  await settle();
+  assert.equal(room.path("p5"), "p2p");
+  await room.send("p5", "one");
+  room.forcePath("sfu");
+  assert.deepEqual(internal(server, "sfu"), [{ sb: "rtc", t: "sfu", on: true }]);
+  await room.send("p5", "two");
+  const onRtc = dc.sent.map((text) => JSON.parse(text)).filter((m) => m.sb === "d").map((m) => m.d);
+  assert.deepEqual(onRtc, ["one", "two"], "the working connection carries data while the sfu rung is built");
+  assert.equal(rtc.closed, false);
+  const pc = await openSfu(pcs);
+  pc.channel("switchboard").receive('p5\n{"sb":"q","e":"sfu"}');
+  assert.deepEqual(paths, ["p2p", "sfu"]);
+  assert.ok(rtc.closed, "the pair's connection is closed once the sfu rung works");
+  assert.ok(internal(server, "close").length >= 1);
+  const onSfu = sent(pc).filter(([, m]) => m.sb === "d").map(([to, m]) => [to, m.n, m.d]);
+  assert.deepEqual(onSfu.map(([to, , d]) => [to, d]), [["p5", "one"], ["p5", "two"]], "unacknowledged data is sent again through the relay");
+  // The receiver acknowledges through the relay; nothing is sent a third time.
+  const stream = sent(pc).find(([, m]) => m.sb === "d")[1].s;
+  assert.equal(room.diagnostics().peers[0].unacknowledged, 2);
+  pc.channel("switchboard").receive(`p5\n${JSON.stringify({ sb: "a", s: stream, n: 2 })}`);
+  assert.equal(room.diagnostics().peers[0].unacknowledged, 0);
+});
+
+test("a relay offer right behind the relay's answer to our offer is answered, not taken for glare", async () => {
+  seq = 0;
+  const { server, room, pcs } = await joinWithSfu("p9", { forcePath: "sfu" });
+  fromPeer(server, hello);
+  const pc = await openSfu(pcs);
+  // Signaling states as a browser keeps them; applying a description takes a few ticks.
+  pc.signalingState = "stable";
+  pc.setLocalDescription = async (description) => {
+    await settle();
+    const type = description?.type ?? (pc.signalingState === "have-remote-offer" ? "answer" : "offer");
+    pc.localDescription = { type, sdp: `v=0 local ${type}` };
+    pc.signalingState = type === "offer" ? "have-local-offer" : "stable";
+  };
+  pc.setRemoteDescription = async (description) => {
+    await settle();
+    pc.signalingState = description.type === "offer" ? "have-remote-offer" : "stable";
+  };
+  // A camera starts after the session is up: the SDK offers it over the control channel.
+  room.addTrack({ kind: "video", id: "cam" }, { id: "stream" });
+  pc.onnegotiationneeded?.();
+  await settle();
+  await settle();
+  const control = pc.channel("switchboard-control");
+  assert.deepEqual(control.sent.map((t) => JSON.parse(t).type), ["offer"]);
+  // The relay answers it and at once offers its own tracks (another publisher's camera).
+  control.receive(JSON.stringify({ type: "answer", sdp: "v=0 relay answer" }));
+  control.receive(JSON.stringify({ type: "offer", sdp: "v=0 relay offer" }));
+  for (let i = 0; i < 5; i++) await settle();
+  assert.deepEqual(control.sent.map((t) => JSON.parse(t).type), ["offer", "answer"]);
+  assert.equal(pc.signalingState, "stable");
+});
