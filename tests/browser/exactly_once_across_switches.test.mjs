@@ -3,30 +3,20 @@
 // p2p → websocket → turn → p2p. Every switch retransmits what B has not
 // acknowledged on the new path and B drops duplicates, so B's `data` events
 // are exactly 1..2000, in order.
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { diagnostics, launchBrowser, openPair, peerIdOf, startRelay, uniqueRoom, waitFor, waitForPath, worker } from "./harness.mjs";
+import {
+  failureContext, openPair, peerIdOf, uniqueRoom, waitFor, waitForPath, workerAndBrowser,
+} from "./harness.mjs";
 
 const TOTAL = 2000;
 const PER_SECOND = 200;
 
-let dev;
-let browser;
-let relay;
-before(async () => {
-  relay = await startRelay();
-  dev = await worker();
-  browser = await launchBrowser();
-});
-after(async () => {
-  await browser?.close();
-  await dev?.dispose();
-  await relay?.stop();
-});
+const env = workerAndBrowser({ relay: {} });
 
 test("2,000 messages at 200/s across forced p2p → websocket → turn → p2p arrive exactly once, in order", async (t) => {
   const room = uniqueRoom("once");
-  const [a, b] = await openPair(t, browser, dev.url, { room, camera: "0", path: "p2p" });
+  const [a, b] = await openPair(t, env.browser, env.dev.url, { room, camera: "0", path: "p2p" });
   try {
     const [idA, idB] = [await peerIdOf(a), await peerIdOf(b)];
     await waitForPath(a, idB, "p2p");
@@ -96,7 +86,7 @@ test("2,000 messages at 200/s across forced p2p → websocket → turn → p2p a
     const snapshot = await b.evaluate(() => window.switchboardDemo.room.diagnostics());
     t.diagnostic(`B: ${JSON.stringify(snapshot.peers)}`);
   } catch (error) {
-    error.message += `\n${await diagnostics([a, b], dev)}\n--- relay ---\n${relay?.stderrText ?? ""}`;
+    error.message += await failureContext([a, b], env);
     throw error;
   }
 });

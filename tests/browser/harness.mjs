@@ -157,17 +157,24 @@ export async function worker({ port, inspectorPort, vars } = {}) {
  * `before` hook and closed in an `after` hook. Read `env.dev` and
  * `env.browser` inside the tests.
  */
-export function workerAndBrowser({ worker: workerOptions, browser: browserOptions } = {}) {
-  const env = { dev: undefined, browser: undefined };
+export function workerAndBrowser({ worker: workerOptions, browser: browserOptions, relay: relayOptions } = {}) {
+  const env = { dev: undefined, browser: undefined, relay: undefined };
   before(async () => {
+    if (relayOptions) env.relay = await startRelay(relayOptions);
     env.dev = await worker(workerOptions);
     env.browser = await launchBrowser(browserOptions);
   });
   after(async () => {
     await env.browser?.close();
     await env.dev?.dispose();
+    await env.relay?.stop();
   });
   return env;
+}
+
+/** The pages' diagnostics and the relay's log, for a failing test's message. */
+export async function failureContext(pages, env) {
+  return `\n${await diagnostics(pages, env.dev)}\n--- relay ---\n${env.relay?.stderrText ?? ""}`;
 }
 
 /**

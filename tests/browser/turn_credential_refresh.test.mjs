@@ -3,24 +3,14 @@
 // on the pair that relays, so the connection moves to an allocation made with
 // the new credentials (a new relayed candidate, a new username) before the
 // old ones expire on the relay, without leaving the call.
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { diagnostics, launchBrowser, openPair, peerIdOf, startRelay, uniqueRoom, waitFor, waitForPath, worker } from "./harness.mjs";
+import {
+  failureContext, openPair, peerIdOf, uniqueRoom, waitFor, waitForPath, workerAndBrowser,
+} from "./harness.mjs";
 
 const TTL_S = 10;
-let dev;
-let browser;
-let relay;
-before(async () => {
-  relay = await startRelay();
-  dev = await worker({ port: 18860, inspectorPort: 19860, vars: { TURN_TTL_S: String(TTL_S) } });
-  browser = await launchBrowser();
-});
-after(async () => {
-  await browser?.close();
-  await dev?.dispose();
-  await relay?.stop();
-});
+const env = workerAndBrowser({ relay: {}, worker: { port: 18860, inspectorPort: 19860, vars: { TURN_TTL_S: String(TTL_S) } } });
 
 /** The local relayed candidate of the selected pair (address:port) and the TURN username in use. */
 function relayedCandidate(page, peerId) {
@@ -43,7 +33,7 @@ function relayedCandidate(page, peerId) {
 
 test("TURN credentials refreshed mid-call: ICE restarts onto an allocation with the new credentials", async (t) => {
   const room = uniqueRoom("turnrefresh");
-  const [a, b] = await openPair(t, browser, dev.url, { room, camera: "0", path: "turn" });
+  const [a, b] = await openPair(t, env.browser, env.dev.url, { room, camera: "0", path: "turn" });
   try {
     const [idA, idB] = [await peerIdOf(a), await peerIdOf(b)];
     await waitForPath(a, idB, "turn");
@@ -68,7 +58,7 @@ test("TURN credentials refreshed mid-call: ICE restarts onto an allocation with 
     const via = await (await b.waitForFunction(() => window.switchboardDemo.messages.find((m) => m.id === "r1")?.via, null, { timeout: 10_000 })).jsonValue();
     assert.equal(via, "datachannel");
   } catch (error) {
-    error.message += `\n${await diagnostics([a, b], dev)}\n--- relay ---\n${relay?.stderrText ?? ""}`;
+    error.message += await failureContext([a, b], env);
     throw error;
   }
 });

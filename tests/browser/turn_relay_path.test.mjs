@@ -3,30 +3,17 @@
 // over the DataChannel and the fake camera is decoded on the other page.
 // The relay binary is SWITCHBOARD_RELAY_BIN, target/release/relay or
 // target/debug/relay; without one the test fails rather than skipping.
-import { test, after, before } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
-  chat, diagnostics, launchBrowser, openPair, peerIdOf, selectedCandidateType, startRelay, uniqueRoom,
-  waitForDecodedVideo, waitForPath, worker,
+  chat, failureContext, openPair, peerIdOf, selectedCandidateType, uniqueRoom, waitForDecodedVideo, waitForPath, workerAndBrowser,
 } from "./harness.mjs";
 
-let dev;
-let browser;
-let relay;
-before(async () => {
-  relay = await startRelay();
-  dev = await worker();
-  browser = await launchBrowser();
-});
-after(async () => {
-  await browser?.close();
-  await dev?.dispose();
-  await relay?.stop();
-});
+const env = workerAndBrowser({ relay: {} });
 
 test("forced TURN through the Rust relay: chat and video over relayed candidates", async (t) => {
   const room = uniqueRoom("turn");
-  const [a, b] = await openPair(t, browser, dev.url, { room, path: "turn" });
+  const [a, b] = await openPair(t, env.browser, env.dev.url, { room, path: "turn" });
   try {
     const [idA, idB] = [await peerIdOf(a), await peerIdOf(b)];
     await waitForPath(a, idB, "turn");
@@ -38,7 +25,7 @@ test("forced TURN through the Rust relay: chat and video over relayed candidates
     assert.ok((await waitForDecodedVideo(a, idB)) > 0);
     assert.ok((await waitForDecodedVideo(b, idA)) > 0);
   } catch (error) {
-    error.message += `\n${await diagnostics([a, b], dev)}\n--- relay ---\n${relay?.stderrText ?? ""}`;
+    error.message += await failureContext([a, b], env);
     throw error;
   }
 });

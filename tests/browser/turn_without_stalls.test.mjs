@@ -7,37 +7,24 @@
 // the pair moves turn → p2p, again without a visible stall. Video is sampled
 // every 100 ms (framesDecoded of the pair's current connection) and on every
 // frame the page presents (requestVideoFrameCallback).
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
-  blockDirectPaths, diagnostics, launchBrowser, openPair, peerIdOf, selectedCandidateType, startRelay,
-  startVideoSampling, uniqueRoom, waitFor, waitForDecodedVideo, waitForPath, worker,
+  blockDirectPaths, failureContext, openPair, peerIdOf, selectedCandidateType, startVideoSampling, uniqueRoom, waitFor, waitForDecodedVideo, waitForPath, workerAndBrowser,
 } from "./harness.mjs";
 
 const RUNG_TIMEOUT_MS = 3000;
 const UPGRADE_INTERVAL_MS = 2500;
 const MAX_STALL_MS = 500;
 
-let dev;
-let browser;
-let relay;
-before(async () => {
-  relay = await startRelay();
-  dev = await worker();
-  browser = await launchBrowser();
-});
-after(async () => {
-  await browser?.close();
-  await dev?.dispose();
-  await relay?.stop();
-});
+const env = workerAndBrowser({ relay: {} });
 
 const query = (room) => ({ room, rung_timeout_ms: String(RUNG_TIMEOUT_MS), upgrade_interval_ms: String(UPGRADE_INTERVAL_MS) });
 const pcsCreated = (page) => page.evaluate(() => window.__peerConnectionsCreated);
 
 /** The pair on `turn` with video decoded both ways; returns the pages, their ids and how long `turn` took. */
 async function pairOnTurn(t, pages) {
-  const [a, b] = await openPair(t, browser, dev.url, query(uniqueRoom("noStall")), undefined, { countPeerConnections: true });
+  const [a, b] = await openPair(t, env.browser, env.dev.url, query(uniqueRoom("noStall")), undefined, { countPeerConnections: true });
   pages.push(a, b);
   const started = Date.now();
   const [idA, idB] = [await peerIdOf(a), await peerIdOf(b)];
@@ -82,7 +69,7 @@ test("P2P blocked, TURN working: turn in under 3 s, and upgrade probes never sta
       assert.deepEqual(history, ["turn"]);
     }
   } catch (error) {
-    error.message += `\n${await diagnostics(pages, dev)}\n--- relay ---\n${relay?.stderrText ?? ""}`;
+    error.message += await failureContext(pages, env);
     throw error;
   }
 });
@@ -111,7 +98,7 @@ test("upgrade without interruption: direct paths come back mid-call, the pair mo
     assert.equal(await selectedCandidateType(a, idB), "host");
     assert.equal(await selectedCandidateType(b, idA), "host");
   } catch (error) {
-    error.message += `\n${await diagnostics(pages, dev)}\n--- relay ---\n${relay?.stderrText ?? ""}`;
+    error.message += await failureContext(pages, env);
     throw error;
   }
 });
