@@ -8,21 +8,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import {
-  SFU_PORT,
-  SFU_URLS,
-  assertInTestNamespace,
-  blockDirectPaths,
-  chat,
-  diagnostics,
-  launchBrowser,
-  openPair,
-  peerIdOf,
-  run,
-  startRelay,
-  uniqueRoom,
-  waitFor,
-  waitForPath,
-  worker,
+  assertInTestNamespace, blockDirectPaths, chat, diagnostics, failureContext, launchBrowser, openPair, peerIdOf, run, SFU_PORT, SFU_URLS, startRelay, uniqueRoom, waitFor, waitForPath, worker,
 } from "./harness.mjs";
 
 let dev;
@@ -75,7 +61,7 @@ test("two pages forced to sfu chat through the relay and decode each other's cam
     await waitFor(async () => (await sfuFramesDecoded(a)) > 0, { timeoutMs: 30_000, message: "alice decodes bob's video via the SFU" });
     assert.equal(await b.getAttribute(`#peers li[data-peer-id="${idA}"]`, "data-path"), "sfu");
   } catch (error) {
-    error.message += `\n${await diagnostics([a, b], dev)}\n--- relay ---\n${relay.stderrText}`;
+    error.message += await failureContext([a, b], { dev, relay });
     throw error;
   }
 });
@@ -149,7 +135,7 @@ test("600 messages across forced p2p → sfu → websocket → p2p arrive exactl
     assert.ok(via.sfu > 0, `some data came through the SFU: ${JSON.stringify(via)}`);
     assert.ok(via.relay > 0 && via.datachannel > 0, `and over the other rungs: ${JSON.stringify(via)}`);
   } catch (error) {
-    error.message += `\n${await diagnostics([a, b], dev)}\n--- relay ---\n${relay.stderrText}`;
+    error.message += await failureContext([a, b], { dev, relay });
     throw error;
   }
 });
@@ -175,7 +161,7 @@ test("automatic ladder: direct and TURN blocked, the pair reaches sfu and chats 
     assert.equal(viaAlice, "sfu", `${await state(a)}\n${await state(b)}`);
     assert.equal(await chat(b, a, "auto via sfu, from bob"), "sfu");
   } catch (error) {
-    error.message += `\n${await diagnostics([a, b], dev)}\n--- relay ---\n${relay.stderrText}`;
+    error.message += await failureContext([a, b], { dev, relay });
     throw error;
   }
 });
@@ -201,7 +187,7 @@ test("automatic ladder: with the SFU port blocked too, the pair falls to websock
     assert.notEqual(await a.evaluate(() => window.switchboardDemo.room.sfuState), null);
     assert.equal(await chat(a, b, "via the socket, from alice"), "relay");
   } catch (error) {
-    error.message += `\n${await diagnostics([a, b], dev)}\n--- relay ---\n${relay.stderrText}`;
+    error.message += await failureContext([a, b], { dev, relay });
     throw error;
   }
 });
