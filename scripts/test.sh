@@ -9,6 +9,8 @@ bash scripts/install.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 export WRANGLER_SEND_METRICS=false CLOUDFLARE_CF_FETCH_ENABLED=false
 export CARGO_TERM_COLOR=never
+# One clean build per run: incremental caches would double target/ on a CI disk.
+export CARGO_INCREMENTAL=0
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
@@ -61,3 +63,7 @@ if [ -f tests/browser/run.sh ]; then
   step "browser end-to-end tests (headless Chromium)"
   SWITCHBOARD_RELAY_BIN="$PWD/target/release/relay" bash tests/browser/run.sh
 fi
+
+step "disk used by this run's build outputs"
+du -sh target fuzz/target 2>/dev/null || true
+df -h . | tail -1
