@@ -9,6 +9,7 @@
 #
 # --profile S: also CPU-profile the Worker for S seconds during the load
 # (scripts/profile-worker.mjs; printed to stderr).
+# ROOM_COST_VARS="--var CHECKPOINT_MS:1000 ...": more Worker variables for the run (tuning).
 # --root: the checkout whose build/worker to run (default: this one; used to
 # measure an older build side by side). Needs `bash scripts/build-worker.sh` first.
 set -euo pipefail
@@ -43,7 +44,8 @@ cd "$ROOT"
 mkdir -p client/site   # the [assets] directory wrangler.toml names
 setsid "$HERE/node_modules/.bin/wrangler" dev --local --ip 127.0.0.1 --port 18900 --inspector-port 19900 \
   --persist-to "$PERSIST" --env-file "$WORK/empty.env" --show-interactive-dev-session=false \
-  --var RATE_PER_S:1000 --var RATE_BURST:2000 --var ADMIN_TOKEN:bench-admin > "$WORK/wrangler.log" 2>&1 < /dev/null &
+  --var RATE_PER_S:1000 --var RATE_BURST:2000 --var ADMIN_TOKEN:bench-admin \
+  ${ROOM_COST_VARS:-} > "$WORK/wrangler.log" 2>&1 < /dev/null &
 PGID=$!
 ready=0
 for _ in $(seq 1 120); do

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Signaling benchmark, one run side by side: Switchboard (this commit's Worker on wrangler dev),
+# Signaling benchmark, one run side by side: Switchboard (this commit's Worker on wrangler dev,
+# driven once by protocol v1 clients and once by v1.1 clients that send `cseq` as the SDK does),
 # the echo floor (bench/echo-worker on wrangler dev: one hibernating Durable Object per room that
 # only forwards) and PeerJS server 1.0.2, driven by the same loadgen with the same clients, rooms,
 # rate and payload. Server CPU and RSS come from /proc of each server's whole process group over
@@ -77,7 +78,8 @@ run() {
 for load in $LOADS; do
   clients=${load%x*} rate=${load#*x}
   run "echo floor" echo $ECHO_PORT "$ECHO_PGID" "$clients" "$rate"
-  run "switchboard" v1 $SB_PORT "$SB_PGID" "$clients" "$rate"
+  run "switchboard v1" v1 $SB_PORT "$SB_PGID" "$clients" "$rate"
+  run "switchboard v1.1" v1 $SB_PORT "$SB_PGID" "$clients" "$rate" --cseq
   run "peerjs" peerjs $PEERJS_PORT "$PEERJS_PGID" "$clients" "$rate"
 done
 # Join test: every client joins at 500/s (10 s timeout) and holds; none should fail.

@@ -14,11 +14,11 @@ pub async fn wake_by(state: &State, known: &KnownAlarm, want: Option<Millis>) ->
     let Some(want) = want else {
         return Ok(());
     };
-    let storage = state.storage();
     let current = match known.get() {
         Some(k) => k,
         None => {
-            let a = storage
+            let a = state
+                .storage()
                 .get_alarm()
                 .await?
                 .and_then(|ms| u64::try_from(ms).ok());
@@ -29,7 +29,10 @@ pub async fn wake_by(state: &State, known: &KnownAlarm, want: Option<Millis>) ->
     if current.is_none_or(|at| at > want.0) {
         // An absolute time: `set_alarm(i64)` would be read as an offset.
         let at = js_sys::Date::new(&wasm_bindgen::JsValue::from_f64(want.0 as f64));
-        storage.set_alarm(worker::ScheduledTime::new(at)).await?;
+        state
+            .storage()
+            .set_alarm(worker::ScheduledTime::new(at))
+            .await?;
         known.set(Some(Some(want.0)));
     }
     Ok(())

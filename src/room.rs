@@ -25,6 +25,7 @@ use switchboard_proto::wire::{SeqBody, SeqType};
 use switchboard_proto::{
     ConnId, ErrorCode, Meta, Millis, PeerId, ResumeToken, RoomName, TraceId, UserId, wire,
 };
+use wasm_bindgen::JsCast;
 use worker::{
     DurableObject, Env, Request, Response, Result, SqlStorage, SqlStorageValue, State, WebSocket,
     WebSocketIncomingMessage, WebSocketPair, durable_object,
@@ -72,6 +73,9 @@ struct Inner {
     env: Env,
     core: RefCell<Option<core::Room>>,
     sockets: RefCell<HashMap<ConnId, WebSocket>>,
+    /// Socket → its [`ConnId`] (a BigInt) for the sockets seen since the object woke: one
+    /// lookup per message instead of reading the socket's tags from the runtime.
+    conn_ids: js_sys::WeakMap,
     alarm_at: crate::alarm::KnownAlarm,
     /// The armed checkpoint timer's deadline, if one is armed.
     timer_at: Cell<Option<u64>>,
@@ -84,9 +88,13 @@ struct PeerRow {
     record: String,
 }
 
-#[derive(Deserialize)]
-struct KvRow {
-    value: String,
+/// The object's scalars, read in one statement on wake.
+#[derive(Deserialize, Default)]
+struct HeadRow {
+    room: Option<String>,
+    counters: Option<String>,
+    max_body: Option<f64>,
+    old_queue: f64,
 }
 
 #[derive(Deserialize)]
@@ -135,6 +143,7 @@ impl DurableObject for Room {
                 env,
                 core: RefCell::new(None),
                 sockets: RefCell::new(HashMap::new()),
+                conn_ids: js_sys::WeakMap::new(),
                 alarm_at: Cell::new(None),
                 timer_at: Cell::new(None),
                 sql_counts: RefCell::new(BTreeMap::new()),
@@ -279,6 +288,7 @@ impl Inner {
             .as_raw()
             .accept_websocket_with_tags(pair.server.as_ref(), vec![tag.as_str().into()])
             .map_err(|e| worker::Error::RustError(format!("acceptWebSocket: {e:?}")))?;
+        this.remember(&pair.server, conn);
         this.sockets.borrow_mut().insert(conn, pair.server);
         let join = Join {
             conn,
@@ -308,8 +318,19 @@ impl Inner {
     }
 
     fn conn_of(&self, ws: &WebSocket) -> Option<ConnId> {
+        let key: &js_sys::Object = ws.as_ref().unchecked_ref();
+        if let Ok(id) = u64::try_from(self.conn_ids.get(key)) {
+            return Some(ConnId(id));
+        }
         let tags = self.state.as_raw().get_tags(ws.as_ref()).ok()?;
-        tags.iter().find_map(|t| ConnId::from_tag(t))
+        let conn = tags.iter().find_map(|t| ConnId::from_tag(t))?;
+        self.remember(ws, conn);
+        Some(conn)
+    }
+
+    fn remember(&self, ws: &WebSocket, conn: ConnId) {
+        let key: &js_sys::Object = ws.as_ref().unchecked_ref();
+        self.conn_ids.set(key, &wasm_bindgen::JsValue::from(conn.0));
     }
 
     fn live_sockets(&self) -> Vec<(ConnId, WebSocket)> {
@@ -363,19 +384,27 @@ impl Inner {
         }
         let sql = self.state.storage().sql();
         self.exec(&sql, "schema", SCHEMA, None)?;
-        migrate_v1_queue(&sql)?;
-        let stored_name: Option<RoomName> = self
+        // One statement for the object's scalars (a fresh room's first join pays for every
+        // statement here).
+        let head = self
             .exec(
                 &sql,
                 "load",
-                "SELECT value FROM kv WHERE key = 'room'",
+                "SELECT (SELECT value FROM kv WHERE key = 'room') AS room, \
+                        (SELECT value FROM kv WHERE key = 'counters') AS counters, \
+                        (SELECT MAX(id) FROM bodies) AS max_body, \
+                        (SELECT COUNT(*) FROM sqlite_master \
+                         WHERE type = 'table' AND name = 'queue') AS old_queue",
                 None,
             )?
-            .to_array::<KvRow>()?
+            .to_array::<HeadRow>()?
             .into_iter()
             .next()
-            .and_then(|r| RoomName::parse(&r.value));
-        let name = match (name, stored_name) {
+            .unwrap_or_default();
+        if head.old_queue > 0.0 {
+            migrate_v1_queue(&sql)?;
+        }
+        let name = match (name, head.room.as_deref().and_then(RoomName::parse)) {
             (_, Some(stored)) => stored,
             (Some(given), None) => {
                 sql.exec(
@@ -412,24 +441,21 @@ impl Inner {
                 })
             })
             .collect();
-        let next_body_id = self
-            .exec(&sql, "load", "SELECT MAX(id) AS m FROM bodies", None)?
-            .to_array::<MaxRow>()?
-            .into_iter()
-            .next()
-            .and_then(|r| r.m)
-            .map_or(1, |m| m as u64 + 1);
-        let counters: Counters = self
-            .exec(
-                &sql,
-                "load",
-                "SELECT value FROM kv WHERE key = 'counters'",
-                None,
-            )?
-            .to_array::<KvRow>()?
-            .into_iter()
-            .next()
-            .and_then(|r| serde_json::from_str(&r.value).ok())
+        // After a migration, bodies were added: read their high-water mark again.
+        let max_body = if head.old_queue > 0.0 {
+            self.exec(&sql, "load", "SELECT MAX(id) AS m FROM bodies", None)?
+                .to_array::<MaxRow>()?
+                .into_iter()
+                .next()
+                .and_then(|r| r.m)
+        } else {
+            head.max_body
+        };
+        let next_body_id = max_body.map_or(1, |m| m as u64 + 1);
+        let counters: Counters = head
+            .counters
+            .as_deref()
+            .and_then(|c| serde_json::from_str(c).ok())
             .unwrap_or_default();
         let cfg = RoomConfig {
             name,
@@ -473,7 +499,7 @@ impl Inner {
 
     /// Performs the room's outputs and keeps the alarm and the checkpoint timer right.
     async fn after_event(this: &Rc<Inner>) -> Result<()> {
-        let (outputs, wake_at, checkpoint_at, room_name) = {
+        let (outputs, wake_at, checkpoint_at) = {
             let mut guard = this.core.borrow_mut();
             let Some(room) = guard.as_mut() else {
                 return Ok(());
@@ -482,10 +508,15 @@ impl Inner {
                 room.drain_outputs(),
                 room.poll_timeout(),
                 room.poll_checkpoint(),
-                room.config().name.as_str().to_owned(),
             )
         };
-        let sql = this.state.storage().sql();
+        // Most events only send: the storage handle is fetched from the runtime when one writes.
+        let mut sql_handle = None;
+        let mut sql = || {
+            sql_handle
+                .get_or_insert_with(|| this.state.storage().sql())
+                .clone()
+        };
         for out in outputs {
             match out {
                 Output::Send { conn, text } => {
@@ -500,17 +531,21 @@ impl Inner {
                     }
                     this.sockets.borrow_mut().remove(&conn);
                 }
-                Output::Store(op) => this.store(&sql, op)?,
+                Output::Store(op) => this.store(&sql(), op)?,
                 Output::Counters(c) => {
                     let text = serde_json::to_string(&c).unwrap_or_default();
                     this.exec(
-                        &sql,
+                        &sql(),
                         "counters",
                         "INSERT OR REPLACE INTO kv (key, value) VALUES ('counters', ?)",
                         Some(vec![SqlStorageValue::from(text)]),
                     )?;
                 }
-                Output::Log(l) => worker::console_log!("{}", log_line(&room_name, &l)),
+                Output::Log(l) => {
+                    let guard = this.core.borrow();
+                    let room = guard.as_ref().map_or("", |r| r.config().name.as_str());
+                    worker::console_log!("{}", log_line(room, &l));
+                }
             }
         }
         Inner::arm_checkpoint(this, checkpoint_at);

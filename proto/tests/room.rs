@@ -908,7 +908,8 @@ fn gaps_duplicates_and_refusals_follow_the_cseq_rules() {
         json!({"type":"ack","cseq":2}),
         "everything of a is durable now"
     );
-    assert_eq!(rows_of(&h, &a.peer), vec![1, err_seq]);
+    // a's seq 1 (b's presence) is in memory until its flush deadline.
+    assert_eq!(rows_of(&h, &a.peer), vec![err_seq]);
     assert_eq!(
         rows_of(&h, &b.peer),
         vec![1],
@@ -1233,6 +1234,8 @@ fn presence_overflowing_a_stored_queue_drops_it_and_the_resume_fails_loudly() {
         vec![6],
         "only the newest frame is kept"
     );
+    // a's copy of the presence frame is in memory until its flush deadline.
+    h.checkpoint(T0.plus(20 + 500));
     assert_eq!(
         h.room.stats().queued_bytes,
         h.queue.values().map(|(_, n)| n).sum::<usize>()
@@ -1246,4 +1249,128 @@ fn presence_overflowing_a_stored_queue_drops_it_and_the_resume_fails_loudly() {
         T0.plus(30),
     );
     assert_eq!(h.take(conn)[0]["code"], "resume_failed");
+}
+
+#[test]
+fn a_join_writes_the_newcomer_s_record_and_no_queue_row_for_connected_peers() {
+    let (mut h, a, b) = Harness::pair();
+    h.take(b.conn);
+    h.room.handle_close(b.conn, false, T0);
+    h.pump();
+    h.take(a.conn);
+    let rows_before = h.queue.len();
+    // c joins: a is connected, b is away.
+    let c = h.join(T0.plus(1));
+    assert!(
+        h.records.contains_key(c.peer.as_str()),
+        "membership is written at once"
+    );
+    let to_a = h.take(a.conn);
+    assert_eq!(to_a[0]["type"], "peer-joined");
+    assert!(rows_of(&h, &a.peer).is_empty(), "delivered from memory");
+    assert_eq!(
+        rows_of(&h, &b.peer).len(),
+        1,
+        "an away peer's copy is written"
+    );
+    assert_eq!(h.queue.len(), rows_before + 1);
+    // a acknowledges it: never written.
+    h.send(&a, json!({"type":"ack","seq":to_a[0]["seq"]}), T0.plus(2));
+    h.checkpoint(T0.plus(600));
+    assert!(rows_of(&h, &a.peer).is_empty());
+    // Unacknowledged presence is written at the flush deadline.
+    let d = h.join(T0.plus(700));
+    assert_eq!(h.take(a.conn)[0]["peer_id"], d.peer.as_str());
+    let due = h.room.poll_checkpoint().unwrap();
+    assert!(due <= T0.plus(700 + 500), "a flush is scheduled: {due:?}");
+    h.checkpoint(T0.plus(700 + 500));
+    assert_eq!(rows_of(&h, &a.peer).len(), 1);
+}
+
+#[test]
+fn presence_lost_in_a_restart_is_in_the_resume_welcome() {
+    let (mut h, a, _b) = Harness::pair();
+    let c = h.join(T0.plus(1));
+    // a read b's `peer-joined` (seq 1) but not c's (seq 2): its socket died with the Worker.
+    let missed = h.take(a.conn);
+    assert_eq!(missed[0]["peer_id"], c.peer.as_str());
+    assert_eq!(missed[0]["seq"], 2);
+    h.crash(T0.plus(10));
+    let (a2, frames) = resume(&mut h, &a, 1, T0.plus(20));
+    let members: Vec<&str> = frames[0]["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["peer_id"].as_str().unwrap())
+        .collect();
+    assert!(members.contains(&c.peer.as_str()), "{members:?}");
+    // The stream goes on from what a read, without a gap.
+    let (c2, _) = resume(&mut h, &c, 0, T0.plus(30));
+    let c2 = Client {
+        conn: c2,
+        peer: c.peer.clone(),
+        token: c.token.clone(),
+    };
+    h.send(&c2, signal_to(&a.peer, json!("hi")), T0.plus(40));
+    let got = h.take(a2);
+    let signal = got.iter().find(|f| f["type"] == "signal").unwrap();
+    assert_eq!(signal["seq"], 2, "{got:?}");
+}
+
+#[test]
+fn acks_in_a_busy_room_write_nothing_until_the_lazy_batch() {
+    let (mut h, a, b) = Harness::pair();
+    // The first checkpoint writes the lazy batch; from then on records wait.
+    h.checkpoint(T0.plus(1));
+    h.send(&a, cseq_signal(&b.peer, json!(1), 1), T0.plus(10));
+    let got = h.take(b.conn);
+    h.send(&b, json!({"type":"ack","seq":got[0]["seq"]}), T0.plus(20));
+    h.ops.clear();
+    h.checkpoint(h.room.poll_checkpoint().unwrap());
+    assert_eq!(h.take(a.conn), vec![json!({"type":"ack","cseq":1})]);
+    assert!(
+        !h.ops.iter().any(|o| o == "store"),
+        "the ack waits for no write: {:?}",
+        h.ops
+    );
+    assert_eq!(h.records[a.peer.as_str()].cseq_hi, 0, "not written yet");
+    // The lazy batch writes it within COUNTERS_EVERY_MS (5 s).
+    let due = h.room.poll_checkpoint().unwrap();
+    assert!(due <= T0.plus(1 + 5000), "{due:?}");
+    h.checkpoint(due);
+    assert_eq!(h.records[a.peer.as_str()].cseq_hi, 1);
+}
+
+#[test]
+fn after_a_restart_a_sender_continues_after_its_last_ack_once() {
+    let (mut h, a, b) = Harness::pair();
+    h.checkpoint(T0.plus(1));
+    for n in 1..=3 {
+        h.send(&a, cseq_signal(&b.peer, json!(n), n), T0.plus(10));
+    }
+    let got = h.take(b.conn);
+    h.send(&b, json!({"type":"ack","seq":got[2]["seq"]}), T0.plus(20));
+    h.checkpoint(h.room.poll_checkpoint().unwrap());
+    assert_eq!(h.take(a.conn), vec![json!({"type":"ack","cseq":3})]);
+    // The Worker dies before the lazy batch: storage says cseq_hi 0.
+    h.crash(T0.plus(100));
+    let (a2, frames) = resume(&mut h, &a, 0, T0.plus(200));
+    assert_eq!(frames[0]["cseq"], 0);
+    let (b2, _) = resume(&mut h, &b, got[2]["seq"].as_u64().unwrap(), T0.plus(200));
+    let a2 = Client {
+        conn: a2,
+        peer: a.peer.clone(),
+        token: a.token.clone(),
+    };
+    // a dropped 1..=3 on their ack; it goes on with 4, which the room takes.
+    h.send(&a2, cseq_signal(&b.peer, json!(4), 4), T0.plus(300));
+    let got = h.take(b2);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["cseq"], 4);
+    assert!(h.take(a2.conn).is_empty(), "no out_of_order");
+    // Only once: a later gap is refused as before.
+    h.send(&a2, cseq_signal(&b.peer, json!(6), 6), T0.plus(400));
+    let errs = h.take(a2.conn);
+    assert_eq!(errs[0]["code"], "out_of_order", "{errs:?}");
+    assert_eq!(errs[0]["expected"], 5);
 }

@@ -68,6 +68,15 @@ const OUT_OF_ORDER_WINDOW_MS: u64 = 1000;
 /// Counters are written at most this often unless other writes happen anyway.
 const COUNTERS_EVERY_MS: u64 = 5000;
 
+/// Presence frames (`peer-joined`, `peer-left`) to a connected peer are not
+/// written before delivery: the membership itself (the peer records) is
+/// written at once, every `welcome` (a resume's too) lists the members, and a
+/// presence frame is written like any other memory-first frame when its
+/// recipient goes away or has not acknowledged it by `flush_after_ms`. So a
+/// join in a room of N costs one record write, not N queue rows. Frames to an
+/// away peer are always written (`enqueue`).
+const PRESENCE_DURABLE: bool = false;
+
 /// What a room is configured with.
 #[derive(Debug, Clone)]
 pub struct RoomConfig {
@@ -287,8 +296,13 @@ struct Peer {
     ack_wanted: bool,
     /// Frames from this peer still only in memory, in some recipient's queue.
     nondurable_from: usize,
-    /// The record changed and must be written at the next checkpoint.
+    /// The record changed and must be written by a later checkpoint (with
+    /// other writes, or within `COUNTERS_EVERY_MS`).
     dirty: bool,
+    /// Restored from storage, where `rec.cseq_hi` may lag what the room had
+    /// acknowledged (it is written lazily): the peer's first `cseq` frame may
+    /// skip ahead of it, once.
+    cseq_restored: bool,
     /// Durable rows up to this `seq` are acknowledged and may be deleted.
     trim_through: Option<u64>,
     /// Restored from storage: the client may have seen frames storage lost.
@@ -419,6 +433,7 @@ impl Room {
                 dirty: false,
                 trim_through: None,
                 stale: true,
+                cseq_restored: true,
                 rec,
             };
             room.peers.insert(peer.rec.peer_id.clone(), peer);
@@ -617,6 +632,7 @@ impl Room {
             dirty: false,
             trim_through: None,
             stale: false,
+            cseq_restored: false,
         };
         self.peers.insert(fresh_peer.clone(), peer);
         self.persist_peer(&fresh_peer);
@@ -833,7 +849,12 @@ impl Room {
             p.ack_wanted = true;
             return Gate::Duplicate;
         }
-        if n == expected {
+        // After a restore the settled `cseq_hi` may lag the last `ack` the
+        // client got, and the client no longer holds the frames in between
+        // (they were acknowledged, so delivered or written): its first frame
+        // continues after that `ack`.
+        if n == expected || std::mem::take(&mut p.cseq_restored) {
+            p.cseq_restored = false;
             return Gate::Process;
         }
         if p.ooo_until.is_some_and(|t| now < t) {
@@ -1199,10 +1220,11 @@ impl Room {
         self.log("reap", Some(peer_id), Some(LeaveReason::Timeout.as_str()));
     }
 
-    /// The checkpoint: writes frames unacknowledged for `flush_after_ms`, the
-    /// records that changed and, at most every 5 s, the counters; then acknowledges
-    /// every client frame whose effects are now durable (the acks leave only
-    /// after the writes before them are confirmed).
+    /// The checkpoint: writes frames unacknowledged for `flush_after_ms`; then
+    /// acknowledges every client frame that is settled (written, or
+    /// acknowledged by its recipient; acks after a write leave only once it is
+    /// confirmed). Changed records and counters are written with those frames,
+    /// or at most every `COUNTERS_EVERY_MS` when nothing else is written.
     pub fn handle_checkpoint(&mut self, now: Millis) {
         self.checkpoint_at = None;
         let flush_after = self.cfg.limits.flush_after_ms;
@@ -1219,8 +1241,8 @@ impl Room {
                 }
             }
         }
-        for origin in gone {
-            self.nondurable_gone(&origin);
+        for origin in &gone {
+            self.nondurable_gone(origin);
         }
         // The lowest cseq of each sender that is still only in memory.
         let mut blocking: HashMap<PeerId, u64> = HashMap::new();
@@ -1250,12 +1272,23 @@ impl Room {
                 }
             }
         }
-        for id in &ids {
-            if self.peers.get(id).is_some_and(|p| p.dirty) {
-                self.persist_peer(id);
+        // Records (`cseq_hi`, `floor`) wait for the lazy batch unless this
+        // checkpoint writes anyway: every write holds back the deliveries after
+        // it until it is durable (the output gate), and a lagging record costs
+        // only replays and a skip-ahead after a restart (`cseq_restored`).
+        let flushed = !gone.is_empty();
+        let lazy_due = self
+            .counters_written
+            .is_none_or(|t| now.since(t) >= COUNTERS_EVERY_MS);
+        let writing = flushed || lazy_due || self.gc_due;
+        if writing {
+            for id in &ids {
+                if self.peers.get(id).is_some_and(|p| p.dirty) {
+                    self.persist_peer(id);
+                }
             }
         }
-        if std::mem::take(&mut self.gc_due) {
+        if writing && std::mem::take(&mut self.gc_due) {
             let below = self
                 .peers
                 .values()
@@ -1269,6 +1302,9 @@ impl Room {
         // Counters ride along at most every COUNTERS_EVERY_MS, even when this
         // checkpoint writes anyway: a busy room checkpoints four times a second.
         self.persist_counters(now, false);
+        if lazy_due {
+            self.counters_written = Some(now);
+        }
         for (conn, cseq) in acks {
             self.out.push(Output::Send {
                 conn,
@@ -1296,7 +1332,7 @@ impl Room {
         {
             self.want_checkpoint(now);
         }
-        if self.counters_dirty {
+        if self.counters_dirty || self.gc_due || self.peers.values().any(|p| p.dirty) {
             self.want_lazy_checkpoint(now);
         }
     }
@@ -1421,14 +1457,14 @@ impl Room {
         let body = self.new_body(SeqBody::peer_joined(joined, meta.raw()));
         for to in self.others_visible(joined) {
             // Presence is never refused, so the result carries no information.
-            let _ = self.enqueue(&to, &body, Kind::Presence, true, None, now);
+            let _ = self.enqueue(&to, &body, Kind::Presence, PRESENCE_DURABLE, None, now);
         }
     }
 
     fn announce_left(&mut self, left: &PeerId, reason: LeaveReason, now: Millis) {
         let body = self.new_body(SeqBody::peer_left(left, reason));
         for to in self.others_visible(left) {
-            let _ = self.enqueue(&to, &body, Kind::Presence, true, None, now);
+            let _ = self.enqueue(&to, &body, Kind::Presence, PRESENCE_DURABLE, None, now);
         }
     }
 
@@ -1490,19 +1526,20 @@ impl Room {
             self.counters.frames_out += 1;
             self.counters_dirty = true;
         }
-        let mut origin_of_nondurable = None;
+        let mut nondurable = None;
         if p.loaded {
             if !entry.durable {
                 self.nondurable += 1;
-                origin_of_nondurable = entry.origin.as_ref().map(|(o, _)| o.clone());
+                nondurable = Some(entry.origin.as_ref().map(|(o, _)| o.clone()));
             }
             p.queue.push_back(entry);
         }
-        if let Some(o) = origin_of_nondurable
-            && let Some(op) = self.peers.get_mut(&o)
-        {
-            op.nondurable_from += 1;
+        if let Some(origin) = nondurable {
+            // Written by the checkpoint at the flush deadline unless acknowledged first.
             self.want_checkpoint_at(now.plus(self.cfg.limits.flush_after_ms));
+            if let Some(op) = origin.and_then(|o| self.peers.get_mut(&o)) {
+                op.nondurable_from += 1;
+            }
         }
         self.bound_queue(to, len);
         Ok(())
@@ -1591,7 +1628,8 @@ impl Room {
         }
         p.rec.floor = through;
         p.dirty = true;
-        let unblocked = !origins.is_empty();
+        // Only a sender's frame unblocks an ack; presence frames have no sender.
+        let unblocked = origins.iter().any(Option::is_some);
         for o in origins {
             self.nondurable_gone(&o);
         }
