@@ -42,7 +42,6 @@ pub fn limits(env: &Env) -> Limits {
         queue_max_frames: number(env, "QUEUE_MAX_FRAMES", d.queue_max_frames),
         queue_max_bytes: number(env, "QUEUE_MAX_BYTES", d.queue_max_bytes),
         room_queue_max_bytes: number(env, "ROOM_QUEUE_MAX_BYTES", d.room_queue_max_bytes),
-        checkpoint_ms: number(env, "CHECKPOINT_MS", d.checkpoint_ms).clamp(10, 60_000),
         flush_after_ms: number(env, "FLUSH_AFTER_MS", d.flush_after_ms),
     }
 }

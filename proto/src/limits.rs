@@ -23,8 +23,6 @@ pub struct Limits {
     pub queue_max_bytes: usize,
     /// Bytes kept for resume by all the room's queues together (`ROOM_QUEUE_MAX_BYTES`).
     pub room_queue_max_bytes: usize,
-    /// How often in-memory state is made durable while there is some (`CHECKPOINT_MS`).
-    pub checkpoint_ms: u64,
     /// How long a frame to a connected peer may stay unacknowledged in memory only
     /// before a checkpoint writes it (`FLUSH_AFTER_MS`).
     pub flush_after_ms: u64,
@@ -42,7 +40,6 @@ impl Default for Limits {
             queue_max_frames: 256,
             queue_max_bytes: 1024 * 1024,
             room_queue_max_bytes: 16 * 1024 * 1024,
-            checkpoint_ms: 250,
             flush_after_ms: 1000,
         }
     }

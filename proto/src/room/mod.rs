@@ -68,6 +68,10 @@ const OUT_OF_ORDER_WINDOW_MS: u64 = 1000;
 /// Counters are written at most this often unless other writes happen anyway.
 const COUNTERS_EVERY_MS: u64 = 5000;
 
+/// The shortest wait before a checkpoint that only writes records and
+/// counters, so that one wake-up's events share one write.
+const LAZY_DELAY_MS: u64 = 250;
+
 /// Presence frames (`peer-joined`, `peer-left`) to a connected peer are not
 /// written before delivery: the membership itself (the peer records) is
 /// written at once, every `welcome` (a resume's too) lists the members, and a
@@ -294,8 +298,9 @@ struct Peer {
     cseq_hi: u64,
     /// The client resent a duplicate and wants to hear the settled `cseq` again.
     ack_wanted: bool,
-    /// Frames from this peer still only in memory, in some recipient's queue.
-    nondurable_from: usize,
+    /// Frames from this peer still only in memory, by `cseq`, counted once per
+    /// recipient queue holding one (a broadcast's frame once per recipient).
+    inflight: BTreeMap<u64, u32>,
     /// The record changed and must be written by a later checkpoint (with
     /// other writes, or within `COUNTERS_EVERY_MS`).
     dirty: bool,
@@ -316,6 +321,14 @@ impl Peer {
 
     fn visible(&self) -> bool {
         !self.rec.announced_left
+    }
+
+    /// The highest `cseq` whose frames are all settled: processed, and each
+    /// written or acknowledged by its recipient.
+    fn settled(&self) -> u64 {
+        self.inflight.keys().next().map_or(self.cseq_hi, |first| {
+            self.cseq_hi.min(first.saturating_sub(1))
+        })
     }
 
     fn user(&self) -> &str {
@@ -429,7 +442,7 @@ impl Room {
                 last_heard: rec.conn_since,
                 cseq_hi: rec.cseq_hi,
                 ack_wanted: false,
-                nondurable_from: 0,
+                inflight: BTreeMap::new(),
                 dirty: false,
                 trim_through: None,
                 stale: true,
@@ -628,7 +641,7 @@ impl Room {
             last_heard: now,
             cseq_hi: 0,
             ack_wanted: false,
-            nondurable_from: 0,
+            inflight: BTreeMap::new(),
             dirty: false,
             trim_through: None,
             stale: false,
@@ -1015,6 +1028,10 @@ impl Room {
         self.flush_from(from);
         let body = self.new_body(SeqBody::error(code, message, cseq));
         let _ = self.enqueue(from, &body, Kind::Presence, true, None, now);
+        // This event writes anyway: the record goes with it, so a resend of
+        // what came before is known as a duplicate even after a restart.
+        self.settle(from, now);
+        self.persist_peer(from);
         *self
             .counters
             .errors
@@ -1023,35 +1040,33 @@ impl Room {
         self.log("error", Some(from), Some(code.as_str()));
     }
 
-    /// Acknowledges what `from` sent, now if nothing of it is only in memory,
-    /// else from the next checkpoint.
+    /// Acknowledges what `from` has settled, if that advanced or the client
+    /// asked again (a duplicate). No write comes first: the record follows
+    /// lazily (see `handle_checkpoint`).
     fn settle(&mut self, from: &PeerId, now: Millis) {
         let Some(p) = self.peers.get_mut(from) else {
             return;
         };
-        if p.nondurable_from > 0 {
-            // The recipient's ack or the flush deadline (both schedule a
-            // checkpoint) unblocks it.
-            let _ = now;
-            return;
-        }
-        let advanced = p.cseq_hi > p.rec.cseq_hi;
+        let safe = p.settled();
+        let advanced = safe > p.rec.cseq_hi;
         if !advanced && !p.ack_wanted {
             return;
         }
-        p.rec.cseq_hi = p.cseq_hi;
-        p.ack_wanted = false;
-        let conn = p.conn();
-        let cseq = p.rec.cseq_hi;
         if advanced {
-            self.persist_peer(from);
+            p.rec.cseq_hi = safe;
+            p.dirty = true;
         }
+        p.ack_wanted = false;
+        let (conn, cseq) = (p.conn(), p.rec.cseq_hi);
         if let Some(conn) = conn {
             self.out.push(Output::Send {
                 conn,
                 text: wire::ack_frame(cseq),
             });
             self.counters.frames_out += 1;
+        }
+        if advanced {
+            self.want_lazy_checkpoint(now);
         }
     }
 
@@ -1112,9 +1127,10 @@ impl Room {
             p.rec.away_since = Some(now);
             p.rec.away_reason = reason;
         }
-        if self.flush_queue(peer_id) {
-            // Senders whose frames were only in memory may be acknowledged now.
-            self.want_checkpoint(now);
+        // Senders whose frames were only in memory may be acknowledged now
+        // (after the writes, which the output gate makes the acks wait for).
+        for sender in self.flush_queue(peer_id) {
+            self.settle(&sender, now);
         }
         self.persist_peer(peer_id);
         self.schedule_sweep(now);
@@ -1244,33 +1260,10 @@ impl Room {
         for origin in &gone {
             self.nondurable_gone(origin);
         }
-        // The lowest cseq of each sender that is still only in memory.
-        let mut blocking: HashMap<PeerId, u64> = HashMap::new();
-        if self.nondurable > 0 {
-            for p in self.peers.values() {
-                let nondurable = p.queue.iter().filter(|e| !e.durable);
-                for (o, n) in nondurable.filter_map(|e| e.origin.as_ref()) {
-                    let b = blocking.entry(o.clone()).or_insert(*n);
-                    *b = (*b).min(*n);
-                }
-            }
-        }
-        let mut acks = Vec::new();
-        for p in self.peers.values_mut() {
-            let safe = blocking
-                .get(&p.rec.peer_id)
-                .map_or(p.cseq_hi, |b| p.cseq_hi.min(b.saturating_sub(1)));
-            let advanced = safe > p.rec.cseq_hi;
-            if advanced {
-                p.rec.cseq_hi = safe;
-                p.dirty = true;
-            }
-            if advanced || p.ack_wanted {
-                p.ack_wanted = false;
-                if let Some(conn) = p.conn() {
-                    acks.push((conn, p.rec.cseq_hi));
-                }
-            }
+        // Acks after the frames just written (the output gate holds them until
+        // those are durable), and for duplicates that asked again.
+        for id in &ids {
+            self.settle(id, now);
         }
         // Records (`cseq_hi`, `floor`) wait for the lazy batch unless this
         // checkpoint writes anyway: every write holds back the deliveries after
@@ -1305,16 +1298,8 @@ impl Room {
         if lazy_due {
             self.counters_written = Some(now);
         }
-        for (conn, cseq) in acks {
-            self.out.push(Output::Send {
-                conn,
-                text: wire::ack_frame(cseq),
-            });
-            self.counters.frames_out += 1;
-        }
-        // Next: when the oldest frame still only in memory is due for writing
-        // (a recipient's ack, which unblocks acks sooner, asks for its own),
-        // or lazily for counters.
+        // Next: when the oldest frame still only in memory is due for writing,
+        // or lazily for counters and records.
         let oldest = self
             .peers
             .values()
@@ -1324,13 +1309,6 @@ impl Room {
             .min();
         if let Some(at) = oldest {
             self.want_checkpoint_at(at.plus(flush_after));
-        }
-        if self
-            .peers
-            .values()
-            .any(|p| p.cseq_hi > p.rec.cseq_hi && p.nondurable_from == 0)
-        {
-            self.want_checkpoint(now);
         }
         if self.counters_dirty || self.gc_due || self.peers.values().any(|p| p.dirty) {
             self.want_lazy_checkpoint(now);
@@ -1344,11 +1322,6 @@ impl Room {
             self.counters_written = Some(now);
             self.out.push(Output::Counters(self.counters.clone()));
         }
-    }
-
-    /// A checkpoint soon (`checkpoint_ms`, so that acks are batched).
-    fn want_checkpoint(&mut self, now: Millis) {
-        self.want_checkpoint_at(now.plus(self.cfg.limits.checkpoint_ms));
     }
 
     /// A checkpoint by `at` at the latest.
@@ -1365,7 +1338,7 @@ impl Room {
             let due = self
                 .counters_written
                 .map_or(now, |t| t.plus(COUNTERS_EVERY_MS));
-            self.checkpoint_at = Some(due.max(now.plus(self.cfg.limits.checkpoint_ms)));
+            self.checkpoint_at = Some(due.max(now.plus(LAZY_DELAY_MS)));
         }
     }
 
@@ -1530,15 +1503,17 @@ impl Room {
         if p.loaded {
             if !entry.durable {
                 self.nondurable += 1;
-                nondurable = Some(entry.origin.as_ref().map(|(o, _)| o.clone()));
+                nondurable = Some(entry.origin.clone());
             }
             p.queue.push_back(entry);
         }
         if let Some(origin) = nondurable {
             // Written by the checkpoint at the flush deadline unless acknowledged first.
             self.want_checkpoint_at(now.plus(self.cfg.limits.flush_after_ms));
-            if let Some(op) = origin.and_then(|o| self.peers.get_mut(&o)) {
-                op.nondurable_from += 1;
+            if let Some((o, n)) = origin
+                && let Some(op) = self.peers.get_mut(&o)
+            {
+                *op.inflight.entry(n).or_default() += 1;
             }
         }
         self.bound_queue(to, len);
@@ -1628,52 +1603,57 @@ impl Room {
         }
         p.rec.floor = through;
         p.dirty = true;
-        // Only a sender's frame unblocks an ack; presence frames have no sender.
-        let unblocked = origins.iter().any(Option::is_some);
+        let mut senders: Vec<PeerId> = origins.iter().flatten().map(|(o, _)| o.clone()).collect();
+        senders.sort();
+        senders.dedup();
         for o in origins {
             self.nondurable_gone(&o);
         }
-        if unblocked {
-            self.want_checkpoint(now);
-        } else {
-            self.want_lazy_checkpoint(now);
+        // The recipient's ack settles those frames: their senders hear it now,
+        // in this event, which writes nothing (presence frames have no sender).
+        for sender in senders {
+            self.settle(&sender, now);
         }
+        self.want_lazy_checkpoint(now);
     }
 
     /// A queue entry that was only in memory is written or gone.
     fn nondurable_gone(&mut self, origin: &Option<(PeerId, u64)>) {
         self.nondurable = self.nondurable.saturating_sub(1);
-        if let Some((o, _)) = origin
+        if let Some((o, n)) = origin
             && let Some(p) = self.peers.get_mut(o)
+            && let Some(count) = p.inflight.get_mut(n)
         {
-            p.nondurable_from = p.nondurable_from.saturating_sub(1);
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                p.inflight.remove(n);
+            }
         }
     }
 
-    /// Writes every queued frame of `peer` that is only in memory; whether there was one.
-    fn flush_queue(&mut self, peer_id: &PeerId) -> bool {
+    /// Writes every queued frame of `peer` that is only in memory; returns the
+    /// senders of those frames.
+    fn flush_queue(&mut self, peer_id: &PeerId) -> Vec<PeerId> {
         let Some(p) = self.peers.get_mut(peer_id) else {
-            return false;
+            return Vec::new();
         };
         let mut origins = Vec::new();
         for e in p.queue.iter_mut().filter(|e| !e.durable) {
             write_entry(&mut self.out, peer_id, e);
             origins.push(e.origin.take());
         }
-        let any = !origins.is_empty();
+        let mut senders: Vec<PeerId> = origins.iter().flatten().map(|(o, _)| o.clone()).collect();
+        senders.sort();
+        senders.dedup();
         for o in origins {
             self.nondurable_gone(&o);
         }
-        any
+        senders
     }
 
     /// Writes every frame from `sender` that is only in memory.
     fn flush_from(&mut self, sender: &PeerId) {
-        if self
-            .peers
-            .get(sender)
-            .is_none_or(|p| p.nondurable_from == 0)
-        {
+        if self.peers.get(sender).is_none_or(|p| p.inflight.is_empty()) {
             return;
         }
         let mut origins = Vec::new();
