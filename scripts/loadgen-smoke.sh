@@ -24,5 +24,7 @@ lg() { "$LOADGEN" --target 127.0.0.1:28887 --quiet --check --deadline 60 "$@" > 
 
 echo "signal in two-peer rooms, every client dropping its connection and resuming" >&2
 lg --clients 60 --rooms 30 --rate 5 --duration 4 --drop-every 1.5
+echo "the same with protocol v1.1 senders (cseq, acks from memory, outbox resent after resume)" >&2
+lg --clients 60 --rooms 30 --rate 5 --duration 4 --drop-every 1.5 --cseq
 echo "broadcast in rooms of five" >&2
 lg --clients 40 --rooms 8 --pattern broadcast --rate 2 --duration 3
