@@ -1293,7 +1293,7 @@ impl Room {
             self.out.push(Output::Store(StoreOp::GcBodies { below }));
         }
         // Counters ride along at most every COUNTERS_EVERY_MS, even when this
-        // checkpoint writes anyway (a busy room flushes about once a second).
+        // checkpoint writes anyway (a busy room checks about once a second).
         self.persist_counters(now, false);
         if lazy_due {
             self.counters_written = Some(now);
