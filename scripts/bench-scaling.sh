@@ -81,6 +81,9 @@ step() {
     start_echo 28788 29230
   fi
   local pgid=$LAST_PGID proxy_port=$([ "$server" = switchboard ] && echo 28787 || echo 28788)
+  # Switchboard's clients speak protocol v1.1 (`cseq`), as the SDK does.
+  local proto_args=()
+  [ "$server" = switchboard ] && proto_args=(--cseq)
   read -r port inner_pid < <(inner_port "$pgid" "$proxy_port") || { echo "no inner workerd port" >&2; return 1; }
   local proxy_pid
   for p in $(ps -o pid= -g "$pgid"); do
@@ -98,7 +101,7 @@ step() {
     first=$((p * PER_PROC)); count=$(( n - first < PER_PROC ? n - first : PER_PROC ))
     if [ "$rooms_per" = "$n" ]; then rooms=1; room_prefix=$prefix; else rooms=$(( (count + rooms_per - 1) / rooms_per )); room_prefix=$prefix-p$p; fi
     "${NICE[@]}" "$LOADGEN" --mode "$mode" --target "127.0.0.1:$port" --clients "$count" --first-client "$first" \
-      --rooms "$rooms" --room-prefix "$room_prefix" --rate "$rate" --duration "$PROBE_SECS" \
+      --rooms "$rooms" --room-prefix "$room_prefix" --rate "$rate" --duration "$PROBE_SECS" "${proto_args[@]}" \
       --drain-secs 5 --connect-rate "$per_rate" --connect-timeout 30 --quiet \
       --deadline $(( n / CONNECT_RATE + PROBE_SECS + 300 )) \
       --ready-file "$WORK/ready-$p" --go-file "$WORK/go" --out "$WORK/out-$p.json" > /dev/null 2> "$WORK/lg-$p.err" &
