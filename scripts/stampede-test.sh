@@ -5,8 +5,8 @@
 # random time in [0, 5000] ms (full jitter) and resumes. Asserts from loadgen's JSON that every
 # client was closed once and resumed, that the reconnects are spread over the announced window
 # (none before the drain; measured from the first 4003 a client received, all within the window
-# plus 2 s of slack and no window/10 interval with more than 20 % of them; each client's own
-# wait within [0, window]) and, with `loadgen --check`, that nothing was lost or duplicated and no
+# plus the time the server took to close every socket plus 1 s of slack, and no window/10
+# interval with more than 20 % of them; each client's own wait within [0, window]) and, with `loadgen --check`, that nothing was lost or duplicated and no
 # error frame was sent (clients use protocol v1.1 `cseq`, so a frame in flight when its socket is
 # closed is resent after the resume). Runs against the built Worker on wrangler dev in its own network namespace.
 set -euo pipefail
@@ -73,12 +73,13 @@ if any(e["closed_unix_ms"] < drain_ms or e["reconnect_unix_ms"] < drain_ms for e
 if any(not 0 <= e["waited_ms"] <= window for e in ev):
     problems.append("a client waited outside [0, window]")
 # From the moment the drain reached the first client: the server closes 500 sockets over some
-# time, so the slack covers that spread.
+# time (longer on a loaded machine), so the slack covers that measured spread plus 1 s.
 first = min((e["closed_unix_ms"] for e in ev), default=drain_ms)
 off = sorted(e["reconnect_unix_ms"] - first for e in ev)
-slack = 2000
+spread = max((e["closed_unix_ms"] for e in ev), default=first) - first
+slack = spread + 1000
 print(f"drain request to first 4003 close: {first - drain_ms:.0f} ms; last close after "
-      f"{max((e['closed_unix_ms'] for e in ev), default=first) - first:.0f} ms more", file=sys.stderr)
+      f"{spread:.0f} ms more", file=sys.stderr)
 late = [o for o in off if o > window + slack]
 if late:
     problems.append(f"{len(late)} reconnects later than the window + {slack} ms (latest {late[-1]:.0f} ms)")
