@@ -216,15 +216,11 @@ impl Registry {
                         vec![SqlStorageValue::from(id.as_str().to_owned())],
                     )?;
                 }
-                RegistryOutput::Expired(id) => {
+                RegistryOutput::Expired(id) | RegistryOutput::Draining(id) => {
                     mark_moving(&sql, &id)?;
                     moving = true;
                 }
                 RegistryOutput::Log(event, node, detail) => {
-                    if event == "drain" {
-                        mark_moving(&sql, &node)?;
-                        moving = true;
-                    }
                     let line = serde_json::json!({
                         "ts": now().0, "event": event, "node_id": node.as_str(), "detail": detail,
                     });
@@ -265,6 +261,13 @@ impl Registry {
                 None,
             )?
             .to_array()?;
+        if !rows.is_empty() {
+            let line = serde_json::json!({
+                "ts": now().0, "event": "rooms_notified", "rooms": rows.len(),
+                "node_id": rows.first().map(|r| r.node_id.as_str()),
+            });
+            worker::console_log!("{line}");
+        }
         let calls = rows.iter().map(|r| notify_room(&self.env, &r.room));
         let results = futures_util::future::join_all(calls).await;
         for (row, result) in rows.iter().zip(results) {

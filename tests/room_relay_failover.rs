@@ -134,10 +134,26 @@ fn turn_urls(ice_servers: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Beats `nodes` every 300 ms on a thread until the returned guard is dropped.
+/// Beats `nodes` every 300 ms on a thread until the returned guard is dropped or killed.
 struct Beating {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
+    nodes: Vec<(String, String, u32)>,
+    /// When the last heartbeat was sent (before it was sent: its lease ends after this plus
+    /// the lease).
+    last_sent: std::sync::Arc<std::sync::Mutex<Option<Instant>>>,
+}
+
+impl Beating {
+    /// The nodes fall silent, as after `kill -9`; returns when their last heartbeat was sent.
+    fn kill(mut self) -> Instant {
+        self.nodes.clear();
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.last_sent.lock().unwrap().unwrap()
+    }
 }
 
 impl Drop for Beating {
@@ -146,17 +162,27 @@ impl Drop for Beating {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        // A test's nodes leave the fleet at its end (a draining node is never handed out), so
+        // they cannot meet the rooms of the tests that run after it on this instance.
+        let f = fleet();
+        for (node, region, cpu) in &self.nodes {
+            f.beat(node, region, *cpu, true);
+        }
     }
 }
 
 fn keep_beating(nodes: Vec<(String, String, u32)>) -> Beating {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let s = stop.clone();
+    let beats = nodes.clone();
+    let last_sent = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let sent = last_sent.clone();
     let thread = std::thread::spawn(move || {
         let f = fleet();
         let deadline = Instant::now() + Duration::from_secs(120);
         while !s.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
-            for (node, region, cpu) in &nodes {
+            *sent.lock().unwrap() = Some(Instant::now());
+            for (node, region, cpu) in &beats {
                 f.beat(node, region, *cpu, false);
             }
             std::thread::sleep(Duration::from_millis(300));
@@ -165,6 +191,8 @@ fn keep_beating(nodes: Vec<(String, String, u32)>) -> Beating {
     Beating {
         stop,
         thread: Some(thread),
+        nodes,
+        last_sent,
     }
 }
 
@@ -244,12 +272,13 @@ async fn a_pinned_node_whose_lease_ends_is_pushed_to_connected_peers() {
     two.expect("peer-joined").await;
 
     // `dying` is killed: it sends no more heartbeats, the others go on.
-    drop(beats);
+    let killed = beats.kill();
     let survivors = keep_beating(vec![(survivor.clone(), region.clone(), 20)]);
-    let killed = Instant::now();
     let lease = Duration::from_millis(f.lease_ms);
+    let mut first_push = None;
     for c in [&mut one, &mut two] {
         let frame = c.next_within(lease * 3 + Duration::from_secs(15)).await;
+        first_push.get_or_insert_with(|| killed.elapsed());
         assert_eq!(frame["type"], "relays-changed", "{frame}");
         assert_eq!(frame["reason"], "node_lost");
         assert!(
@@ -275,12 +304,12 @@ async fn a_pinned_node_whose_lease_ends_is_pushed_to_connected_peers() {
             "{username}"
         );
     }
-    let elapsed = killed.elapsed();
+    let elapsed = first_push.unwrap();
     assert!(
-        elapsed + Duration::from_millis(400) >= lease,
+        elapsed >= lease,
         "pushed before the lease could have ended ({elapsed:?})"
     );
-    println!("relays-changed {elapsed:?} after the last heartbeat (lease {lease:?})");
+    println!("relays-changed {elapsed:?} after the last heartbeat was sent (lease {lease:?})");
     // A client that did not ask for the frame does not get it; its next frame is this signal.
     one.signal(&old.peer_id(), json!({"after": "move"}));
     let next = old.next().await;
@@ -310,7 +339,7 @@ async fn a_draining_sfu_node_moves_the_room() {
     let room = unique_room("drain");
     let mut peer = join(&f, &room, &region, true).await;
     assert_eq!(peer.welcome["sfu"]["url"], one_sfu(&drains));
-    drop(beats);
+    beats.kill();
     // SIGTERM on the relay: its heartbeats say draining from now on.
     f.beat(&drains, &region, 0, true);
     let _beats = keep_beating(vec![(stays.clone(), region.clone(), 30)]);
