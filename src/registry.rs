@@ -391,7 +391,8 @@ thread_local! {
     static CACHE: RefCell<Option<(Millis, Vec<NodeRecord>)>> = const { RefCell::new(None) };
 }
 
-/// Every node the Registry holds, from this isolate's copy when it is fresh enough.
+/// Every node the Registry holds, from this isolate's copy when it is fresh enough (younger
+/// than [`CACHE_MS`] and no lease in it ended yet).
 ///
 /// A failure to reach the Registry yields the last copy (or nothing): handing out a
 /// slightly old list beats failing a join.
@@ -401,7 +402,11 @@ pub async fn nodes(env: &Env, fresh: bool) -> Vec<NodeRecord> {
         let cached = CACHE.with(|c| {
             c.borrow()
                 .as_ref()
-                .filter(|(at, _)| t.since(*at) < CACHE_MS)
+                // A node whose lease ended in the copy may have beaten since (a lease shorter
+                // than the copy's age): ask again rather than drop a live node.
+                .filter(|(at, list)| {
+                    t.since(*at) < CACHE_MS && list.iter().all(|r| r.lease_until > t)
+                })
                 .map(|(_, list)| list.clone())
         });
         if let Some(list) = cached {

@@ -24,8 +24,8 @@ const env = { dev: undefined, browser: undefined, nodes: [] };
 test.before(async () => {
   assertInTestNamespace();
   env.dev = await worker({
-    port: 18920,
-    inspectorPort: 19920,
+    port: 18930,
+    inspectorPort: 19930,
     vars: { REGISTRY_SECRET, RELAY_LEASE_MS: String(LEASE_MS), ADMIN_TOKEN },
   });
   env.browser = await launchBrowser();
