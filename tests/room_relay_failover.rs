@@ -4,7 +4,8 @@
 //! with fresh credentials for the surviving nodes to its connected peers that asked for it.
 //!
 //! Runs against the `fleet` instance of scripts/e2e.sh, like tests/relay_registry.rs. Each
-//! test uses regions of its own, so the nodes of other tests never rank first.
+//! test uses regions of its own, so the nodes of other tests never rank first. The pin's
+//! survival of a Worker restart runs on an instance of its own.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -18,7 +19,7 @@ use serde_json::{Value, json};
 use switchboard_proto::Millis;
 use switchboard_proto::registry::{SIGNATURE_HEADER, sign_heartbeat};
 use switchboard_proto::sfu_token;
-use switchboard_tests::{Client, http_get, http_post, unique_room};
+use switchboard_tests::{Client, WorkerProcess, http_get, http_post, unique_room};
 
 struct Fleet {
     base: String,
@@ -348,4 +349,53 @@ async fn a_draining_sfu_node_moves_the_room() {
     assert_eq!(frame["reason"], "node_draining");
     assert_eq!(frame["sfu"]["url"], one_sfu(&stays));
     assert!(!turn_urls(&frame["ice_servers"]).contains(&turn_url(&drains)));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_pin_survives_a_restart_of_the_worker() {
+    let dir = std::env::temp_dir().join(unique_room("switchboard-pin-restart"));
+    let f0 = fleet();
+    let vars = [
+        ("REGISTRY_SECRET", f0.secret.as_str()),
+        ("TURN_SECRET", f0.turn_secret.as_str()),
+        // Leases outlive the restart, so no heartbeats are needed meanwhile.
+        ("RELAY_LEASE_MS", "120000"),
+        ("RESUME_WINDOW_MS", "60000"),
+        ("TRUST_REGION_HEADER", "true"),
+    ];
+    let worker = WorkerProcess::start(18795, 19295, &dir, &vars).await;
+    let f = Fleet {
+        base: worker.base.clone(),
+        ..fleet()
+    };
+    let region = "restart";
+    f.beat("pinned", region, 10, false);
+    f.beat("other", region, 20, false);
+    f.wait_listed(region, &["pinned", "other"]);
+    let room = unique_room("pin-restart");
+    let first = join(&f, &room, region, true).await;
+    assert_eq!(first.welcome["sfu"]["url"], one_sfu("pinned"));
+    // The peer stays in the room (away once the Worker is gone), so the room keeps its pin.
+    worker.stop();
+    drop(first);
+
+    let worker = WorkerProcess::start(18795, 19295, &dir, &vars).await;
+    // A better node appears: a fresh room takes it, the restarted room keeps its stored pin.
+    f.beat("better", region, 0, false);
+    f.wait_listed(region, &["better", "pinned"]);
+    let fresh = join(&f, &unique_room("pin-fresh"), region, true).await;
+    assert_eq!(fresh.welcome["sfu"]["url"], one_sfu("better"));
+    let again = join(&f, &room, region, true).await;
+    assert_eq!(
+        again.welcome["sfu"]["url"],
+        one_sfu("pinned"),
+        "the room forgot its pin: {}",
+        worker.log()
+    );
+    assert_eq!(
+        turn_urls(&again.welcome["ice_servers"]),
+        [turn_url("pinned"), turn_url("other")]
+    );
+    worker.stop();
+    let _ = std::fs::remove_dir_all(&dir);
 }
