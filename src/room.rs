@@ -39,8 +39,9 @@ pub use relays::{Q_CAPS, Q_REGION};
 use switchboard_proto::registry::Region;
 use switchboard_proto::relays::RoomRelays;
 
-// The router calls the object at `https://room.internal/{join,stats,drain}` with
-// these query parameters; clients never reach the object directly.
+// The router calls the object at `https://room.internal/{join,stats,drain,relays}` with
+// these query parameters (and the Registry calls `relays`, see `relays.rs`); clients never
+// reach the object directly.
 /// Internal query parameter: the room name.
 pub const Q_ROOM: &str = "room";
 /// Internal query parameter: the joining peer's meta JSON (validated by the router).
