@@ -67,8 +67,13 @@ pub fn sfu(env: &Env) -> Option<SfuConfig> {
     SfuConfig::new(
         &urls,
         string(env, "TURN_SECRET").as_deref(),
-        number(env, "SFU_TOKEN_TTL_S", sfu_token::DEFAULT_TTL_S),
+        sfu_token_ttl_s(env),
     )
+}
+
+/// `SFU_TOKEN_TTL_S`: relay session token lifetime.
+pub fn sfu_token_ttl_s(env: &Env) -> u64 {
+    number(env, "SFU_TOKEN_TTL_S", sfu_token::DEFAULT_TTL_S)
 }
 
 /// `JWT_SECRET`: when set, joining and ICE servers need a token.

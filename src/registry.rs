@@ -14,7 +14,7 @@ use switchboard_proto::ice::IceConfig;
 use switchboard_proto::registry::{
     self as core, Heartbeat, NodeRecord, Region, Registry as Core, RegistryConfig, RegistryOutput,
 };
-use switchboard_proto::{ErrorCode, Millis};
+use switchboard_proto::{ErrorCode, Millis, relays};
 use worker::{
     DurableObject, Env, Method, Request, RequestInit, Response, Result, SqlStorageValue, State,
     durable_object,
@@ -29,8 +29,23 @@ pub const REGISTRY_NAME: &str = "relays";
 /// How long the router keeps a copy of the node list.
 pub const CACHE_MS: u64 = 3_000;
 
-const SCHEMA: &str =
-    "CREATE TABLE IF NOT EXISTS nodes (node_id TEXT PRIMARY KEY, record TEXT NOT NULL);";
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS nodes (node_id TEXT PRIMARY KEY, record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS pins (node_id TEXT NOT NULL, room TEXT NOT NULL,
+                                 PRIMARY KEY (node_id, room));
+CREATE INDEX IF NOT EXISTS pins_by_room ON pins (room);
+CREATE TABLE IF NOT EXISTS moving (node_id TEXT PRIMARY KEY);
+";
+
+/// Rooms told per batch when a pinned node dies or drains; the alarm runs the next batch at once.
+pub const NOTIFY_BATCH: usize = 64;
+
+/// The body of the Registry's internal `POST /pin`: the nodes a room pinned (none: unpinned).
+#[derive(serde::Serialize, Deserialize)]
+struct PinBody {
+    room: String,
+    nodes: Vec<String>,
+}
 
 /// The Registry Durable Object.
 #[allow(missing_debug_implementations)] // State and Env have no Debug
@@ -45,6 +60,12 @@ pub struct Registry {
 #[derive(Deserialize)]
 struct NodeRow {
     record: String,
+}
+
+#[derive(Deserialize)]
+struct PinRow {
+    node_id: String,
+    room: String,
 }
 
 impl DurableObject for Registry {
@@ -86,6 +107,14 @@ impl DurableObject for Registry {
                     }
                 }
             }
+            (Method::Post, "/pin") => {
+                let pin: PinBody = match req.json().await {
+                    Ok(p) => p,
+                    Err(_) => return http::error(ErrorCode::BadRequest, "bad pin"),
+                };
+                self.pin(&pin)?;
+                json(200, r#"{"ok":true}"#)
+            }
             (Method::Get, "/nodes") => {
                 let body = {
                     let guard = self.core.borrow();
@@ -109,6 +138,7 @@ impl DurableObject for Registry {
             core.handle_sweep(t);
         }
         self.after_event().await?;
+        self.notify_batch().await?;
         Response::ok("swept")
     }
 }
@@ -166,6 +196,7 @@ impl Registry {
             (core.drain_outputs(), core.poll_timeout())
         };
         let sql = self.state.storage().sql();
+        let mut moving = false;
         for out in outputs {
             match out {
                 RegistryOutput::Store(rec) => {
@@ -185,7 +216,10 @@ impl Registry {
                         vec![SqlStorageValue::from(id.as_str().to_owned())],
                     )?;
                 }
-                RegistryOutput::Expired(_) => {}
+                RegistryOutput::Expired(id) | RegistryOutput::Draining(id) => {
+                    mark_moving(&sql, &id)?;
+                    moving = true;
+                }
                 RegistryOutput::Log(event, node, detail) => {
                     let line = serde_json::json!({
                         "ts": now().0, "event": event, "node_id": node.as_str(), "detail": detail,
@@ -194,8 +228,133 @@ impl Registry {
                 }
             }
         }
+        // Rooms to tell wait for no lease: the alarm fires at once.
+        let wake_at = if moving { Some(now()) } else { wake_at };
         crate::alarm::wake_by(&self.state, &self.alarm_at, wake_at).await
     }
+
+    /// A room's pin: `POST /pin {room, nodes}` replaces the room's rows (none: unpinned).
+    fn pin(&self, pin: &PinBody) -> Result<()> {
+        let sql = self.state.storage().sql();
+        let room = || SqlStorageValue::from(pin.room.clone());
+        sql.exec("DELETE FROM pins WHERE room = ?", vec![room()])?;
+        for node in pin.nodes.iter().take(relays::ROOM_NODES) {
+            sql.exec(
+                "INSERT OR IGNORE INTO pins (node_id, room) VALUES (?, ?)",
+                vec![SqlStorageValue::from(node.clone()), room()],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Tells up to [`NOTIFY_BATCH`] rooms pinned to a dead or draining node to look at the
+    /// registry again (the room's `/relays`), forgets their rows, and wakes again at once
+    /// while rows of such nodes remain. A room that no longer pins the node does nothing.
+    async fn notify_batch(&self) -> Result<()> {
+        let sql = self.state.storage().sql();
+        let rows: Vec<PinRow> = sql
+            .exec(
+                &format!(
+                    "SELECT p.node_id AS node_id, p.room AS room FROM pins p \
+                     JOIN moving m ON m.node_id = p.node_id LIMIT {NOTIFY_BATCH}"
+                ),
+                None,
+            )?
+            .to_array()?;
+        if !rows.is_empty() {
+            let line = serde_json::json!({
+                "ts": now().0, "event": "rooms_notified", "rooms": rows.len(),
+                "node_id": rows.first().map(|r| r.node_id.as_str()),
+            });
+            worker::console_log!("{line}");
+        }
+        let calls = rows.iter().map(|r| notify_room(&self.env, &r.room));
+        let results = futures_util::future::join_all(calls).await;
+        for (row, result) in rows.iter().zip(results) {
+            if let Err(e) = result {
+                // The room moves anyway when its peers next join; a failure is not retried.
+                worker::console_error!(
+                    "{}",
+                    http::log_line(
+                        "room_notify_failed",
+                        Some(&row.room),
+                        None,
+                        Some(&e.to_string())
+                    )
+                );
+            }
+            sql.exec(
+                "DELETE FROM pins WHERE node_id = ? AND room = ?",
+                vec![
+                    SqlStorageValue::from(row.node_id.clone()),
+                    SqlStorageValue::from(row.room.clone()),
+                ],
+            )?;
+        }
+        if rows.len() < NOTIFY_BATCH {
+            sql.exec(
+                "DELETE FROM moving WHERE node_id NOT IN (SELECT node_id FROM pins)",
+                None,
+            )?;
+            return Ok(());
+        }
+        crate::alarm::wake_by(&self.state, &self.alarm_at, Some(now())).await
+    }
+}
+
+/// Rooms pinned to `id` must move: the alarm tells them ([`Registry::notify_batch`]).
+fn mark_moving(sql: &worker::SqlStorage, id: &core::NodeId) -> Result<()> {
+    sql.exec(
+        "INSERT OR IGNORE INTO moving (node_id) VALUES (?)",
+        vec![SqlStorageValue::from(id.as_str().to_owned())],
+    )?;
+    Ok(())
+}
+
+/// Asks room `room` to check its relays now (`https://room.internal/relays`).
+async fn notify_room(env: &Env, room: &str) -> Result<()> {
+    let Some(name) = switchboard_proto::RoomName::parse(room) else {
+        return Ok(());
+    };
+    let mut url = worker::Url::parse("https://room.internal/relays")
+        .map_err(|e| worker::Error::RustError(e.to_string()))?;
+    url.query_pairs_mut()
+        .append_pair(crate::room::Q_ROOM, name.as_str())
+        .append_pair("fresh", "1");
+    let stub = env
+        .durable_object("ROOM")?
+        .id_from_name(name.as_str())?
+        .get_stub()?;
+    let resp = stub.fetch_with_str(url.as_str()).await?;
+    if resp.status_code() >= 400 {
+        return Err(worker::Error::RustError(format!(
+            "room answered {}",
+            resp.status_code()
+        )));
+    }
+    Ok(())
+}
+
+/// Records that `room` pinned `nodes` (none: it pinned nothing any more), so that the room is
+/// told when one of them dies or drains.
+pub async fn pin_room(env: &Env, room: &str, nodes: Vec<String>) -> Result<()> {
+    let body = serde_json::to_string(&PinBody {
+        room: room.to_owned(),
+        nodes,
+    })
+    .map_err(|e| worker::Error::RustError(e.to_string()))?;
+    let mut init = RequestInit::new();
+    init.with_method(Method::Post)
+        .with_body(Some(wasm_bindgen::JsValue::from_str(&body)));
+    let req = Request::new_with_init(&internal("pin"), &init)?;
+    let resp = stub(env)?.fetch_with_request(req).await?;
+    if resp.status_code() >= 400 {
+        return Err(worker::Error::RustError(format!(
+            "registry answered {}",
+            resp.status_code()
+        )));
+    }
+    Ok(())
 }
 
 /// `https://registry.internal/{action}`: the request the Registry object receives.
@@ -232,7 +391,8 @@ thread_local! {
     static CACHE: RefCell<Option<(Millis, Vec<NodeRecord>)>> = const { RefCell::new(None) };
 }
 
-/// Every node the Registry holds, from this isolate's copy when it is fresh enough.
+/// Every node the Registry holds, from this isolate's copy when it is fresh enough (younger
+/// than [`CACHE_MS`] and no lease in it ended yet).
 ///
 /// A failure to reach the Registry yields the last copy (or nothing): handing out a
 /// slightly old list beats failing a join.
@@ -242,7 +402,11 @@ pub async fn nodes(env: &Env, fresh: bool) -> Vec<NodeRecord> {
         let cached = CACHE.with(|c| {
             c.borrow()
                 .as_ref()
-                .filter(|(at, _)| t.since(*at) < CACHE_MS)
+                // A node whose lease ended in the copy may have beaten since (a lease shorter
+                // than the copy's age): ask again rather than drop a live node.
+                .filter(|(at, list)| {
+                    t.since(*at) < CACHE_MS && list.iter().all(|r| r.lease_until > t)
+                })
                 .map(|(_, list)| list.clone())
         });
         if let Some(list) = cached {

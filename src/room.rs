@@ -35,8 +35,14 @@ use crate::config;
 use crate::ffi;
 use crate::http::{self, json, now};
 
-// The router calls the object at `https://room.internal/{join,stats,drain}` with
-// these query parameters; clients never reach the object directly.
+mod relays;
+pub use relays::{Q_CAPS, Q_REGION};
+use switchboard_proto::registry::Region;
+use switchboard_proto::relays::RoomRelays;
+
+// The router calls the object at `https://room.internal/{join,stats,drain,relays}` with
+// these query parameters (and the Registry calls `relays`, see `relays.rs`); clients never
+// reach the object directly.
 /// Internal query parameter: the room name.
 pub const Q_ROOM: &str = "room";
 /// Internal query parameter: the joining peer's meta JSON (validated by the router).
@@ -81,6 +87,11 @@ struct Inner {
     timer_at: Cell<Option<u64>>,
     /// SQL statements executed since the object woke, by kind (for the stats endpoint).
     sql_counts: RefCell<BTreeMap<&'static str, u64>>,
+    /// The relay nodes the room pinned (`relays`), as stored.
+    pin: RefCell<Option<RoomRelays>>,
+    /// The pin still to be told to the Registry, and whether a task is telling it.
+    pin_to_record: RefCell<Option<Vec<String>>>,
+    pin_recording: Cell<bool>,
 }
 
 #[derive(Deserialize)]
@@ -147,6 +158,9 @@ impl DurableObject for Room {
                 alarm_at: Cell::new(None),
                 timer_at: Cell::new(None),
                 sql_counts: RefCell::new(BTreeMap::new()),
+                pin: RefCell::new(None),
+                pin_to_record: RefCell::new(None),
+                pin_recording: Cell::new(false),
             }),
         }
     }
@@ -169,7 +183,18 @@ impl DurableObject for Room {
                     last_seq: param(Q_LAST_SEQ).and_then(|n| n.parse().ok()),
                 });
                 let user = param(Q_USER).as_deref().and_then(UserId::parse);
-                Inner::join(this, name, meta, resume, user).await
+                let region = param(Q_REGION).as_deref().and_then(Region::parse);
+                let caps = relays::wants_relays(param(Q_CAPS).as_deref());
+                Inner::join(this, name, meta, resume, user, (region, caps)).await
+            }
+            "/relays" => {
+                // The Registry's call (a pinned node died or drains: `fresh`), or the router's
+                // question for the SFU node when it renews a session token.
+                this.load(Some(&name), now())?;
+                Inner::check_relays(this, None, param("fresh").is_some()).await?;
+                Inner::after_event(this).await?;
+                let body = serde_json::json!({ "sfu": this.sfu_base() });
+                json(200, &body.to_string())
             }
             "/stats" => {
                 let body = {
@@ -267,9 +292,13 @@ impl Inner {
         meta: Meta,
         resume: Option<ResumeRequest>,
         user: Option<UserId>,
+        (region, caps): (Option<Region>, bool),
     ) -> Result<Response> {
+        this.load(Some(&name), now())?;
+        // The welcome below hands out the room's relays: pin them first (or move off a
+        // node that died without the Registry reaching the room).
+        Inner::check_relays(this, region, false).await?;
         let t = now();
-        this.load(Some(&name), t)?;
         if let Some(req) = &resume {
             // A resuming away peer's queue is read now, not at every wake.
             let target = this
@@ -284,9 +313,13 @@ impl Inner {
         let pair = WebSocketPair::new()?;
         let conn = ConnId(u64::from_le_bytes(http::random()?));
         let tag = conn.tag();
+        let mut tags = vec![tag.as_str().into()];
+        if caps {
+            tags.push(relays::TAG_RELAYS.into());
+        }
         this.state
             .as_raw()
-            .accept_websocket_with_tags(pair.server.as_ref(), vec![tag.as_str().into()])
+            .accept_websocket_with_tags(pair.server.as_ref(), tags)
             .map_err(|e| worker::Error::RustError(format!("acceptWebSocket: {e:?}")))?;
         this.remember(&pair.server, conn);
         this.sockets.borrow_mut().insert(conn, pair.server);
@@ -469,6 +502,7 @@ impl Inner {
         for peer in to_load {
             self.load_queue(&peer, t)?;
         }
+        self.load_relays(&sql)?;
         Ok(())
     }
 
@@ -549,6 +583,7 @@ impl Inner {
             }
         }
         Inner::arm_checkpoint(this, checkpoint_at);
+        Inner::release_relays_if_empty(this)?;
         this.schedule(wake_at).await
     }
 

@@ -9,7 +9,9 @@ use worker::{Env, Headers, Method, Request, RequestInit, Response, Result, Url};
 use crate::config;
 use crate::http::{self, Cors, error, json, now, query_param};
 use crate::registry;
-use crate::room::{Q_LAST_SEQ, Q_META, Q_RESUME, Q_RETRY_AFTER_MS, Q_ROOM, Q_USER};
+use crate::room::{
+    Q_CAPS, Q_LAST_SEQ, Q_META, Q_REGION, Q_RESUME, Q_RETRY_AFTER_MS, Q_ROOM, Q_USER,
+};
 use switchboard_proto::registry as registry_core;
 
 /// Routes one request. Every answer but a WebSocket upgrade carries `Vary: Origin`, and the CORS
@@ -63,7 +65,7 @@ async fn route(req: Request, url: &Url, segments: &[&str], env: &Env) -> Result<
             if req.method() != Method::Get {
                 return error(ErrorCode::MethodNotAllowed, "use GET");
             }
-            refresh_sfu_token(&req, url, env)
+            refresh_sfu_token(&req, url, env).await
         }
         ["v1", "relays", "heartbeat"] => relay_heartbeat(req, env).await,
         ["v1", "relays"] => {
@@ -225,14 +227,14 @@ async fn ice_servers(req: &Request, url: &Url, env: &Env) -> Result<Response> {
 /// current (unexpired) token names, in the same room. The current token proves which peer asks
 /// (anyone could name a peer id, and a session for a peer id replaces that peer's session on the
 /// relay); the JWT, when `JWT_SECRET` is set, is checked as for joining the room.
-fn refresh_sfu_token(req: &Request, url: &Url, env: &Env) -> Result<Response> {
+async fn refresh_sfu_token(req: &Request, url: &Url, env: &Env) -> Result<Response> {
     let Some(room) = query_param(url, "room").and_then(|r| RoomName::parse(&r)) else {
         return invalid_room();
     };
     if let Err(e) = authenticate(req, url, env, Some(&room))? {
         return unauthorized(e, Some(&room));
     }
-    let Some(cfg) = config::sfu(env) else {
+    let Some(cfg) = sfu_config_for(env, &room).await? else {
         return error(ErrorCode::NotFound, "no SFU is configured (SFU_URLS)");
     };
     let Some(current) = query_param(url, "sfu_token") else {
@@ -256,6 +258,28 @@ fn refresh_sfu_token(req: &Request, url: &Url, env: &Env) -> Result<Response> {
     let body =
         serde_json::to_string(&grant).map_err(|e| worker::Error::RustError(e.to_string()))?;
     json(200, &body)
+}
+
+/// The SFU grant configuration for `room`: with the relay registry on, the node the room
+/// pinned (asked of the room, which re-pins first if that node died); else `SFU_URLS`.
+async fn sfu_config_for(env: &Env, room: &RoomName) -> Result<Option<sfu_token::SfuConfig>> {
+    if config::registry_secret(env).is_none() {
+        return Ok(config::sfu(env));
+    }
+    let mut resp = forward(env, room, internal_url("relays", room)?, Headers::new()).await?;
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        sfu: Option<String>,
+    }
+    let answer: Answer = resp.json().await?;
+    let Some(base) = answer.sfu else {
+        return Ok(None);
+    };
+    Ok(sfu_token::SfuConfig::new(
+        &[base],
+        config::string(env, "TURN_SECRET").as_deref(),
+        config::sfu_token_ttl_s(env),
+    ))
 }
 
 async fn join(req: Request, url: &Url, env: &Env, room: RoomName) -> Result<Response> {
@@ -293,6 +317,16 @@ async fn join(req: Request, url: &Url, env: &Env, room: RoomName) -> Result<Resp
         .query_pairs_mut()
         .append_pair(Q_META, meta.as_json())
         .append_pair(Q_USER, user.as_str());
+    if let Some(region) = registry::client_region(env, &req) {
+        internal
+            .query_pairs_mut()
+            .append_pair(Q_REGION, region.as_str());
+    }
+    if let Some(caps) = query_param(url, "caps") {
+        // Capability names are short words; anything longer is cut, not refused.
+        let caps: String = caps.chars().take(64).collect();
+        internal.query_pairs_mut().append_pair(Q_CAPS, &caps);
+    }
     if let Some(token) = query_param(url, "resume") {
         // Tokens are hex; anything else cannot match and is dropped here.
         let token: String = token

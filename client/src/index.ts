@@ -8,7 +8,7 @@ import { Emitter } from "./emitter.js";
 import { SwitchboardError } from "./errors.js";
 import { isPath, type Path } from "./ladder.js";
 import { PeerLink, defaultLadderOptions, isInternalPayload, type LadderOptions, type LinkState, type PeerLinkHost } from "./peer.js";
-import type { IceServer, PeerLeftReason, SequencedFrame, WelcomeFrame } from "./protocol.js";
+import type { IceServer, PeerLeftReason, RelaysChangedFrame, SequencedFrame, WelcomeFrame } from "./protocol.js";
 import { SfuSession, isSfuGrant, type SfuGrant, type SfuState } from "./sfu.js";
 import { SignalingConnection, type SignalingDiagnostics, type SignalingOptions, type SignalingState, type TokenSource } from "./signaling.js";
 
@@ -92,6 +92,12 @@ export interface RoomEvents {
   track: { peerId: string; track: MediaStreamTrack; streams: readonly MediaStream[] };
   /** The signaling session: connecting, open (resumed or not), reconnecting (with the backoff delay), closed. */
   "signaling-state": { state: SignalingState; attempt: number; delayMs?: number; reason?: string; resumed?: boolean };
+  /**
+   * The room moved its relays (a relay node died or drains; `relays-changed`, opt-in with `caps=relays`): the new ICE
+   * servers are applied (connections relaying through TURN restart ICE) and, when the room's SFU
+   * node changed, pairs on the `sfu` rung move to a session on the new node.
+   */
+  relays: { reason: string; sfuMoved: boolean };
   error: SwitchboardError;
 }
 
@@ -136,6 +142,8 @@ export class Room {
   private iceServersValue: IceServer[] = [];
   private sfuGrant: SfuGrant | null = null;
   private sfuSession: SfuSession | null = null;
+  /** Closers of SFU sessions replaced by `relays-changed`, run once the new session is open. */
+  private readonly retiring: Array<() => void> = [];
   private readonly sfuRefreshTimer: Timer;
   private left = false;
   private onPageHide: (() => void) | undefined;
@@ -169,6 +177,7 @@ export class Room {
     this.signaling = new SignalingConnection(signalingOptions);
     this.signaling.events.on("welcome", ({ frame, previousPeerId }) => this.onWelcome(frame, previousPeerId));
     this.signaling.events.on("frame", (frame) => this.onFrame(frame));
+    this.signaling.events.on("relays", (frame) => this.onRelaysChanged(frame));
     this.signaling.events.on("error", (error) => this.emitError(error));
     this.signaling.events.on("state", (event) => {
       if (event.state === "open") return; // reported with `resumed` from onWelcome
@@ -327,6 +336,7 @@ export class Room {
     for (const link of this.links.values()) link.close();
     this.links.clear();
     this.sfuSession?.close();
+    for (const retire of this.retiring.splice(0)) retire();
   }
 
   /** The page's session with the room's relay (the `sfu` rung), if one was started. */
@@ -341,7 +351,9 @@ export class Room {
 
   private onWelcome(frame: WelcomeFrame, previousPeerId: string | undefined): void {
     this.setIceServers(frame.ice_servers ?? []);
-    this.setSfuGrant(isSfuGrant(frame.sfu) ? frame.sfu : null);
+    // A resume after the room moved its relays names the new SFU node: move there too.
+    if (frame.resumed) this.moveSfu(isSfuGrant(frame.sfu) ? frame.sfu : null);
+    else this.setSfuGrant(isSfuGrant(frame.sfu) ? frame.sfu : null);
     if (!frame.resumed && previousPeerId !== undefined && this.sfuSession) {
       // A new peer id: the relay session speaks for the old one.
       this.sfuSession.close();
@@ -361,6 +373,45 @@ export class Room {
     }
     const event: RoomEvents["signaling-state"] = { state: "open", attempt: 0, resumed: frame.resumed };
     this.events.emit("signaling-state", event);
+  }
+
+  /**
+   * `relays-changed`: the room's relay node died or drains. New ICE servers go to every
+   * connection at once (TURN connections restart ICE, so they move to the new node before their
+   * own consent checks notice). A new SFU node gets a new session; pairs on the `sfu` rung carry
+   * their data over `relay` frames until it is proven (make-before-break, the stream resends
+   * what is unacknowledged), then the old session is closed.
+   */
+  private onRelaysChanged(frame: RelaysChangedFrame): void {
+    if (this.left) return;
+    this.setIceServers(frame.ice_servers);
+    const sfuMoved = this.moveSfu(isSfuGrant(frame.sfu) ? frame.sfu : null);
+    this.events.emit("relays", { reason: frame.reason, sfuMoved });
+  }
+
+  /** Takes `grant`; when it names another node than the page's session, the pairs move there. */
+  private moveSfu(grant: SfuGrant | null): boolean {
+    const moved = grant?.url !== this.sfuGrant?.url;
+    this.setSfuGrant(grant);
+    if (moved && this.sfuSession) {
+      const old = this.sfuSession;
+      this.sfuSession = null;
+      if (grant === null) old.close();
+      else this.retireSfuSession(old);
+      for (const link of this.links.values()) link.onSfuMoved(grant !== null);
+    }
+    return moved;
+  }
+
+  /** Closes a replaced SFU session once the new one is open, or after the rung timeout. */
+  private retireSfuSession(old: SfuSession): void {
+    const timer = new Timer(this.clock);
+    const retire = () => {
+      timer.clear();
+      old.close();
+    };
+    timer.set(this.ladder.rungTimeoutMs * 2, retire);
+    this.retiring.push(retire);
   }
 
   private onFrame(frame: SequencedFrame): void {
@@ -457,6 +508,7 @@ export class Room {
       onTrack: (from, track, streams) => this.links.get(from)?.onSfuTrack(track, streams),
       onState: (state) => {
         if (state !== "open" && state !== "failed") return;
+        if (state === "open") for (const retire of this.retiring.splice(0)) retire();
         for (const link of this.links.values()) link.onSfuSession(state);
       },
       onError: (error) => this.emitError(error),

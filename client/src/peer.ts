@@ -675,6 +675,32 @@ export class PeerLink {
     }
   }
 
+  /**
+   * The room's SFU node changed (`relays-changed`): the page's session moves to the new node.
+   * Data goes over `relay` frames until this pair's probe made the round trip through the new
+   * session (both pages move at once), then back through it; unacknowledged messages are sent
+   * again on each change of path. `available: false`: the room has no SFU any more.
+   */
+  onSfuMoved(available: boolean): void {
+    if (this.closed || (!this.sfuWanted && !this.onSfu)) return;
+    if (!available) {
+      if (this.controller) this.onSfuLost();
+      else this.dropSfu();
+      return;
+    }
+    this.sfuUsable = false;
+    this.sfuTracks.length = 0;
+    this.sfuTracksShown = false;
+    this.pump();
+    this.wantSfu();
+    if (this.controller) {
+      this.sfuDeadline.set(this.host.options.rungTimeoutMs, () => {
+        if (this.closed || this.sfuUsable) return;
+        this.onSfuLost();
+      });
+    }
+  }
+
   private onSfuUsable(): void {
     if (!this.sfuTracksShown) {
       this.sfuTracksShown = true;

@@ -104,10 +104,23 @@ export interface PongFrame {
   type: "pong";
 }
 
+/**
+ * The room's relays changed (a relay node died or drains; opt-in with `caps=relays`): fresh ICE servers and
+ * SFU grant for this peer. Sent only to clients that joined with `caps=relays`; not sequenced.
+ */
+export interface RelaysChangedFrame {
+  type: "relays-changed";
+  /** `node_lost`, `node_draining`, `no_nodes` or `nodes_available`. */
+  reason: string;
+  ice_servers: IceServer[];
+  /** The room's new relay session endpoint and this peer's token; absent when no relay offers the `sfu` rung. */
+  sfu?: unknown;
+}
+
 /** Frames that carry `seq` and count towards `ack`/`last_seq`. */
 export type SequencedFrame = PeerJoinedFrame | PeerLeftFrame | SignalFrame | RelayFrame;
 
-export type ServerFrame = WelcomeFrame | SequencedFrame | ErrorFrame | AckFrame | PongFrame;
+export type ServerFrame = WelcomeFrame | SequencedFrame | ErrorFrame | AckFrame | PongFrame | RelaysChangedFrame;
 
 /** Client frames that may carry `cseq` and are kept in the outbox until the room decided on them. */
 export type OutboxFrame =
@@ -135,7 +148,7 @@ function isObject(value: unknown): value is Record<string, unknown> {
   return typeof value === "object" && value !== null && !Array.isArray(value);
 }
 
-/** Parses one server text frame; `null` for anything that is not a frame of protocol v1 or v1.1. */
+/** Parses one server text frame; `null` for anything that is not a frame of protocol v1 or v1.1 (with `relays-changed`). */
 export function parseServerFrame(text: string): ServerFrame | null {
   let value: unknown;
   try {
@@ -172,6 +185,10 @@ export function parseServerFrame(text: string): ServerFrame | null {
       return typeof value.cseq === "number" && Number.isSafeInteger(value.cseq) ? { type: "ack", cseq: value.cseq } : null;
     case "pong":
       return { type: "pong" };
+    case "relays-changed":
+      return Array.isArray(value.ice_servers)
+        ? { type: "relays-changed", reason: typeof value.reason === "string" ? value.reason : "", ice_servers: value.ice_servers as IceServer[], sfu: value.sfu }
+        : null;
     default:
       return null;
   }

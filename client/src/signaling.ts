@@ -29,6 +29,7 @@ import {
   type ErrorFrame,
   type IceServer,
   type OutboxFrame,
+  type RelaysChangedFrame,
   type RoomLimits,
   type SequencedFrame,
   type WelcomeFrame,
@@ -123,6 +124,8 @@ export interface SignalingEvents {
   frame: SequencedFrame;
   error: SwitchboardError;
   state: { state: SignalingState; attempt: number; delayMs?: number; reason?: string };
+  /** The room's relays changed (`relays-changed`, opt-in with `caps=relays`): fresh ICE servers and SFU grant. */
+  relays: RelaysChangedFrame;
 }
 
 interface OutboxEntry {
@@ -397,6 +400,8 @@ export class SignalingConnection {
     const url = new URL(this.options.url);
     if (this.options.meta !== undefined) url.searchParams.set("meta", JSON.stringify(this.options.meta));
     if (token !== undefined) url.searchParams.set("token", token);
+    // This client handles `relays-changed`: the room pushes relay failover to it.
+    url.searchParams.set("caps", "relays");
     if (this.resumeTokenValue !== undefined) {
       url.searchParams.set("resume", this.resumeTokenValue);
       url.searchParams.set("last_seq", String(this.lastSeqValue));
@@ -584,6 +589,9 @@ export class SignalingConnection {
         this.onWelcome(frame);
         return;
       case "pong":
+        return;
+      case "relays-changed":
+        this.events.emit("relays", frame);
         return;
       case "ack":
         this.onAck(frame.cseq);

@@ -3,7 +3,8 @@
 //! This crate owns everything the signaling Worker decides: the wire types
 //! ([`wire`]), the limits and rate limiter ([`limits`]), the room state machine
 //! ([`room`]), JWT verification ([`auth`]), ICE-server issuing ([`ice`]) and the
-//! relay session tokens ([`sfu_token`]).
+//! relay session tokens ([`sfu_token`]), the relay registry ([`registry`]) and the
+//! relay nodes a room pins ([`relays`]).
 //! Nothing here reads a clock, opens a socket or draws random numbers: time
 //! arrives as a [`Millis`] value and fresh identities arrive from the caller,
 //! so the same code runs natively under unit tests and inside the wasm Worker.
@@ -13,6 +14,7 @@ pub mod auth;
 pub mod ice;
 pub mod limits;
 pub mod registry;
+pub mod relays;
 pub mod room;
 pub mod sfu_token;
 pub mod types;

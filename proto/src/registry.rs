@@ -359,6 +359,8 @@ pub enum RegistryOutput {
     Delete(NodeId),
     /// A node's lease ran out; rooms pinned to it must move.
     Expired(NodeId),
+    /// A node started draining; rooms pinned to it must move too.
+    Draining(NodeId),
     /// A structured log line: event name, node, detail.
     Log(&'static str, NodeId, Option<&'static str>),
 }
@@ -415,6 +417,7 @@ impl Registry {
                 rec.last_signed = signed;
                 rec.lease_until = lease_until;
                 if rec.heartbeat.draining && !was_draining {
+                    self.out.push(RegistryOutput::Draining(id.clone()));
                     self.out
                         .push(RegistryOutput::Log("drain", id.clone(), None));
                 }
@@ -640,6 +643,23 @@ mod tests {
         assert_eq!(r.poll_timeout(), Some(Millis(15_000)));
         r.handle_sweep(Millis(14_999));
         assert!(r.drain_outputs().is_empty());
+    }
+
+    #[test]
+    fn starting_to_drain_is_an_output_once() {
+        let mut r = Registry::new(RegistryConfig::default());
+        r.handle_heartbeat(hb("n", "eu", 1, false), Millis(1), Millis(1))
+            .unwrap();
+        r.handle_heartbeat(hb("n", "eu", 1, true), Millis(2), Millis(2))
+            .unwrap();
+        let n = NodeId::parse("n").unwrap();
+        assert!(
+            r.drain_outputs()
+                .contains(&RegistryOutput::Draining(n.clone()))
+        );
+        r.handle_heartbeat(hb("n", "eu", 1, true), Millis(3), Millis(3))
+            .unwrap();
+        assert!(!r.drain_outputs().contains(&RegistryOutput::Draining(n)));
     }
 
     #[test]

@@ -410,6 +410,9 @@ export const PAGE_PORTS = "20000:29999";
  */
 export function blockDirectPaths() {
   assertInTestNamespace();
+  // Restored on lift: a server started later (another file's wrangler dev) must not take its
+  // internal ports from the pages' range, where page-to-page TCP is dropped.
+  const previousRange = run("sysctl", ["-n", "net.ipv4.ip_local_port_range"]).trim().split(/\s+/).join(" ");
   run("sysctl", ["-q", "-w", `net.ipv4.ip_local_port_range=${PAGE_PORTS.replace(":", " ")}`]);
   const rules = ["udp", "tcp"].map((proto) => ["OUTPUT", "-p", proto, "--sport", PAGE_PORTS, "--dport", PAGE_PORTS, "-j", "DROP"]);
   for (const rule of rules) run("iptables", ["-A", ...rule]);
@@ -418,6 +421,7 @@ export function blockDirectPaths() {
     if (lifted) return;
     lifted = true;
     for (const rule of rules) run("iptables", ["-D", ...rule]);
+    run("sysctl", ["-q", "-w", `net.ipv4.ip_local_port_range=${previousRange}`]);
   };
 }
 

@@ -157,6 +157,39 @@ impl Client {
         c
     }
 
+    /// Joins like [`Client::join`], sending extra request headers with the upgrade.
+    pub async fn join_with_headers(
+        base: &str,
+        room: &str,
+        query: &str,
+        headers: &[(&str, &str)],
+    ) -> Client {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let sep = if query.is_empty() { "" } else { "?" };
+        let url = ws_url(base, &format!("/v1/rooms/{room}{sep}{query}"));
+        let mut req = url
+            .as_str()
+            .into_client_request()
+            .unwrap_or_else(|e| panic!("request {url}: {e}"));
+        for (k, v) in headers {
+            let name = tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes())
+                .unwrap_or_else(|e| panic!("header {k}: {e}"));
+            let value = tokio_tungstenite::tungstenite::http::HeaderValue::from_str(v)
+                .unwrap_or_else(|e| panic!("header {k}: {e}"));
+            req.headers_mut().insert(name, value);
+        }
+        let ws = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(req))
+            .await
+            .unwrap_or_else(|_| panic!("connect {url}: timed out"))
+            .unwrap_or_else(|e| panic!("connect {url}: {e}"))
+            .0;
+        let mut c = Client::from_stream(ws);
+        let w = c.next().await;
+        assert_eq!(w["type"], "welcome", "first frame: {w}");
+        c.welcome = w;
+        c
+    }
+
     /// Connects without waiting for any frame (`welcome` stays `null`).
     pub async fn connect(base: &str, room: &str, query: &str) -> Client {
         let sep = if query.is_empty() { "" } else { "?" };
@@ -165,6 +198,10 @@ impl Client {
             .await
             .unwrap_or_else(|_| panic!("connect {url}: timed out"))
             .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+        Client::from_stream(ws)
+    }
+
+    fn from_stream(ws: Ws) -> Client {
         let (rx, tx) = spawn_io(ws, Duration::from_millis(env().heartbeat_ms / 2));
         Client {
             rx,

@@ -22,6 +22,7 @@
 //!   crash is therefore never acknowledged, and its sender resends it.
 
 mod queue;
+mod relays;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
@@ -32,7 +33,7 @@ use serde_json::value::RawValue;
 use queue::{Body, Entry};
 pub use queue::{StoredFrame, StoredQueue};
 
-use crate::ice::{self, IceConfig};
+use crate::ice::IceConfig;
 use crate::limits::{Limits, TokenBucket};
 use crate::sfu_token::SfuConfig;
 use crate::types::{ConnId, Meta, Millis, PeerId, ResumeToken, RoomName, TraceId, UserId};
@@ -1376,18 +1377,12 @@ impl Room {
         resumed: bool,
         now: Millis,
     ) {
+        let Some((ice_servers, sfu)) = self.relay_grants(peer_id, now) else {
+            return;
+        };
         let Some(me) = self.peers.get(peer_id) else {
             return;
         };
-        // TURN username `<expiry>:<user>.<trace>`: the relay's quota key is the
-        // user, and the trace ties the relay's logs to this peer.
-        let turn_user = format!("{}.{}", me.user(), me.rec.trace_id.as_str());
-        let ice_servers = ice::ice_servers(&self.cfg.ice, &turn_user, now);
-        let sfu = self
-            .cfg
-            .sfu
-            .as_ref()
-            .map(|c| c.grant(&self.cfg.name, peer_id, now));
         let peers: Vec<PeerInfo<'_>> = self
             .peers
             .values()

@@ -1,0 +1,254 @@
+// The relay fleet benchmark (run by scripts/bench-fleet.sh inside its own network namespace,
+// against a `wrangler dev` with the relay registry on). Three measurements, printed as Markdown:
+//
+// 1. Failover: a real relay node (the release binary, heartbeat every second) is the room's pinned
+//    node; a WebSocket client of the room (caps=relays) waits while the node is killed with
+//    SIGKILL; the time from the kill to the `relays-changed` frame, median and worst of N kills.
+// 2. Heartbeats: signed heartbeats of HB_NODES nodes posted by HB_CONCURRENCY workers for
+//    HB_SECS seconds; accepted heartbeats/s and latency, next to GET /healthz (the router alone,
+//    no Durable Object) with the same workers in the same run as the baseline.
+// 3. Spread: CLIENTS clients ask for ICE servers at SPREAD_RATE/s while 3 simulated nodes of
+//    unequal base load report their load (CPU share, allocations = clients sent to them so far)
+//    every second; how many clients each node got, next to the best split of the same clients
+//    (every client to the node least loaded at that moment, with perfect knowledge).
+import { spawn } from "node:child_process";
+import { createHmac } from "node:crypto";
+import { createRequire } from "node:module";
+import { join } from "node:path";
+
+const ROOT = process.env.ROOT;
+const require = createRequire(join(ROOT, "package.json"));
+const WebSocket = require("ws");
+
+const BASE = process.env.WORKER_URL;
+const SECRET = process.env.REGISTRY_SECRET;
+const ADMIN = process.env.ADMIN_TOKEN;
+const TURN_SECRET = process.env.TURN_SECRET;
+const RELAY_BIN = process.env.RELAY_BIN;
+const LEASE_MS = Number(process.env.LEASE_MS);
+const KILLS = Number(process.env.KILLS ?? 10);
+const HB_NODES = Number(process.env.HB_NODES ?? 200);
+const HB_CONCURRENCY = Number(process.env.HB_CONCURRENCY ?? 16);
+const HB_SECS = Number(process.env.HB_SECS ?? 10);
+const CLIENTS = Number(process.env.CLIENTS ?? 1000);
+const SPREAD_RATE = Number(process.env.SPREAD_RATE ?? 100);
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const quantile = (sorted, q) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
+
+const lastSigned = new Map();
+function signed(body, node) {
+  const t = Math.max(Date.now(), (lastSigned.get(node) ?? 0) + 1);
+  lastSigned.set(node, t);
+  const mac = createHmac("sha256", SECRET).update(`${t}.`).update(body).digest("hex");
+  return `t=${t},v1=${mac}`;
+}
+
+async function beat(node, region, load, draining = false, urls = undefined) {
+  const body = JSON.stringify({
+    node_id: node,
+    region,
+    urls: urls ?? { turn: [`turn:${node}.bench:3478?transport=udp`] },
+    load,
+    draining,
+  });
+  const response = await fetch(`${BASE}/v1/relays/heartbeat`, {
+    method: "POST",
+    headers: { "content-type": "application/json", "x-switchboard-signature": signed(body, node) },
+    body,
+  });
+  await response.arrayBuffer();
+  return response.status;
+}
+
+async function relays() {
+  const response = await fetch(`${BASE}/v1/relays`, { headers: { authorization: `Bearer ${ADMIN}` } });
+  return (await response.json()).relays ?? [];
+}
+
+async function waitFor(what, predicate, timeoutMs = 30_000) {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (await predicate()) return;
+    await sleep(50);
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+function startRelay(ip, id, portRange) {
+  const child = spawn(
+    RELAY_BIN,
+    [
+      "--listen", `${ip}:3478`, "--allow-loopback-peers", "--realm", "bench", "--port-range", portRange, "--threads", "1",
+      "--drain-timeout", "0", "--worker-url", BASE, "--node-id", id, "--region", "fo", "--heartbeat-interval", "1",
+      "--public-url", `turn:${ip}:3478?transport=udp`,
+    ],
+    { detached: true, stdio: "ignore", env: { ...process.env, RELAY_SECRET: TURN_SECRET, RELAY_REGISTRY_SECRET: SECRET } },
+  );
+  const exited = new Promise((resolve) => child.once("exit", resolve));
+  return {
+    kill() {
+      process.kill(child.pid, "SIGKILL");
+      return exited;
+    },
+    async stop() {
+      try {
+        process.kill(-child.pid, "SIGKILL");
+      } catch {
+        // gone
+      }
+      await exited;
+    },
+  };
+}
+
+/** Joins `room` with caps=relays; resolves with the socket and its welcome. */
+function joinRoom(room, region) {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(`${BASE.replace("http", "ws")}/v1/rooms/${room}?caps=relays`, {
+      headers: { "x-switchboard-region": region },
+    });
+    const frames = [];
+    ws.on("message", (data) => {
+      const frame = JSON.parse(String(data));
+      frame.at = performance.now();
+      if (frame.type === "welcome") resolve({ ws, welcome: frame, frames });
+      else frames.push(frame);
+    });
+    ws.on("error", reject);
+  });
+}
+
+async function failover() {
+  const survivor = startRelay("127.0.0.3", "fz-survivor", "52000-52999");
+  await waitFor("the survivor registered", async () => (await relays()).some((n) => n.node_id === "fz-survivor" && n.live));
+  const times = [];
+  try {
+    for (let k = 1; k <= KILLS; k++) {
+      const id = `fa-${k}`;
+      const node = startRelay("127.0.0.2", id, "51000-51999");
+      try {
+        await waitFor(`${id} registered`, async () => (await relays()).some((n) => n.node_id === id && n.live));
+        // The router's copy of the list is at most 3 s old: join once it names the new node.
+        let client;
+        const deadline = Date.now() + 15_000;
+        for (;;) {
+          client = await joinRoom(`failover-${process.pid}-${k}`, "fo");
+          const urls = client.welcome.ice_servers.flatMap((s) => s.urls);
+          if (urls.some((u) => u.startsWith("turn:127.0.0.2"))) break;
+          client.ws.close();
+          if (Date.now() > deadline) throw new Error(`${id} never pinned`);
+          await sleep(500);
+        }
+        const killed = performance.now();
+        await node.kill();
+        await waitFor("relays-changed", () => client.frames.some((f) => f.type === "relays-changed"), LEASE_MS + 20_000);
+        const frame = client.frames.find((f) => f.type === "relays-changed");
+        times.push(frame.at - killed);
+        client.ws.close();
+      } finally {
+        await node.stop();
+      }
+    }
+  } finally {
+    await survivor.stop();
+  }
+  const sorted = [...times].sort((a, b) => a - b);
+  return { kills: times.length, medianMs: Math.round(quantile(sorted, 0.5)), worstMs: Math.round(sorted.at(-1)), all: times.map(Math.round) };
+}
+
+async function hammer(secs, concurrency, request) {
+  const latencies = [];
+  let ok = 0;
+  let refused = 0;
+  const end = performance.now() + secs * 1000;
+  await Promise.all(
+    Array.from({ length: concurrency }, async (_, w) => {
+      let i = w;
+      while (performance.now() < end) {
+        const start = performance.now();
+        const status = await request(i);
+        latencies.push(performance.now() - start);
+        if (status === 200) ok += 1;
+        else refused += 1;
+        i += concurrency;
+      }
+    }),
+  );
+  const sorted = latencies.sort((a, b) => a - b);
+  return { perSecond: Math.round(ok / secs), refused, p50Ms: +quantile(sorted, 0.5).toFixed(1), p99Ms: +quantile(sorted, 0.99).toFixed(1) };
+}
+
+async function heartbeats() {
+  const load = { cpu_percent: 10, cores: 1 };
+  const registry = await hammer(HB_SECS, HB_CONCURRENCY, (i) => beat(`hb-${i % HB_NODES}`, "hb", load));
+  const baseline = await hammer(HB_SECS, HB_CONCURRENCY, async () => {
+    const response = await fetch(`${BASE}/healthz`);
+    await response.arrayBuffer();
+    return response.status;
+  });
+  // The bench's nodes leave the fleet.
+  for (let i = 0; i < HB_NODES; i++) await beat(`hb-${i}`, "hb", load, true);
+  return { registry, baseline };
+}
+
+async function spread() {
+  const nodes = [
+    { id: "sp-1", cpu: 10, clients: 0 },
+    { id: "sp-2", cpu: 30, clients: 0 },
+    { id: "sp-3", cpu: 50, clients: 0 },
+  ];
+  const MAX_ALLOC = 1000;
+  const report = () =>
+    Promise.all(nodes.map((n) => beat(n.id, "sp", { cpu_percent: n.cpu, cores: 1, allocations: n.clients, max_allocations: MAX_ALLOC })));
+  const score = (n, clients) => Math.max(n.cpu * 10, Math.floor((clients * 1000) / MAX_ALLOC));
+  await report();
+  let reporting = true;
+  const reporter = (async () => {
+    while (reporting) {
+      await sleep(1000);
+      await report();
+    }
+  })();
+  await sleep(3500); // past the router's 3 s copy
+  const best = nodes.map(() => 0);
+  /** Clients whose answer named none of the three nodes, by HTTP status. */
+  const unplaced = new Map();
+  for (let c = 0; c < CLIENTS; c++) {
+    const started = performance.now();
+    const ip = `2001:db8:5::${(c + 1).toString(16)}`;
+    const response = await fetch(`${BASE}/v1/ice-servers`, { headers: { "x-switchboard-region": "sp", "cf-connecting-ip": ip } });
+    const body = await response.json();
+    const first = (body.iceServers ?? []).flatMap((s) => (s.username ? s.urls : []))[0] ?? "";
+    const node = nodes.find((n) => first.includes(`${n.id}.bench`));
+    if (node) node.clients += 1;
+    else unplaced.set(response.status, (unplaced.get(response.status) ?? 0) + 1);
+    // The same client with perfect, instant knowledge of the load.
+    let j = 0;
+    for (let k = 1; k < nodes.length; k++) if (score(nodes[k], best[k]) < score(nodes[j], best[j])) j = k;
+    best[j] += 1;
+    await sleep(Math.max(0, 1000 / SPREAD_RATE - (performance.now() - started)));
+  }
+  reporting = false;
+  await reporter;
+  for (const n of nodes) await beat(n.id, "sp", { cpu_percent: n.cpu, cores: 1 }, true);
+  return {
+    rows: nodes.map((n, i) => ({ node: n.id, baseCpu: n.cpu, clients: n.clients, best: best[i] })),
+    unplaced: [...unplaced].map(([status, n]) => `${n} × HTTP ${status}`).join(", ") || "none",
+  };
+}
+
+const fail = await failover();
+const hb = await heartbeats();
+const sp = await spread();
+const out = [];
+out.push(`Lease ${LEASE_MS} ms, relay heartbeat every 1 s.`, "");
+out.push("| Failover (kill -9 of the pinned node → relays-changed at the client) | value |", "| --- | --- |");
+out.push(`| kills | ${fail.kills} |`, `| median | ${fail.medianMs} ms |`, `| worst | ${fail.worstMs} ms |`, `| all (ms) | ${fail.all.join(", ")} |`, "");
+out.push(`| Requests, ${HB_CONCURRENCY} workers, ${HB_SECS} s | accepted/s | p50 | p99 | refused |`, "| --- | --- | --- | --- | --- |");
+out.push(`| signed heartbeats of ${HB_NODES} nodes (Registry object) | ${hb.registry.perSecond} | ${hb.registry.p50Ms} ms | ${hb.registry.p99Ms} ms | ${hb.registry.refused} |`);
+out.push(`| baseline: GET /healthz (router only) | ${hb.baseline.perSecond} | ${hb.baseline.p50Ms} ms | ${hb.baseline.p99Ms} ms | ${hb.baseline.refused} |`, "");
+out.push(`| Spread of ${CLIENTS} clients at ${SPREAD_RATE}/s | base CPU | clients | best split |`, "| --- | --- | --- | --- |");
+for (const r of sp.rows) out.push(`| ${r.node} | ${r.baseCpu} % | ${r.clients} | ${r.best} |`);
+out.push("", `Clients given none of the three nodes: ${sp.unplaced}.`);
+console.log(out.join("\n"));

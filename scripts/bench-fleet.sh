@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The relay fleet benchmark: time from kill -9 of a room's pinned relay node to the room's
+# `relays-changed` push (median and worst of BENCH_KILLS kills, real relay processes), signed
+# heartbeats/s one Registry object absorbs (next to GET /healthz in the same run), and how
+# BENCH_CLIENTS clients spread over 3 nodes of unequal load (next to the best split).
+# Details in scripts/bench-fleet.mjs; results in docs/BENCHMARKS.md ("The relay fleet").
+#
+#   bash scripts/bench-fleet.sh
+#
+# Knobs (environment): BENCH_KILLS=10, BENCH_LEASE_MS=3000 (RELAY_LEASE_MS; relays beat every
+# second), BENCH_HB_NODES=200, BENCH_HB_CONCURRENCY=16, BENCH_HB_SECS=10, BENCH_CLIENTS=1000,
+# BENCH_SPREAD_RATE=100 (clients/s). Needs the Worker built (scripts/build-worker.sh) and the
+# release relay (cargo build --release -p switchboard-relay).
+# Runs itself inside a fresh network namespace (unshare -n): only loopback exists.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+if [ "${SB_IN_NETNS:-0}" != 1 ]; then
+  exec env SB_IN_NETNS=1 unshare -n bash -c 'ip link set lo up && exec "$@"' _ bash "$0" "$@"
+fi
+export WRANGLER_SEND_METRICS=false CLOUDFLARE_CF_FETCH_ENABLED=false SWITCHBOARD_SKIP_BUILD=1
+RELAY_BIN=${SWITCHBOARD_RELAY_BIN:-$ROOT/target/release/relay}
+[ -x "$RELAY_BIN" ] || { echo "no relay binary at $RELAY_BIN: cargo build --release -p switchboard-relay" >&2; exit 2; }
+[ -e build/worker/shim.mjs ] || { echo "no Worker build: bash scripts/build-worker.sh" >&2; exit 2; }
+# State on tmpfs: the local SQLite files of the Durable Objects would otherwise wait on this
+# shared disk (see docs/BENCHMARKS.md).
+WORK=$(mktemp -d "${BENCH_TMP:-/dev/shm}/switchboard-bench-fleet.XXXXXX")
+PGID=""
+cleanup() {
+  if [ -n "$PGID" ]; then
+    kill -TERM -- "-$PGID" 2>/dev/null || true
+    sleep 0.5
+    kill -KILL -- "-$PGID" 2>/dev/null || true
+  fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+LEASE_MS=${BENCH_LEASE_MS:-3000}
+export REGISTRY_SECRET=bench-registry-secret ADMIN_TOKEN=bench-admin TURN_SECRET=bench-turn-secret
+: > "$WORK/empty.env"
+setsid "$ROOT/node_modules/.bin/wrangler" dev --local --ip 127.0.0.1 --port 18950 \
+  --inspector-port 19950 --persist-to "$WORK/state" --env-file "$WORK/empty.env" \
+  --show-interactive-dev-session=false --log-level warn \
+  --var "REGISTRY_SECRET:$REGISTRY_SECRET" --var "ADMIN_TOKEN:$ADMIN_TOKEN" --var "TURN_SECRET:$TURN_SECRET" \
+  --var "RELAY_LEASE_MS:$LEASE_MS" --var TRUST_REGION_HEADER:true \
+  > "$WORK/wrangler.log" 2>&1 < /dev/null &
+PGID=$!
+for _ in $(seq 1 180); do
+  curl -sf http://127.0.0.1:18950/healthz > /dev/null && break
+  sleep 0.5
+done
+curl -sf http://127.0.0.1:18950/healthz > /dev/null || { cat "$WORK/wrangler.log" >&2; exit 1; }
+
+ROOT=$ROOT WORKER_URL=http://127.0.0.1:18950 RELAY_BIN=$RELAY_BIN LEASE_MS=$LEASE_MS \
+  KILLS=${BENCH_KILLS:-10} HB_NODES=${BENCH_HB_NODES:-200} HB_CONCURRENCY=${BENCH_HB_CONCURRENCY:-16} \
+  HB_SECS=${BENCH_HB_SECS:-10} CLIENTS=${BENCH_CLIENTS:-1000} SPREAD_RATE=${BENCH_SPREAD_RATE:-100} \
+  node scripts/bench-fleet.mjs
