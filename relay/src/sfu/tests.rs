@@ -21,7 +21,7 @@ use str0m::{Candidate, Event, Input, Output as RtcOutput, Rtc};
 use switchboard_proto::sfu_token::Claims;
 use switchboard_proto::{PeerId, RoomName};
 
-use super::core::{CONTROL_LABEL, CloseReason, Output, SessionError, Sfu, SfuConfig};
+use super::core::{CONTROL_LABEL, CloseReason, Output, SessionError, SessionId, Sfu, SfuConfig};
 use super::envelope::ENVELOPE_PROTOCOL;
 
 const RELAY: &str = "10.0.0.1:5000";
@@ -77,6 +77,9 @@ struct Client {
     ignored_offers: usize,
     /// When false, this client's packets to the relay are dropped (it stopped reading).
     reading: bool,
+    /// Its session on the relay and the relay's SDP answer, once joined.
+    session: Option<SessionId>,
+    answer: String,
 }
 
 fn rng(n: u8) -> [u8; 32] {
@@ -134,6 +137,8 @@ impl Client {
             own_offer: None,
             ignored_offers: 0,
             reading: true,
+            session: None,
+            answer: String::new(),
         };
         (c, offer, pending)
     }
@@ -174,7 +179,7 @@ impl Net {
     fn join(&mut self, room: &str, peer: &str, want: Want) -> usize {
         let port = 6000 + self.clients.len() as u16;
         let (mut c, offer, pending) = Client::new(port, &want, self.now);
-        let (_, answer) = self
+        let (id, answer_sdp) = self
             .sfu
             .handle_offer(
                 &claims(room, peer),
@@ -183,7 +188,9 @@ impl Net {
                 self.now,
             )
             .unwrap();
-        let answer = SdpAnswer::from_sdp_string(&answer).unwrap();
+        c.session = Some(id);
+        let answer = SdpAnswer::from_sdp_string(&answer_sdp).unwrap();
+        c.answer = answer_sdp;
         c.rtc.sdp_api().accept_answer(pending, answer).unwrap();
         self.clients.push(c);
         let i = self.clients.len() - 1;
@@ -598,13 +605,16 @@ fn a_silent_session_is_dropped_and_the_count_returns_to_zero() {
 fn a_session_that_never_connects_times_out() {
     let mut net = Net::new(sfu(10, 8 << 20));
     let (_c, offer, _pending) = Client::new(7000, &chat(), net.now);
+    // No candidate in the offer and no check ever: ICE never rules the session out (with a
+    // candidate, its unanswered pair lapses first: `IceDisconnected` after ~15 s).
+    let offer: String = offer
+        .to_sdp_string()
+        .lines()
+        .filter(|l| !l.starts_with("a=candidate"))
+        .map(|l| format!("{l}\r\n"))
+        .collect();
     net.sfu
-        .handle_offer(
-            &claims("room", "ghost"),
-            &offer.to_sdp_string(),
-            rng(1),
-            net.now,
-        )
+        .handle_offer(&claims("room", "ghost"), &offer, rng(1), net.now)
         .unwrap();
     net.run_until(Duration::from_secs(31), |n| n.sfu.session_count() == 0);
     assert_eq!(net.closed, vec![CloseReason::ConnectTimeout]);
@@ -729,4 +739,135 @@ fn unroutable_datagrams_are_counted_and_ignored() {
         now,
     );
     assert_eq!(net.sfu.stats().unroutable_datagrams, 2);
+}
+
+/// The value of `a=<name>:` in an SDP or fragment.
+fn sdp_attr<'a>(sdp: &'a str, name: &str) -> &'a str {
+    let prefix = format!("a={name}:");
+    sdp.lines()
+        .find_map(|l| l.trim().strip_prefix(prefix.as_str()))
+        .unwrap()
+        .trim()
+}
+
+#[test]
+fn an_ice_restart_over_patch_moves_a_session_to_a_new_address_without_losing_a_message() {
+    let mut net = Net::new(sfu(10, 8 << 20));
+    let a = net.join("room", "alice", chat());
+    let b = net.join("room", "bob", chat());
+    for n in 0..5u8 {
+        assert!(net.clients[a].send("chat", false, &[b'0' + n]));
+    }
+    net.run_until(Duration::from_secs(2), |n| {
+        n.clients[b].messages("chat").len() == 5
+    });
+
+    // Bob's network changes: his old address is gone, and alice keeps sending meanwhile.
+    net.clients[b].online = false;
+    for n in 5..10u8 {
+        assert!(net.clients[a].send("chat", false, &[b'0' + n]));
+    }
+    net.run_for(Duration::from_secs(1));
+    let old = net.clients[b].addr;
+    let new: SocketAddr = "10.0.0.3:7777".parse().unwrap();
+    let c = &mut net.clients[b];
+    c.addr = new;
+    c.online = true;
+    let mut change = c.rtc.sdp_api();
+    change.ice_restart(false);
+    let (offer, pending) = change.apply().unwrap();
+    let offer = offer.to_sdp_string();
+    let (ufrag, pwd) = (sdp_attr(&offer, "ice-ufrag"), sdp_attr(&offer, "ice-pwd"));
+    let id = c.session.unwrap();
+    let fragment = format!("a=ice-ufrag:{ufrag}\r\na=ice-pwd:{pwd}\r\n");
+    let now = net.now;
+    let reply = net
+        .sfu
+        .handle_patch(id, &fragment, [9; 16], now)
+        .unwrap()
+        .expect("an ICE restart is answered with the relay's new credentials");
+    let old_answer = net.clients[b].answer.clone();
+    let (relay_ufrag, relay_pwd) = (sdp_attr(&reply, "ice-ufrag"), sdp_attr(&reply, "ice-pwd"));
+    assert_ne!(relay_ufrag, sdp_attr(&old_answer, "ice-ufrag"));
+    // The client makes the answer the WHIP way: its last remote description with the new
+    // credentials.
+    let answer = old_answer
+        .replace(sdp_attr(&old_answer, "ice-ufrag"), relay_ufrag)
+        .replace(sdp_attr(&old_answer, "ice-pwd"), relay_pwd);
+    let answer = SdpAnswer::from_sdp_string(&answer).unwrap();
+    net.clients[b]
+        .rtc
+        .sdp_api()
+        .accept_answer(pending, answer)
+        .unwrap();
+    // The restart dropped the client's old candidates; it gathers on its new network.
+    net.clients[b]
+        .rtc
+        .add_local_candidate(Candidate::host(new, "udp").unwrap());
+    // The same fragment again is no new restart (a retried PATCH).
+    assert_eq!(net.sfu.handle_patch(id, &fragment, [8; 16], now), Ok(None));
+
+    for n in 10..15u8 {
+        assert!(net.clients[a].send("chat", false, &[b'0' + n]));
+    }
+    assert!(net.clients[b].send("chat", false, b"bob is back"));
+    // Well within the old path's 15 s consent lifetime: the relay sends on the new path at once.
+    net.run_until(Duration::from_secs(3), |n| {
+        n.clients[b].messages("chat").len() == 15 && !n.clients[a].messages("chat").is_empty()
+    });
+    let got: Vec<u8> = net.clients[b]
+        .messages("chat")
+        .iter()
+        .map(|m| m[0])
+        .collect();
+    assert_eq!(got, (0..15u8).map(|n| b'0' + n).collect::<Vec<_>>());
+    assert_eq!(net.clients[a].messages("chat"), vec![&b"bob is back"[..]]);
+    assert_eq!(net.sfu.stats().ice_restarts, 1);
+    // Past the old path's consent lifetime the session lives on at the new address.
+    net.run_for(Duration::from_secs(20));
+    assert!(net.closed.is_empty(), "{:?}", net.closed);
+    assert!(net.clients[a].send("chat", false, b"later"));
+    net.run_until(Duration::from_secs(2), |n| {
+        n.clients[b].messages("chat").len() == 16
+    });
+    assert_ne!(old, new);
+}
+
+#[test]
+fn patch_fragments_that_cannot_restart_are_refused() {
+    let mut net = Net::new(sfu(10, 8 << 20));
+    let a = net.join("room", "alice", chat());
+    let id = net.clients[a].session.unwrap();
+    let now = net.now;
+    let bad =
+        |e: Result<Option<String>, SessionError>| matches!(e, Err(SessionError::BadFragment(_)));
+    assert!(bad(net.sfu.handle_patch(
+        id,
+        "a=ice-ufrag:abcd\r\n",
+        [1; 16],
+        now
+    )));
+    assert!(bad(net.sfu.handle_patch(
+        id,
+        "a=ice-ufrag:abcd\r\na=ice-pwd:short\r\n",
+        [1; 16],
+        now
+    )));
+    assert!(bad(net.sfu.handle_patch(
+        id,
+        "a=candidate:garbage\r\n",
+        [1; 16],
+        now
+    )));
+    assert_eq!(
+        net.sfu.handle_patch(SessionId(7), "", [1; 16], now),
+        Err(SessionError::NotFound)
+    );
+    // Trickle alone is still a 204-style answer.
+    let frag = "a=candidate:1 1 udp 2130706431 10.0.0.9 9 typ host\r\n";
+    assert_eq!(net.sfu.handle_patch(id, frag, [1; 16], now), Ok(None));
+    assert_eq!(net.sfu.stats().ice_restarts, 0);
+    // The session was not disturbed.
+    net.run_for(Duration::from_secs(1));
+    assert!(net.closed.is_empty());
 }
