@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::{ChannelConfig, ChannelId, Reliability};
 use str0m::format::Codec;
-use str0m::media::{Direction, MediaKind, MediaTime, Mid};
+use str0m::media::{Direction, MediaKind, MediaTime, Mid, Rid, Simulcast, SimulcastLayer};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output as RtcOutput, Rtc};
 use switchboard_proto::sfu_token::Claims;
@@ -56,6 +56,8 @@ struct Want {
     control: bool,
     unreliable: bool,
     video: bool,
+    /// Simulcast send layers (RIDs) of the video.
+    simulcast: Vec<&'static str>,
 }
 
 /// A str0m client peer on its own in-memory address.
@@ -67,7 +69,11 @@ struct Client {
     video: Option<Mid>,
     received: Vec<(String, bool, Vec<u8>)>,
     media_frames: usize,
+    /// Sizes of the media frames received.
+    frame_sizes: Vec<usize>,
     keyframe_requests: usize,
+    /// The layers keyframes were requested for.
+    keyframe_rids: Vec<Option<Rid>>,
     media_from: HashSet<Mid>,
     /// When false, the network drops everything to and from this client.
     online: bool,
@@ -120,9 +126,16 @@ impl Client {
         if want.control {
             change.add_channel(CONTROL_LABEL.into());
         }
-        let video = want
-            .video
-            .then(|| change.add_media(MediaKind::Video, Direction::SendOnly, None, None, None));
+        let simulcast = (!want.simulcast.is_empty()).then(|| {
+            let mut s = Simulcast::new();
+            for rid in &want.simulcast {
+                s.add_send_layer(SimulcastLayer::new(rid));
+            }
+            s
+        });
+        let video = want.video.then(|| {
+            change.add_media(MediaKind::Video, Direction::SendOnly, None, None, simulcast)
+        });
         let (offer, pending) = change.apply().unwrap();
         let c = Client {
             rtc,
@@ -131,7 +144,9 @@ impl Client {
             video,
             received: Vec::new(),
             media_frames: 0,
+            frame_sizes: Vec::new(),
             keyframe_requests: 0,
+            keyframe_rids: Vec::new(),
             media_from: HashSet::new(),
             online: true,
             own_offer: None,
@@ -331,9 +346,13 @@ impl Net {
             }
             Event::MediaData(d) => {
                 c.media_frames += 1;
+                c.frame_sizes.push(d.data.len());
                 c.media_from.insert(d.mid);
             }
-            Event::KeyframeRequest(_) => c.keyframe_requests += 1,
+            Event::KeyframeRequest(r) => {
+                c.keyframe_requests += 1;
+                c.keyframe_rids.push(r.rid);
+            }
             _ => {}
         }
     }
@@ -870,4 +889,103 @@ fn patch_fragments_that_cannot_restart_are_refused() {
     // The session was not disturbed.
     net.run_for(Duration::from_secs(1));
     assert!(net.closed.is_empty());
+}
+
+#[test]
+fn a_simulcast_subscriber_gets_one_layer_and_moves_up_at_a_keyframe_when_its_estimate_allows() {
+    let mut net = Net::new(sfu(10, 8 << 20));
+    let a = net.join(
+        "room",
+        "alice",
+        Want {
+            control: true,
+            video: true,
+            simulcast: vec!["l", "h"],
+            ..Want::default()
+        },
+    );
+    net.run_until(Duration::from_secs(5), |n| n.clients[a].rtc.is_connected());
+    let b = net.join(
+        "room",
+        "bob",
+        Want {
+            control: true,
+            ..Want::default()
+        },
+    );
+    // The relay offers bob alice's video over the control channel; bob answers.
+    net.run_until(Duration::from_secs(5), |n| {
+        n.clients[b]
+            .messages(CONTROL_LABEL)
+            .iter()
+            .any(|m| m.starts_with(br#"{"type":"offer""#))
+    });
+    net.run_for(Duration::from_millis(200));
+    let mid = net.clients[a].video.unwrap();
+    let pt = {
+        let w = net.clients[a].rtc.writer(mid).unwrap();
+        w.payload_params()
+            .find(|p| p.spec().codec == Codec::Vp8)
+            .unwrap()
+            .pt()
+    };
+    // VP8 frames: a keyframe starts 0x10 (P bit clear) and the start code, a delta frame 0x11.
+    let frame = |key: bool, len: usize| {
+        let mut f = if key {
+            vec![0x10, 0x00, 0x9d, 0x01, 0x2a, 0x40, 0x01, 0xf0, 0x00]
+        } else {
+            vec![0x11, 0x00, 0x00]
+        };
+        f.resize(len, 0x55);
+        f
+    };
+    // `l` ~96 kbit/s with a keyframe a second; `h` ~720 kbit/s with keyframes only on request.
+    let (low, high) = (Rid::from("l"), Rid::from("h"));
+    let mut seen_requests = 0;
+    let mut h_key_due = true;
+    let mut frames_written = 0usize;
+    let mut after_switch = None;
+    for n in 0..300u64 {
+        let requests = &net.clients[a].keyframe_rids;
+        if requests[seen_requests..].contains(&Some(high)) {
+            h_key_due = true;
+        }
+        seen_requests = requests.len();
+        let now = net.now;
+        let t = MediaTime::from_90khz(n * 3000);
+        let w = net.clients[a].rtc.writer(mid).unwrap().rid(low);
+        w.write(pt, now, t, frame(n % 30 == 0, 400)).unwrap();
+        let w = net.clients[a].rtc.writer(mid).unwrap().rid(high);
+        w.write(pt, now, t, frame(h_key_due, 3000)).unwrap();
+        h_key_due = false;
+        frames_written += 1;
+        net.run_for(Duration::from_millis(33));
+        if after_switch.is_none() && net.clients[b].frame_sizes.last() == Some(&3000) {
+            after_switch = Some(net.clients[b].frame_sizes.len() - 1);
+        }
+    }
+    let sizes = &net.clients[b].frame_sizes;
+    // One layer at a time: about one frame per written pair (both only in the tick of the
+    // switch: the old layer's frame, then the new layer's keyframe).
+    assert!(
+        sizes.len() <= frames_written + 1 && sizes.len() + 20 >= frames_written,
+        "{} frames received for {frames_written} written per layer",
+        sizes.len()
+    );
+    // It starts on the low layer and, once `h` is measured and fits the estimate with
+    // headroom for the hold time, goes up: after a keyframe request for `h`, from that keyframe on.
+    assert_eq!(sizes.first(), Some(&400));
+    let switch = after_switch.expect("bob moved up to the high layer");
+    assert!(
+        net.clients[a].keyframe_rids.contains(&Some(high)),
+        "a PLI for the new layer: {:?}",
+        net.clients[a].keyframe_rids
+    );
+    assert!(
+        sizes[switch..].iter().all(|s| *s == 3000),
+        "no going back on a steady estimate"
+    );
+    assert!(sizes[..switch].iter().all(|s| *s == 400));
+    // The hold: not before ~1 s of measurement plus 4 s of headroom.
+    assert!(switch >= 4 * 30, "switched after {switch} frames");
 }
