@@ -9,7 +9,7 @@ import { SwitchboardError } from "./errors.js";
 import { isPath, type Path } from "./ladder.js";
 import { PeerLink, defaultLadderOptions, isInternalPayload, type LadderOptions, type LinkState, type PeerLinkHost } from "./peer.js";
 import type { IceServer, PeerLeftReason, RelaysChangedFrame, SequencedFrame, WelcomeFrame } from "./protocol.js";
-import { SfuSession, isSfuGrant, type SfuGrant, type SfuState } from "./sfu.js";
+import { SfuSession, defaultSfuOptions, isSfuGrant, type SfuGrant, type SfuState } from "./sfu.js";
 import { SignalingConnection, type SignalingDiagnostics, type SignalingOptions, type SignalingState, type TokenSource } from "./signaling.js";
 
 export { SwitchboardError } from "./errors.js";
@@ -144,6 +144,12 @@ export class Room {
   private sfuSession: SfuSession | null = null;
   /** Closers of SFU sessions replaced by `relays-changed`, run once the new session is open. */
   private readonly retiring: Array<() => void> = [];
+  /**
+   * Tracks the relay forwards, by publisher: a track can arrive before the pair with its
+   * publisher exists (the session is the page's, not the pair's), and a pair made again (a
+   * resumed peer) gets the publisher's live tracks too.
+   */
+  private readonly sfuTracks = new Map<string, Array<{ track: MediaStreamTrack; streams: readonly MediaStream[] }>>();
   private readonly sfuRefreshTimer: Timer;
   private left = false;
   private onPageHide: (() => void) | undefined;
@@ -444,6 +450,9 @@ export class Room {
   private addPeer(peerId: string, meta: unknown, announce: boolean): PeerLink {
     const link = new PeerLink(peerId, meta, this.linkHost());
     this.links.set(peerId, link);
+    for (const { track, streams } of this.sfuTracks.get(peerId) ?? []) {
+      if (track.readyState !== "ended") link.onSfuTrack(track, streams);
+    }
     if (announce) this.events.emit("peer-joined", { peerId, meta });
     link.sendHello();
     return link;
@@ -498,22 +507,42 @@ export class Room {
     if (this.sfuSession) return this.sfuSession;
     const create = this.options.createPeerConnection ?? ((config: RTCConfiguration) => new RTCPeerConnection(config));
     const doFetch = this.options.fetch ?? globalThis.fetch.bind(globalThis);
-    this.sfuSession = new SfuSession({
-      clock: this.clock,
-      createPeerConnection: create,
-      fetch: doFetch,
-      grant: () => this.sfuGrant,
-      localTracks: () => this.tracks,
-      onMessage: (from, message) => this.links.get(from)?.onSfuMessage(message),
-      onTrack: (from, track, streams) => this.links.get(from)?.onSfuTrack(track, streams),
-      onState: (state) => {
-        if (state !== "open" && state !== "failed") return;
-        if (state === "open") for (const retire of this.retiring.splice(0)) retire();
-        for (const link of this.links.values()) link.onSfuSession(state);
+    const session: SfuSession = new SfuSession(
+      {
+        clock: this.clock,
+        createPeerConnection: create,
+        fetch: doFetch,
+        grant: () => this.sfuGrant,
+        localTracks: () => this.tracks,
+        onMessage: (from, message) => this.links.get(from)?.onSfuMessage(message),
+        onTrack: (from, track, streams) => {
+          const live = (this.sfuTracks.get(from) ?? []).filter((t) => t.track.readyState !== "ended");
+          live.push({ track, streams });
+          this.sfuTracks.set(from, live);
+          this.links.get(from)?.onSfuTrack(track, streams);
+        },
+        onState: (state) => {
+          // A new or failed session: the tracks of the old one are gone (a session retired by
+          // `relays-changed` closing later must not clear its successor's).
+          if (state !== "open" && this.sfuSession === session) this.sfuTracks.clear();
+          if (state !== "open" && state !== "failed") return;
+          if (state === "open") for (const retire of this.retiring.splice(0)) retire();
+          for (const link of this.links.values()) link.onSfuSession(state);
+        },
+        onError: (error) => this.emitError(error),
       },
-      onError: (error) => this.emitError(error),
-    });
-    return this.sfuSession;
+      {
+        ...defaultSfuOptions,
+        // A relay that does not answer, or a path that does not come back, fails the rung in the
+        // time the ladder gives any rung.
+        requestTimeoutMs: this.ladder.rungTimeoutMs,
+        controlTimeoutMs: this.ladder.rungTimeoutMs,
+        restartTimeoutMs: this.ladder.rungTimeoutMs,
+        restartDelayMs: this.ladder.iceGraceMs,
+      },
+    );
+    this.sfuSession = session;
+    return session;
   }
 
   private setSfuGrant(grant: SfuGrant | null): void {

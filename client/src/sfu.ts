@@ -24,6 +24,19 @@
  * The token is only needed to create a session; `SfuSession` keeps the latest
  * one (refreshed by the room via `/v1/sfu-token`) for a new session after a
  * failure.
+ *
+ * Failures the ladder acts on (the session turns `failed`, every pair on it
+ * moves): the `POST` (or a `PATCH` ICE restart) not answered within
+ * `requestTimeoutMs`; an SDK offer over the control channel not answered within
+ * `controlTimeoutMs`; the connection not back within `restartTimeoutMs` of an
+ * ICE restart.
+ *
+ * ICE restart (RFC 9725 §4.3.2): when ICE turns `disconnected` for
+ * `restartDelayMs`, or `failed`, the SDK makes an offer with new ICE
+ * credentials, `PATCH`es its `a=ice-ufrag`/`a=ice-pwd` to the session and
+ * answers itself with the relay's last description under the relay's new
+ * credentials from the `200` fragment. Channels, their unacknowledged data and
+ * tracks stay; one restart is tried per outage.
  */
 import { Clock, Timer } from "./clock.js";
 import { SwitchboardError } from "./errors.js";
@@ -84,9 +97,57 @@ export interface SfuOptions {
   gatherTimeoutMs: number;
   /** Largest `bufferedAmount` of the data channel before `send` refuses (the caller retries). */
   maxBuffer: number;
+  /** Longest wait for the relay's answer (status and body) to `POST` or an ICE-restart `PATCH`. */
+  requestTimeoutMs: number;
+  /** Longest wait for the relay's answer to an offer the SDK sent over the control channel. */
+  controlTimeoutMs: number;
+  /** How long ICE may stay `disconnected` before the SDK restarts it (`failed` restarts at once). */
+  restartDelayMs: number;
+  /** Longest wait for the connection to come back after an ICE restart was answered. */
+  restartTimeoutMs: number;
 }
 
-export const defaultSfuOptions: SfuOptions = { gatherTimeoutMs: 2_000, maxBuffer: 1024 * 1024 };
+export const defaultSfuOptions: SfuOptions = {
+  gatherTimeoutMs: 2_000,
+  maxBuffer: 1024 * 1024,
+  requestTimeoutMs: 10_000,
+  controlTimeoutMs: 10_000,
+  restartDelayMs: 2_000,
+  restartTimeoutMs: 10_000,
+};
+
+/** The value of the first `a=<name>:` line of an SDP or SDP fragment. */
+export function sdpAttribute(sdp: string, name: string): string | null {
+  const prefix = `a=${name}:`;
+  for (const line of sdp.split(/\r?\n/)) {
+    if (line.startsWith(prefix)) return line.slice(prefix.length).trim();
+  }
+  return null;
+}
+
+/**
+ * The answer to an ICE-restart offer, made from the relay's last description and the new
+ * credentials it sent back: its ICE credentials replaced, and as an answer (the relay is the
+ * DTLS server of every session, so a relay offer's `actpass` becomes `passive`).
+ */
+export function restartAnswer(remoteSdp: string, ufrag: string, pwd: string): string {
+  return remoteSdp
+    .split(/\r?\n/)
+    .map((line) => {
+      if (line.startsWith("a=ice-ufrag:")) return `a=ice-ufrag:${ufrag}`;
+      if (line.startsWith("a=ice-pwd:")) return `a=ice-pwd:${pwd}`;
+      if (line === "a=setup:actpass") return "a=setup:passive";
+      return line;
+    })
+    .join("\r\n");
+}
+
+/** What `request` read: status, the `Location` header and the body. */
+interface Answered {
+  status: number;
+  location: string | null;
+  text: string;
+}
 
 export class SfuSession {
   private pc: RTCPeerConnection | null = null;
@@ -100,6 +161,16 @@ export class SfuSession {
   private readonly attached = new Set<MediaStreamTrack>();
   private readonly pending: RTCIceCandidateInit[] = [];
   private readonly gatherTimer: Timer;
+  /** Our offer over the control channel is unanswered when this fires. */
+  private readonly controlTimer: Timer;
+  /** ICE has been `disconnected` for `restartDelayMs` when this fires. */
+  private readonly restartTimer: Timer;
+  /** The connection is not back after an ICE restart when this fires. */
+  private readonly restartDeadline: Timer;
+  /** An ICE restart is being made (offer, PATCH, answer). */
+  private restarting = false;
+  /** An ICE restart was tried in this outage (reset once ICE is connected again). */
+  private restartTried = false;
   /**
    * Control-channel work (answering a relay offer, applying an answer, making an offer) runs one
    * step at a time: a relay offer that arrives while our answer is still being applied must see
@@ -114,6 +185,9 @@ export class SfuSession {
     private readonly options: SfuOptions = defaultSfuOptions,
   ) {
     this.gatherTimer = new Timer(host.clock);
+    this.controlTimer = new Timer(host.clock);
+    this.restartTimer = new Timer(host.clock);
+    this.restartDeadline = new Timer(host.clock);
   }
 
   get state(): SfuState {
@@ -221,7 +295,19 @@ export class SfuSession {
     };
     pc.onconnectionstatechange = () => {
       if (this.pc !== pc) return;
-      if (pc.connectionState === "failed" || pc.connectionState === "closed") this.fail(`the relay connection is ${pc.connectionState}`, undefined);
+      if (pc.connectionState === "closed") this.fail("the relay connection is closed", undefined);
+      else if (pc.connectionState === "failed") this.onIceLost(pc, control, true);
+    };
+    pc.oniceconnectionstatechange = () => {
+      if (this.pc !== pc) return;
+      const ice = pc.iceConnectionState;
+      if (ice === "connected" || ice === "completed") {
+        this.restartTimer.clear();
+        this.restartDeadline.clear();
+        this.restartTried = false;
+      } else if (ice === "disconnected" || ice === "failed") {
+        this.onIceLost(pc, control, ice === "failed");
+      }
     };
     pc.onicecandidate = ({ candidate }) => {
       if (this.pc !== pc || !candidate || !candidate.candidate) return;
@@ -243,23 +329,107 @@ export class SfuSession {
       if (this.pc !== pc || attempt !== this.attempt) return;
       const offer = pc.localDescription?.sdp ?? "";
       this.pending.length = 0; // gathered candidates are in the offer
-      const response = await this.host.fetch(grant.url, {
+      const response = await this.request(grant.url, {
         method: "POST",
         headers: { authorization: `Bearer ${grant.token}`, "content-type": "application/sdp" },
         body: offer,
       });
       if (this.pc !== pc || attempt !== this.attempt) return;
       if (response.status !== 201) {
-        const text = await response.text().catch(() => "");
-        throw new Error(`POST ${grant.url}: HTTP ${response.status} ${text.slice(0, 200)}`);
+        throw new Error(`POST ${grant.url}: HTTP ${response.status} ${response.text.slice(0, 200)}`);
       }
-      const location = response.headers.get("location");
-      const answer = await response.text();
-      if (location) this.location = new URL(location, grant.url).toString();
-      await pc.setRemoteDescription({ type: "answer", sdp: answer });
+      if (response.location) this.location = new URL(response.location, grant.url).toString();
+      await pc.setRemoteDescription({ type: "answer", sdp: response.text });
       if (this.pending.length > 0) void this.trickle(pc);
     } catch (error) {
       if (this.pc === pc) this.fail("could not set up the relay session", error);
+    }
+  }
+
+  /**
+   * `fetch` and read the body, rejected after `requestTimeoutMs` (the request is aborted): a relay
+   * that accepts the connection but never answers must not hold the rung in `connecting`.
+   */
+  private request(url: string, init: RequestInit): Promise<Answered> {
+    const controller = typeof AbortController === "function" ? new AbortController() : null;
+    const timer = new Timer(this.host.clock);
+    const ms = this.options.requestTimeoutMs;
+    return new Promise<Answered>((resolve, reject) => {
+      timer.set(ms, () => {
+        controller?.abort();
+        reject(new Error(`${init.method ?? "GET"} ${url}: no answer within ${ms} ms`));
+      });
+      this.host
+        .fetch(url, controller ? { ...init, signal: controller.signal } : init)
+        .then(async (response) => ({ status: response.status, location: response.headers.get("location"), text: await response.text() }))
+        .then(resolve, reject)
+        .finally(() => timer.clear());
+    });
+  }
+
+  /** ICE lost the relay (`failed` at once, `disconnected` after `restartDelayMs`): restart it once, else fail. */
+  private onIceLost(pc: RTCPeerConnection, control: RTCDataChannel, failed: boolean): void {
+    // While a restart is made or awaited, its own deadline decides.
+    if (this.restarting || this.restartDeadline.armed) return;
+    if (this.stateValue !== "open" || this.location === null || this.restartTried) {
+      if (failed) this.fail("the relay connection failed", undefined);
+      return;
+    }
+    if (failed) {
+      this.restartTimer.clear();
+      this.serialized(() => this.restartIce(pc, control));
+    } else if (!this.restartTimer.armed) {
+      this.restartTimer.set(this.options.restartDelayMs, () => this.serialized(() => this.restartIce(pc, control)));
+    }
+  }
+
+  /** ICE restart over `PATCH` (RFC 9725 §4.3.2), keeping the session, its channels and tracks. */
+  private async restartIce(pc: RTCPeerConnection, control: RTCDataChannel): Promise<void> {
+    const location = this.location;
+    const ice = pc.iceConnectionState;
+    if (this.pc !== pc || this.restarting || this.restartTried || !location) return;
+    if (ice === "connected" || ice === "completed") return;
+    this.restarting = true;
+    this.restartTried = true;
+    try {
+      if (pc.signalingState === "have-local-offer") {
+        // Our control offer cannot be answered over a broken path: withdraw it, offer it again later.
+        await pc.setLocalDescription({ type: "rollback" });
+        this.makingOffer = false;
+        this.controlTimer.clear();
+        this.renegotiate = true;
+      }
+      const remote = pc.remoteDescription?.sdp;
+      if (pc.signalingState !== "stable" || !remote) throw new Error(`signaling state ${pc.signalingState}`);
+      const offer = await pc.createOffer({ iceRestart: true });
+      const ufrag = sdpAttribute(offer.sdp ?? "", "ice-ufrag");
+      const pwd = sdpAttribute(offer.sdp ?? "", "ice-pwd");
+      if (!ufrag || !pwd) throw new Error("the restart offer has no ICE credentials");
+      await pc.setLocalDescription(offer);
+      const response = await this.request(location, {
+        method: "PATCH",
+        headers: { "content-type": "application/trickle-ice-sdpfrag" },
+        body: `a=ice-ufrag:${ufrag}\r\na=ice-pwd:${pwd}\r\n`,
+      });
+      if (this.pc !== pc) return;
+      if (response.status !== 200) throw new Error(`PATCH (ICE restart): HTTP ${response.status} ${response.text.slice(0, 200)}`);
+      const relayUfrag = sdpAttribute(response.text, "ice-ufrag");
+      const relayPwd = sdpAttribute(response.text, "ice-pwd");
+      if (!relayUfrag || !relayPwd) throw new Error("the relay's restart answer has no ICE credentials");
+      await pc.setRemoteDescription({ type: "answer", sdp: restartAnswer(remote, relayUfrag, relayPwd) });
+      if (this.pc !== pc) return;
+      const back = pc.iceConnectionState === "connected" || pc.iceConnectionState === "completed";
+      if (!back) {
+        const ms = this.options.restartTimeoutMs;
+        this.restartDeadline.set(ms, () => {
+          if (this.pc === pc) this.fail(`the relay connection did not come back within ${ms} ms of an ICE restart`, undefined);
+        });
+      }
+      if (this.renegotiate) this.serialized(() => this.offerOverControl(pc, control));
+    } catch (error) {
+      if (this.pc === pc) this.fail("ICE restart with the relay failed", error);
+    } finally {
+      this.restarting = false;
     }
   }
 
@@ -310,7 +480,10 @@ export class SfuSession {
     try {
       if (message.type === "offer") {
         // Impolite: our own offer is outstanding; the relay offers again after answering it.
-        if (this.makingOffer || pc.signalingState !== "stable") return;
+        if (this.makingOffer || this.restarting || pc.signalingState !== "stable") return;
+        // Made before an ICE restart (the old credentials): the relay offers again with the new ones.
+        const current = pc.remoteDescription ? sdpAttribute(pc.remoteDescription.sdp, "ice-ufrag") : null;
+        if (current !== null && sdpAttribute(message.sdp, "ice-ufrag") !== current) return;
         await pc.setRemoteDescription({ type: "offer", sdp: message.sdp });
         await pc.setLocalDescription();
         if (this.pc === pc && pc.localDescription) {
@@ -320,6 +493,7 @@ export class SfuSession {
         if (pc.signalingState !== "have-local-offer") return;
         await pc.setRemoteDescription({ type: "answer", sdp: message.sdp });
         this.makingOffer = false;
+        this.controlTimer.clear();
         // A track added while this offer was out is offered next.
         if (this.renegotiate && this.pc === pc) this.serialized(() => this.offerOverControl(pc, control));
       }
@@ -338,7 +512,13 @@ export class SfuSession {
       this.makingOffer = true;
       this.renegotiate = false;
       await pc.setLocalDescription(await pc.createOffer());
-      if (this.pc === pc && pc.localDescription) control.send(JSON.stringify({ type: "offer", sdp: pc.localDescription.sdp }));
+      if (this.pc === pc && pc.localDescription) {
+        control.send(JSON.stringify({ type: "offer", sdp: pc.localDescription.sdp }));
+        const ms = this.options.controlTimeoutMs;
+        this.controlTimer.set(ms, () => {
+          if (this.pc === pc && this.makingOffer) this.fail(`the relay did not answer a control-channel offer within ${ms} ms`, undefined);
+        });
+      }
     } catch (error) {
       this.makingOffer = false;
       if (this.pc === pc) this.reportError("could not offer a track to the relay", error);
@@ -355,6 +535,11 @@ export class SfuSession {
   /** Drops the current connection; `remove` also DELETEs the session on the relay. */
   private teardown(remove: boolean): void {
     this.gatherTimer.clear();
+    this.controlTimer.clear();
+    this.restartTimer.clear();
+    this.restartDeadline.clear();
+    this.restarting = false;
+    this.restartTried = false;
     const pc = this.pc;
     this.pc = null;
     this.makingOffer = false;
@@ -372,7 +557,7 @@ export class SfuSession {
     }
     this.dc = this.control = null;
     if (pc) {
-      pc.ontrack = pc.onconnectionstatechange = pc.onicecandidate = pc.onnegotiationneeded = null;
+      pc.ontrack = pc.onconnectionstatechange = pc.oniceconnectionstatechange = pc.onicecandidate = pc.onnegotiationneeded = null;
       pc.close();
     }
   }

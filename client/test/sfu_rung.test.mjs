@@ -47,7 +47,9 @@ class FakePc {
   constructor(config, registry) {
     this.config = config;
     this.connectionState = "new";
+    this.iceConnectionState = "new";
     this.signalingState = "stable";
+    this.restarts = 0;
     this.iceGatheringState = "complete";
     this.channels = [];
     this.closed = false;
@@ -71,8 +73,10 @@ class FakePc {
   getTransceivers() {
     return this.transceivers;
   }
-  async createOffer() {
-    return { type: "offer", sdp: "v=0 offer" };
+  async createOffer(options) {
+    if (!options?.iceRestart) return { type: "offer", sdp: "v=0 offer" };
+    this.restarts += 1;
+    return { type: "offer", sdp: `v=0 restart\r\na=ice-ufrag:new${this.restarts}\r\na=ice-pwd:newpassword0123456789abc${this.restarts}\r\n` };
   }
   async setLocalDescription(description) {
     this.localDescription = { ...(description ?? { type: "offer", sdp: "v=0 offer" }), toJSON() { return this; } };
@@ -98,16 +102,22 @@ class FakePc {
   }
 }
 
-async function joinWithSfu(selfId, options = {}) {
+/** A fetch that answers only when aborted (a relay that accepted the connection and went quiet). */
+const never = (init) =>
+  new Promise((_, reject) => init.signal?.addEventListener("abort", () => reject(new Error("aborted"))));
+
+async function joinWithSfu(selfId, options = {}, relay = {}) {
   const server = new FakeServer();
   const pcs = [];
   const requests = [];
   const fetchImpl = async (url, init = {}) => {
-    requests.push({ url: String(url), method: init.method ?? "GET", headers: init.headers ?? {}, body: init.body });
+    requests.push({ url: String(url), method: init.method ?? "GET", headers: init.headers ?? {}, body: init.body, signal: init.signal });
     const method = init.method ?? "GET";
     if (method === "POST") {
-      return new Response("v=0 answer", { status: 201, headers: { location: "/v1/sessions/abc" } });
+      if (relay.post) return relay.post(init);
+      return new Response(relay.answer ?? "v=0 answer", { status: 201, headers: { location: "/v1/sessions/abc" } });
     }
+    if (method === "PATCH" && relay.patch) return relay.patch(init);
     if (method === "DELETE") return new Response("", { status: 200 });
     if (String(url).includes("/v1/sfu-token")) {
       return new Response(JSON.stringify({ ...GRANT, token: "sfu1.fresh.tok", expires: GRANT.expires + 600 }), { status: 200 });
@@ -126,10 +136,13 @@ async function joinWithSfu(selfId, options = {}) {
   const room = await pending;
   const paths = [];
   const data = [];
+  const errors = [];
+  const tracks = [];
   room.on("path", ({ path }) => paths.push(path));
   room.on("data", (event) => data.push(event));
-  room.on("error", () => {});
-  return { server, room, pcs, requests, paths, data };
+  room.on("error", (error) => errors.push(error));
+  room.on("track", (event) => tracks.push(event));
+  return { server, room, pcs, requests, paths, data, errors, tracks };
 }
 
 let seq = 0;
@@ -220,15 +233,18 @@ test("automatic ladder: rtc does not work, sfu does not either, then websocket",
 
 test("automatic ladder: when rtc fails and the sfu probe comes back, the pair is on sfu", async () => {
   seq = 0;
-  const { server, room, pcs } = await joinWithSfu("p9");
+  const { server, room, pcs, requests } = await joinWithSfu("p9");
   fromPeer(server, hello);
   mock.timers.tick(1000);
   const pc = await openSfu(pcs);
   pc.channel("switchboard").receive('p5\n{"sb":"q","e":"sfu"}');
   assert.equal(room.path("p5"), "sfu");
-  // The session fails: the pair falls to the WebSocket rung and tells the follower.
+  // The connection fails: an ICE restart is tried first; the relay no longer knows the session
+  // (404), so the pair falls to the WebSocket rung and tells the follower.
   pc.connectionState = "failed";
   pc.onconnectionstatechange?.();
+  await settle();
+  assert.equal(requests.filter((r) => r.method === "PATCH").length, 1, "an ICE restart before giving up");
   assert.equal(room.path("p5"), "websocket");
   assert.deepEqual(internal(server, "sfu").at(-1), { sb: "rtc", t: "sfu", on: false });
 });
@@ -343,4 +359,216 @@ test("a relay offer right behind the relay's answer to our offer is answered, no
   for (let i = 0; i < 5; i++) await settle();
   assert.deepEqual(control.sent.map((t) => JSON.parse(t).type), ["offer", "answer"]);
   assert.equal(pc.signalingState, "stable");
+});
+
+const RELAY_ANSWER = "v=0 answer\r\na=ice-lite\r\na=ice-ufrag:relay1\r\na=ice-pwd:relaypassword0123456789\r\na=setup:passive\r\n";
+
+test("a POST the relay never answers fails the session after the rung timeout; the forced pair tries a new one", async () => {
+  seq = 0;
+  const { server, room, requests, errors } = await joinWithSfu("p9", { forcePath: "sfu" }, { post: never });
+  fromPeer(server, hello);
+  await settle();
+  assert.equal(requests.filter((r) => r.method === "POST").length, 1);
+  assert.equal(room.sfuState, "connecting");
+  mock.timers.tick(999);
+  await settle();
+  assert.equal(room.sfuState, "connecting");
+  mock.timers.tick(1);
+  await settle();
+  assert.equal(room.sfuState, "failed", "a clear failure, not connecting forever");
+  assert.ok(requests.find((r) => r.method === "POST").signal.aborted, "the request is aborted");
+  assert.ok(errors.some((e) => /could not set up the relay session/.test(e.message) && /no answer within 1000 ms/.test(String(e.cause?.message))));
+  // The forced rung is kept: after iceGraceMs the pair asks for the rung again and a new session is made.
+  mock.timers.tick(300);
+  await settle();
+  assert.equal(requests.filter((r) => r.method === "POST").length, 2, "a new session attempt");
+});
+
+test("automatic ladder: a relay that never answers the POST sends the pair to websocket", async () => {
+  seq = 0;
+  const { server, room, requests } = await joinWithSfu("p9", {}, { post: never });
+  fromPeer(server, hello);
+  mock.timers.tick(1000); // rtc is not usable in time
+  await settle();
+  assert.equal(requests.filter((r) => r.method === "POST").length, 1);
+  mock.timers.tick(1000);
+  await settle();
+  assert.equal(room.sfuState, "failed");
+  assert.equal(room.path("p5"), "websocket");
+  assert.deepEqual(internal(server, "sfu").at(-1), { sb: "rtc", t: "sfu", on: false });
+});
+
+test("a control-channel offer the relay never answers fails the session and the pair leaves sfu", async () => {
+  seq = 0;
+  const { server, room, pcs, errors } = await joinWithSfu("p9", { forcePath: "sfu" });
+  fromPeer(server, hello);
+  const pc = await openSfu(pcs);
+  pc.channel("switchboard").receive('p5\n{"sb":"q","e":"sfu"}');
+  assert.equal(room.path("p5"), "sfu");
+  room.addTrack({ kind: "video", id: "cam" }, { id: "stream" });
+  pc.onnegotiationneeded?.();
+  await settle();
+  assert.deepEqual(pc.channel("switchboard-control").sent.map((t) => JSON.parse(t).type), ["offer"]);
+  mock.timers.tick(999);
+  await settle();
+  assert.equal(room.sfuState, "open");
+  mock.timers.tick(1);
+  await settle();
+  assert.equal(room.sfuState, "failed");
+  assert.ok(errors.some((e) => /did not answer a control-channel offer within 1000 ms/.test(e.message)));
+  assert.equal(room.path("p5"), "websocket", "the forced pair is carried by relay frames until sfu works again");
+});
+
+test("an answered control offer does not fail the session later", async () => {
+  seq = 0;
+  const { server, room, pcs } = await joinWithSfu("p9", { forcePath: "sfu" });
+  fromPeer(server, hello);
+  const pc = await openSfu(pcs);
+  room.addTrack({ kind: "video", id: "cam" }, { id: "stream" });
+  pc.onnegotiationneeded?.();
+  await settle();
+  pc.signalingState = "have-local-offer";
+  pc.channel("switchboard-control").receive(JSON.stringify({ type: "answer", sdp: "v=0 relay answer" }));
+  await settle();
+  mock.timers.tick(5000);
+  await settle();
+  assert.equal(room.sfuState, "open");
+});
+
+test("a track the relay forwards before the pair with its publisher exists is shown once that pair is on sfu", async () => {
+  seq = 0;
+  const { server, room, pcs, tracks } = await joinWithSfu("p9", { forcePath: "sfu" });
+  fromPeer(server, hello);
+  const pc = await openSfu(pcs);
+  // p7's camera reaches this page before p7's peer-joined frame does.
+  const camera = { kind: "video", id: "p7-cam", readyState: "live" };
+  const ended = { kind: "audio", id: "p7-old-mic", readyState: "live" };
+  pc.ontrack({ track: ended, streams: [{ id: "p7" }] });
+  ended.readyState = "ended";
+  pc.ontrack({ track: camera, streams: [{ id: "p7" }] });
+  assert.deepEqual(tracks, []);
+  seq += 1;
+  server.last.receive({ type: "peer-joined", seq, peer_id: "p7", meta: {} });
+  seq += 1;
+  server.last.receive({ type: "signal", seq, from: "p7", payload: { ...hello, link: "p7-link" } });
+  assert.ok(internal(server, "sfu").length >= 2, "the pair with p7 goes onto sfu");
+  pc.channel("switchboard").receive('p7\n{"sb":"q","e":"sfu"}');
+  assert.equal(room.path("p7"), "sfu");
+  assert.deepEqual(
+    tracks.map((t) => [t.peerId, t.track.id]),
+    [["p7", "p7-cam"]],
+    "the live track is delivered, the ended one is not",
+  );
+});
+
+test("ICE restart over PATCH when the relay path is disconnected: same session, new credentials, the pair stays on sfu", async () => {
+  seq = 0;
+  const patches = [];
+  const { server, room, pcs, requests } = await joinWithSfu(
+    "p9",
+    { forcePath: "sfu" },
+    {
+      answer: RELAY_ANSWER,
+      patch: async (init) => {
+        patches.push(init.body);
+        return new Response("a=ice-ufrag:relay2\r\na=ice-pwd:relaypassword9876543210\r\n", {
+          status: 200,
+          headers: { "content-type": "application/trickle-ice-sdpfrag" },
+        });
+      },
+    },
+  );
+  fromPeer(server, hello);
+  const pc = await openSfu(pcs);
+  pc.iceConnectionState = "connected";
+  pc.channel("switchboard").receive('p5\n{"sb":"q","e":"sfu"}');
+  assert.equal(room.path("p5"), "sfu");
+  // The network changes: ICE is disconnected; after iceGraceMs the SDK restarts it.
+  pc.iceConnectionState = "disconnected";
+  pc.oniceconnectionstatechange?.();
+  mock.timers.tick(299);
+  await settle();
+  assert.deepEqual(patches, []);
+  mock.timers.tick(1);
+  await settle();
+  assert.equal(patches.length, 1);
+  assert.equal(patches[0], "a=ice-ufrag:new1\r\na=ice-pwd:newpassword0123456789abc1\r\n");
+  const patch = requests.find((r) => r.method === "PATCH");
+  assert.equal(patch.url, "http://relay.test/v1/sessions/abc");
+  assert.equal(patch.headers["content-type"], "application/trickle-ice-sdpfrag");
+  assert.equal(pc.localDescription.sdp.includes("a=ice-ufrag:new1"), true, "the restart offer is applied");
+  assert.equal(pc.remoteDescription.type, "answer");
+  assert.match(pc.remoteDescription.sdp, /a=ice-ufrag:relay2\r\na=ice-pwd:relaypassword9876543210\r\n/);
+  assert.match(pc.remoteDescription.sdp, /a=ice-lite/);
+  assert.equal(pcs.filter((p) => p === sfuPc(pcs)).length, 1);
+  assert.equal(requests.filter((r) => r.method === "POST").length, 1, "no new session");
+  // ICE comes back on the new credentials: nothing fails later, data goes on through the session.
+  pc.iceConnectionState = "connected";
+  pc.oniceconnectionstatechange?.();
+  mock.timers.tick(5000);
+  await settle();
+  assert.equal(room.sfuState, "open");
+  assert.equal(room.path("p5"), "sfu");
+  await room.send("p5", "after the restart");
+  assert.deepEqual(sent(pc).at(-1)[1].d, "after the restart");
+  // A later outage gets its own restart.
+  pc.iceConnectionState = "failed";
+  pc.oniceconnectionstatechange?.();
+  await settle();
+  assert.equal(patches.length, 2);
+});
+
+test("an ICE restart that does not bring the path back fails the session after the rung timeout", async () => {
+  seq = 0;
+  const { server, room, pcs, errors } = await joinWithSfu(
+    "p9",
+    { forcePath: "sfu" },
+    {
+      answer: RELAY_ANSWER,
+      patch: async () => new Response("a=ice-ufrag:relay2\r\na=ice-pwd:relaypassword9876543210\r\n", { status: 200 }),
+    },
+  );
+  fromPeer(server, hello);
+  const pc = await openSfu(pcs);
+  pc.channel("switchboard").receive('p5\n{"sb":"q","e":"sfu"}');
+  pc.iceConnectionState = "failed";
+  pc.oniceconnectionstatechange?.();
+  await settle();
+  assert.equal(room.sfuState, "open", "restarting");
+  // A second failure report during the same outage does not give up while the restart runs.
+  pc.connectionState = "failed";
+  pc.onconnectionstatechange?.();
+  await settle();
+  assert.equal(room.sfuState, "open");
+  mock.timers.tick(1000);
+  await settle();
+  assert.equal(room.sfuState, "failed");
+  assert.ok(errors.some((e) => /did not come back within 1000 ms of an ICE restart/.test(e.message)));
+  assert.equal(room.path("p5"), "websocket");
+});
+
+test("an ICE restart PATCH the relay never answers fails the session", async () => {
+  seq = 0;
+  const { server, room, pcs, errors } = await joinWithSfu("p9", { forcePath: "sfu" }, { answer: RELAY_ANSWER, patch: never });
+  fromPeer(server, hello);
+  const pc = await openSfu(pcs);
+  pc.channel("switchboard").receive('p5\n{"sb":"q","e":"sfu"}');
+  pc.iceConnectionState = "failed";
+  pc.oniceconnectionstatechange?.();
+  await settle();
+  mock.timers.tick(1000);
+  await settle();
+  assert.equal(room.sfuState, "failed");
+  assert.ok(errors.some((e) => /ICE restart with the relay failed/.test(e.message) && /no answer within 1000 ms/.test(String(e.cause?.message))));
+});
+
+test("restartAnswer: the relay's last description under its new credentials, as an answer", async () => {
+  const { restartAnswer, sdpAttribute } = await import("../dist/sfu.js");
+  const offer = "v=0\r\na=ice-lite\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=ice-ufrag:old\r\na=ice-pwd:oldpassword\r\na=setup:actpass\r\n";
+  const answer = restartAnswer(offer, "nu", "newpassword");
+  assert.equal(sdpAttribute(answer, "ice-ufrag"), "nu");
+  assert.equal(sdpAttribute(answer, "ice-pwd"), "newpassword");
+  assert.equal(sdpAttribute(answer, "setup"), "passive");
+  assert.equal(sdpAttribute(answer, "ice-lite"), null);
+  assert.match(answer, /a=ice-lite\r\n/);
 });

@@ -331,6 +331,36 @@ fn sessions_forward_while_bad_requests_get_clear_errors() {
         frag.as_bytes(),
     );
     assert_eq!(code, 204, "{body}");
+    // An ICE restart (RFC 9725 §4.3.2): new credentials in, the relay's new ones out.
+    let sdpfrag = [("Content-Type", "application/trickle-ice-sdpfrag")];
+    let (code, _, body) = http(
+        api,
+        "PATCH",
+        &a.session,
+        &sdpfrag,
+        b"a=ice-ufrag:Nw1x\r\na=ice-pwd:0123456789abcdefghijk\r\n",
+    );
+    assert_eq!(
+        code, 400,
+        "an ICE restart needs a password of 22+ characters: {body}"
+    );
+    assert!(body.contains("bad_fragment"), "{body}");
+    let (code, head, body) = http(
+        api,
+        "PATCH",
+        &a.session,
+        &sdpfrag,
+        b"a=ice-ufrag:Nw1x\r\na=ice-pwd:0123456789abcdefghijklmn\r\n",
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        head.contains("Content-Type: application/trickle-ice-sdpfrag"),
+        "{head}"
+    );
+    assert!(
+        body.contains("a=ice-ufrag:") && body.contains("a=ice-pwd:"),
+        "{body}"
+    );
     let (code, _, _) = http(api, "DELETE", &a.session, &[], b"");
     assert_eq!(code, 200);
     let (code, _, _) = http(api, "DELETE", &b.session.clone(), &[], b"");

@@ -3,7 +3,8 @@
 //! - `POST /v1/sessions[?room=R]`, `Authorization: Bearer <sfu token>`, `Content-Type:
 //!   application/sdp`: opens a session; `201` with the SDP answer and `Location`.
 //! - `PATCH /v1/sessions/{id}`, `Content-Type: application/trickle-ice-sdpfrag`: adds trickled
-//!   candidates; `204`.
+//!   candidates, `204`; with a new `a=ice-ufrag`/`a=ice-pwd` an ICE restart, `200` with the
+//!   relay's new credentials as a fragment.
 //! - `DELETE /v1/sessions/{id}`: ends the session; `200`.
 //! - `OPTIONS`: CORS preflight; every answer allows any origin (the bearer token, not a cookie,
 //!   authenticates).
@@ -297,14 +298,20 @@ async fn route(req: Request, api: &SessionApi) -> Response {
                 );
             }
             let fragment = String::from_utf8_lossy(&req.body).into_owned();
-            match call(api, |reply| Command::Trickle {
+            match call(api, |reply| Command::Patch {
                 id,
                 fragment,
                 reply,
             })
             .await
             {
-                Ok(()) => empty("204 No Content"),
+                Ok(None) => empty("204 No Content"),
+                Ok(Some(fragment)) => Response {
+                    status: "200 OK",
+                    content_type: "application/trickle-ice-sdpfrag",
+                    headers: Vec::new(),
+                    body: fragment,
+                },
                 Err(r) => r,
             }
         }

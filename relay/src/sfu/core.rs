@@ -12,16 +12,20 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::{ChannelData, ChannelId, Reliability};
 use str0m::crypto::dtls::DtlsCert;
 use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, Mid, Rid};
 use str0m::net::{Protocol, Receive, TcpType, Transmit};
-use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output as RtcOutput, Rtc};
+use str0m::{
+    Candidate, CandidateKind, Event, IceConnectionState, IceCreds, Input, Output as RtcOutput, Rtc,
+};
 use switchboard_proto::sfu_token::Claims;
 use switchboard_proto::{PeerId, RoomName};
 
 use super::envelope::{self, ENVELOPE_PROTOCOL, To};
+use super::layers::{LayerChoice, RateMeter};
 use super::route;
 
 /// Label of the reserved control channel (server-initiated renegotiation).
@@ -38,6 +42,12 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// At most one keyframe request per source track in this interval.
 const KEYFRAME_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How often a subscriber's simulcast layer choice is re-decided.
+const LAYER_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The bandwidth estimate a session starts from (str0m's BWE probes up from here).
+const INITIAL_ESTIMATE_KBPS: u64 = 1_000;
 
 /// Source addresses remembered per session (ICE checks may come from several).
 const MAX_ADDRS_PER_SESSION: usize = 8;
@@ -170,6 +180,8 @@ pub struct SfuStats {
     pub unroutable_datagrams: u64,
     /// Sessions dropped as slow consumers.
     pub slow_consumers: u64,
+    /// ICE restarts done over `PATCH`.
+    pub ice_restarts: u64,
 }
 
 /// The control channel's messages (JSON), both directions.
@@ -191,6 +203,8 @@ struct ChannelInfo {
 struct TrackIn {
     mid: Mid,
     last_keyframe_request: Option<Instant>,
+    /// Simulcast layers seen on this track, with their measured bitrates.
+    layers: Vec<(Rid, RateMeter)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,8 +222,10 @@ struct TrackOut {
     source_mid: Mid,
     kind: MediaKind,
     state: TrackOutState,
-    /// The simulcast layer forwarded (the first one seen; sticky).
-    rid: Option<Rid>,
+    /// The simulcast layer this subscriber gets (see `layers`).
+    layers: LayerChoice,
+    /// When `layers` is next re-decided.
+    next_layer_update: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -226,6 +242,9 @@ struct Session {
     ufrag: String,
     remote_ufrag: Option<String>,
     addrs: Vec<SocketAddr>,
+    /// After an ICE restart, until the first authenticated check with the new credentials: the
+    /// addresses the session used before (see `forget_old_paths`).
+    restarted_from: Vec<SocketAddr>,
     channels: HashMap<ChannelId, ChannelInfo>,
     control: Option<ChannelId>,
     tracks_in: Vec<TrackIn>,
@@ -234,6 +253,10 @@ struct Session {
     queue: VecDeque<Queued>,
     queued_bytes: usize,
     connected: bool,
+    /// The latest egress bandwidth estimate (TWCC or REMB), bits/s.
+    estimate: Option<u64>,
+    /// The `desired` bitrate last given to str0m's BWE, bits/s.
+    desired: u64,
     created: Instant,
     /// The deadline of this session's live entry in `Sfu::timers`.
     deadline: Option<Instant>,
@@ -274,6 +297,8 @@ pub struct Sfu {
     stats: SfuStats,
     /// Reused per media frame for the room's member list.
     scratch: Vec<SessionId>,
+    /// Reused per simulcast frame for the track's layer rates.
+    scratch_rates: Vec<(Rid, u64)>,
 }
 
 impl fmt::Debug for Sfu {
@@ -282,6 +307,16 @@ impl fmt::Debug for Sfu {
             .field("sessions", &self.sessions.len())
             .field("stats", &self.stats)
             .finish_non_exhaustive()
+    }
+}
+
+/// ICE credentials from 16 random bytes: an 8-character ufrag and a 24-character password.
+fn ice_creds(random: &[u8]) -> IceCreds {
+    let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let (ufrag, pass) = random.split_at(random.len().min(4));
+    IceCreds {
+        ufrag: hex(ufrag),
+        pass: hex(pass),
     }
 }
 
@@ -311,6 +346,7 @@ impl Sfu {
             outputs: VecDeque::new(),
             stats: SfuStats::default(),
             scratch: Vec::new(),
+            scratch_rates: Vec::new(),
         }
     }
 
@@ -360,22 +396,19 @@ impl Sfu {
         if replaced.is_none() && self.sessions.len() >= self.config.max_sessions {
             return Err(SessionError::AtCapacity);
         }
-        let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
         let (id_bytes, rest) = random.split_at(16);
-        let (ufrag_bytes, pass_bytes) = rest.split_at(4);
         let id = SessionId(u128::from_be_bytes(id_bytes.try_into().unwrap_or_default()));
         if self.sessions.contains_key(&id) {
             return Err(SessionError::BadOffer("session id collision; retry".into()));
         }
-        let creds = IceCreds {
-            ufrag: hex(ufrag_bytes),
-            pass: hex(pass_bytes),
-        };
+        let creds = ice_creds(rest);
         let mut builder = Rtc::builder()
             .set_ice_lite(true)
             .set_local_ice_credentials(creds.clone())
             .set_sctp_max_buffered_amount(SCTP_BUFFER_BYTES)
-            .set_sctp_max_message_size(MAX_MESSAGE_BYTES as u32);
+            .set_sctp_max_message_size(MAX_MESSAGE_BYTES as u32)
+            // TWCC-based estimates of each subscriber's downlink choose its simulcast layers.
+            .enable_bwe(Some(Bitrate::kbps(INITIAL_ESTIMATE_KBPS)));
         if let Some(cert) = &self.cert {
             builder = builder.set_dtls_cert(cert.clone());
         }
@@ -412,6 +445,7 @@ impl Sfu {
                 .find_map(|l| l.trim().strip_prefix("a=ice-ufrag:"))
                 .map(str::to_owned),
             addrs: Vec::new(),
+            restarted_from: Vec::new(),
             channels: HashMap::new(),
             control: None,
             tracks_in: Vec::new(),
@@ -420,6 +454,8 @@ impl Sfu {
             queue: VecDeque::new(),
             queued_bytes: 0,
             connected: false,
+            estimate: None,
+            desired: 0,
             created: now,
             deadline: None,
         };
@@ -434,7 +470,8 @@ impl Sfu {
                             source_mid: t.mid,
                             kind,
                             state: TrackOutState::ToOpen,
-                            rid: None,
+                            layers: LayerChoice::default(),
+                            next_layer_update: None,
                         });
                     }
                 }
@@ -449,36 +486,101 @@ impl Sfu {
         Ok((id, answer.to_sdp_string()))
     }
 
-    /// Adds trickled remote candidates (`a=candidate:` lines of an
-    /// `application/trickle-ice-sdpfrag` body). An ICE-lite relay learns the client's addresses
-    /// from its checks anyway, so this only helps the first check find the session sooner.
-    pub fn handle_trickle(
+    /// `PATCH /v1/sessions/{id}` with an `application/trickle-ice-sdpfrag` body (RFC 8840).
+    ///
+    /// `a=candidate:` lines are added as trickled remote candidates (an ICE-lite relay learns
+    /// the client's addresses from its checks anyway, so they only help the first check find
+    /// the session sooner). A fragment whose `a=ice-ufrag`/`a=ice-pwd` differ from the client's
+    /// current ones is an ICE restart (RFC 9725 §4.3.2): the session takes the client's new
+    /// credentials, gets new local ones (from `random`; the core draws none) and the answer
+    /// is `Some(fragment)` with the relay's new `a=ice-ufrag`/`a=ice-pwd`, which the client puts
+    /// into its remote description. DTLS, SCTP, channels and tracks carry on over the new
+    /// candidate pair.
+    pub fn handle_patch(
         &mut self,
         id: SessionId,
         fragment: &str,
+        random: [u8; 16],
         now: Instant,
-    ) -> Result<(), SessionError> {
+    ) -> Result<Option<String>, SessionError> {
         let session = self.sessions.get_mut(&id).ok_or(SessionError::NotFound)?;
+        let field = |name: &str| {
+            fragment
+                .lines()
+                .find_map(|l| l.trim().strip_prefix(name))
+                .map(str::trim)
+        };
+        let (ufrag, pwd) = (field("a=ice-ufrag:"), field("a=ice-pwd:"));
+        let restart = ufrag.is_some_and(|u| session.remote_ufrag.as_deref() != Some(u));
+        let mut candidates = Vec::new();
         for line in fragment.lines().map(str::trim) {
-            if let Some(ufrag) = line.strip_prefix("a=ice-ufrag:") {
-                // A new remote ufrag means an ICE restart, which this endpoint does not do.
-                if session.remote_ufrag.as_deref() != Some(ufrag) {
-                    return Err(SessionError::BadFragment(
-                        "ICE restart over PATCH is not supported; POST a new offer".into(),
-                    ));
-                }
-            }
             if let Some(c) = line.strip_prefix("a=")
                 && c.starts_with("candidate:")
             {
-                let cand = Candidate::from_sdp_string(c)
-                    .map_err(|e| SessionError::BadFragment(reason(e)))?;
-                session.rtc.add_remote_candidate(cand);
+                candidates.push(
+                    Candidate::from_sdp_string(c)
+                        .map_err(|e| SessionError::BadFragment(reason(e)))?,
+                );
             }
+        }
+        let mut answer = None;
+        if restart {
+            let (Some(ufrag), Some(pwd)) = (ufrag, pwd) else {
+                return Err(SessionError::BadFragment(
+                    "an ICE restart needs both a=ice-ufrag and a=ice-pwd".into(),
+                ));
+            };
+            // RFC 8839 §5.4: ufrag 4-256 and pwd 22-256 ICE characters.
+            let ice_chars = |s: &str| {
+                s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+            };
+            if !(4..=256).contains(&ufrag.len())
+                || !(22..=256).contains(&pwd.len())
+                || !ice_chars(ufrag)
+                || !ice_chars(pwd)
+            {
+                return Err(SessionError::BadFragment(
+                    "a=ice-ufrag/a=ice-pwd out of RFC 8839 bounds".into(),
+                ));
+            }
+            let local = ice_creds(&random);
+            let mut direct = session.rtc.direct_api();
+            direct.set_remote_ice_credentials(IceCreds {
+                ufrag: ufrag.to_owned(),
+                pass: pwd.to_owned(),
+            });
+            direct.set_local_ice_credentials(local.clone());
+            if self.by_ufrag.get(&session.ufrag) == Some(&id) {
+                self.by_ufrag.remove(&session.ufrag);
+            }
+            self.by_ufrag.insert(local.ufrag.clone(), id);
+            session.ufrag = local.ufrag.clone();
+            session.remote_ufrag = Some(ufrag.to_owned());
+            session.restarted_from = session.addrs.clone();
+            // A relay offer still out carries the old credentials; the client's answer to it
+            // would not match them, so its track changes are offered again.
+            if session.pending.take().is_some() {
+                for t in &mut session.tracks_out {
+                    t.state = match t.state {
+                        TrackOutState::Negotiating(_) => TrackOutState::ToOpen,
+                        TrackOutState::NegotiatingStop(m) => TrackOutState::ToStop(m),
+                        st => st,
+                    };
+                }
+            }
+            self.stats.ice_restarts += 1;
+            answer = Some(format!(
+                "a=ice-ufrag:{}\r\na=ice-pwd:{}\r\n",
+                local.ufrag, local.pass
+            ));
+        }
+        for c in candidates {
+            session.rtc.add_remote_candidate(c);
         }
         self.dirty.push(id);
         self.run(now);
-        Ok(())
+        Ok(answer)
     }
 
     /// Ends a session at the client's request.
@@ -501,7 +603,8 @@ impl Sfu {
         contents: &[u8],
         now: Instant,
     ) {
-        let by_ufrag = || route::local_ufrag(contents).and_then(|u| self.by_ufrag.get(u).copied());
+        let ufrag = route::local_ufrag(contents);
+        let by_ufrag = || ufrag.and_then(|u| self.by_ufrag.get(u).copied());
         let Some(id) = self.by_addr.get(&source).copied().or_else(by_ufrag) else {
             self.stats.unroutable_datagrams += 1;
             return;
@@ -525,6 +628,9 @@ impl Sfu {
         if !session.rtc.accepts(&input) {
             self.stats.unroutable_datagrams += 1;
             return;
+        }
+        if !session.restarted_from.is_empty() && ufrag == Some(session.ufrag.as_str()) {
+            forget_old_paths(session, source, &mut self.by_addr, id);
         }
         let failed = session.rtc.handle_input(input).is_err();
         if !failed
@@ -748,6 +854,7 @@ impl Sfu {
                 s.tracks_in.push(TrackIn {
                     mid: m.mid,
                     last_keyframe_request: None,
+                    layers: Vec::new(),
                 });
                 for o in self.others(id) {
                     if let Some(os) = self.sessions.get_mut(&o) {
@@ -756,19 +863,26 @@ impl Sfu {
                             source_mid: m.mid,
                             kind: m.kind,
                             state: TrackOutState::ToOpen,
-                            rid: None,
+                            layers: LayerChoice::default(),
+                            next_layer_update: None,
                         });
                         self.dirty.push(o);
                     }
                 }
             }
             Event::MediaData(d) => self.on_media(id, d, now),
+            Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. })
+            | Event::EgressBitrateEstimate(BweKind::Remb { estimate, .. }) => {
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    s.estimate = Some(estimate.as_u64());
+                }
+            }
             Event::KeyframeRequest(r) => {
                 let source = self.sessions.get(&id).and_then(|s| {
                     s.tracks_out
                         .iter()
                         .find(|t| t.state == TrackOutState::Open(r.mid))
-                        .map(|t| (t.source, t.source_mid, t.rid))
+                        .map(|t| (t.source, t.source_mid, t.layers.forwarding()))
                 });
                 if let Some((src, mid, rid)) = source {
                     self.request_keyframe(src, mid, rid, r.kind, now);
@@ -931,6 +1045,35 @@ impl Sfu {
         if !d.contiguous {
             self.request_keyframe(id, d.mid, d.rid, KeyframeRequestKind::Pli, now);
         }
+        // Simulcast: the layer's bitrate is measured, and a snapshot of the track's layers is
+        // what each subscriber's choice is made from (a reused buffer, no allocation once warm).
+        let mut rates = std::mem::take(&mut self.scratch_rates);
+        rates.clear();
+        if let Some(rid) = d.rid
+            && let Some(t) = self
+                .sessions
+                .get_mut(&id)
+                .and_then(|s| s.tracks_in.iter_mut().find(|t| t.mid == d.mid))
+        {
+            match t.layers.iter_mut().find(|(r, _)| *r == rid) {
+                Some((_, meter)) => meter.record(d.data.len(), now),
+                None => {
+                    let mut meter = RateMeter::default();
+                    meter.record(d.data.len(), now);
+                    t.layers.push((rid, meter));
+                }
+            }
+            rates.extend(t.layers.iter().map(|(r, m)| (*r, m.bps())));
+        }
+        let keyframe = d.is_keyframe();
+        // What a subscriber's BWE should probe for: a quarter above the top layer.
+        let desired = rates
+            .iter()
+            .map(|(_, bps)| *bps)
+            .max()
+            .unwrap_or(0)
+            .saturating_mul(5)
+            / 4;
         // Per frame: the member list goes into a reused buffer, no allocation once warm.
         let mut members = std::mem::take(&mut self.scratch);
         members.clear();
@@ -943,6 +1086,7 @@ impl Sfu {
                     .filter(|o| **o != id),
             );
         }
+        let mut keyframes: Vec<Rid> = Vec::new();
         let Sfu {
             sessions,
             stats,
@@ -953,6 +1097,7 @@ impl Sfu {
             let Some(os) = sessions.get_mut(&o) else {
                 continue;
             };
+            let estimate = os.estimate;
             let Some(t) = os
                 .tracks_out
                 .iter_mut()
@@ -963,11 +1108,31 @@ impl Sfu {
             let TrackOutState::Open(mid) = t.state else {
                 continue;
             };
-            if d.rid.is_some() {
-                if t.rid.is_none() {
-                    t.rid = d.rid;
+            if let Some(rid) = d.rid {
+                if t.next_layer_update.is_none_or(|at| now >= at) {
+                    t.next_layer_update = Some(now + LAYER_INTERVAL);
+                    if let Some(switch) = t.layers.update(&rates, estimate, now)
+                        && !keyframes.contains(&switch)
+                    {
+                        keyframes.push(switch);
+                    }
                 }
-                if t.rid != d.rid {
+                if t.layers.switching()
+                    && let Some(target) = t.layers.target()
+                    && !keyframes.contains(&target)
+                {
+                    // Until the new layer's keyframe comes (rate-limited per track).
+                    keyframes.push(target);
+                }
+                let forward = t.layers.forward(rid, keyframe);
+                // Told again only on a change of more than a quarter.
+                if desired > 0 && desired.abs_diff(os.desired).saturating_mul(4) > os.desired {
+                    os.desired = desired;
+                    os.rtc
+                        .bwe()
+                        .set_bitrate(Bitrate::ZERO, Bitrate::bps(desired));
+                }
+                if !forward {
                     continue;
                 }
             }
@@ -983,6 +1148,10 @@ impl Sfu {
             }
         }
         self.scratch = members;
+        self.scratch_rates = rates;
+        for rid in keyframes {
+            self.request_keyframe(id, d.mid, Some(rid), KeyframeRequestKind::Pli, now);
+        }
     }
 
     /// Removes a session; the room's other sessions stop forwarding its tracks.
@@ -1038,6 +1207,46 @@ impl Sfu {
         }
         self.outputs.push_back(Output::Closed(id, why));
     }
+}
+
+/// The first authenticated check after an ICE restart. If it comes from a new address, the
+/// client moved (a network change): the remote candidates at the old addresses are dropped, so
+/// the ICE-lite agent sends on the new path at once instead of on the nominated old one until
+/// its consent lapses (~15 s). From an old address, the path is the same and nothing changes.
+fn forget_old_paths(
+    s: &mut Session,
+    source: SocketAddr,
+    by_addr: &mut HashMap<SocketAddr, SessionId>,
+    id: SessionId,
+) {
+    let old = std::mem::take(&mut s.restarted_from);
+    if old.contains(&source) {
+        return;
+    }
+    let mut direct = s.rtc.direct_api();
+    for addr in &old {
+        for proto in [Protocol::Udp, Protocol::Tcp] {
+            if let Ok(c) = Candidate::host(*addr, proto) {
+                direct.invalidate_candidate(&c);
+            }
+            let prflx = Candidate::from_parts(
+                String::new(),
+                1,
+                proto,
+                0,
+                *addr,
+                CandidateKind::PeerReflexive,
+                None,
+                None,
+                None,
+            );
+            direct.invalidate_candidate(&prflx);
+        }
+        if by_addr.get(addr) == Some(&id) {
+            by_addr.remove(addr);
+        }
+    }
+    s.addrs.retain(|a| !old.contains(a));
 }
 
 enum Delivery {

@@ -7,6 +7,7 @@
 
 pub mod core;
 pub mod envelope;
+pub mod layers;
 pub mod route;
 pub mod shell;
 

@@ -31,14 +31,14 @@ pub enum Command {
         /// The session id and SDP answer, or why not.
         reply: oneshot::Sender<Result<(SessionId, String), SessionError>>,
     },
-    /// `PATCH /v1/sessions/{id}` with a trickle fragment.
-    Trickle {
+    /// `PATCH /v1/sessions/{id}`: trickled candidates or an ICE restart.
+    Patch {
         /// The session.
         id: SessionId,
         /// The `application/trickle-ice-sdpfrag` body.
         fragment: String,
-        /// Done, or why not.
-        reply: oneshot::Sender<Result<(), SessionError>>,
+        /// The relay's new ICE credentials (an ICE restart), nothing (trickle), or why not.
+        reply: oneshot::Sender<Result<Option<String>, SessionError>>,
     },
     /// `DELETE /v1/sessions/{id}`.
     Delete {
@@ -65,6 +65,7 @@ pub struct SfuMetrics {
     media_frames: AtomicU64,
     unroutable: AtomicU64,
     slow_consumers: AtomicU64,
+    ice_restarts: AtomicU64,
     /// Cumulative counts per bucket of [`LATENCY_BUCKETS`], then +Inf.
     latency_buckets: [AtomicU64; 10],
     latency_sum_ns: AtomicU64,
@@ -81,6 +82,7 @@ impl SfuMetrics {
         set(&self.media_frames, s.media_frames_forwarded);
         set(&self.unroutable, s.unroutable_datagrams);
         set(&self.slow_consumers, s.slow_consumers);
+        set(&self.ice_restarts, s.ice_restarts);
     }
 
     fn publish_latency(&self, h: &Histogram) {
@@ -153,6 +155,12 @@ impl SfuMetrics {
             "counter",
             "Sessions dropped because their DataChannel queue passed its bound.",
             get(&self.slow_consumers),
+        );
+        metric(
+            "ice_restarts_total",
+            "counter",
+            "ICE restarts done over PATCH /v1/sessions/{id}.",
+            get(&self.ice_restarts),
         );
         let name = "switchboard_relay_sfu_forward_latency_seconds";
         let _ = writeln!(
@@ -431,12 +439,20 @@ fn on_command(sfu: &mut Sfu, c: Command) {
             }
             let _ = reply.send(r);
         }
-        Command::Trickle {
+        Command::Patch {
             id,
             fragment,
             reply,
         } => {
-            let _ = reply.send(sfu.handle_trickle(id, &fragment, now));
+            let mut random = [0u8; 16];
+            let r = match getrandom::fill(&mut random) {
+                Ok(()) => sfu.handle_patch(id, &fragment, random, now),
+                Err(_) => Err(SessionError::AtCapacity),
+            };
+            if let Ok(Some(_)) = &r {
+                info!(session = %id, "SFU session ICE restart");
+            }
+            let _ = reply.send(r);
         }
         Command::Delete { id, reply } => {
             let _ = reply.send(sfu.handle_delete(id, now));

@@ -15,13 +15,13 @@ use std::time::{Duration, Instant};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::{ChannelConfig, ChannelId, Reliability};
 use str0m::format::Codec;
-use str0m::media::{Direction, MediaKind, MediaTime, Mid};
+use str0m::media::{Direction, MediaKind, MediaTime, Mid, Rid, Simulcast, SimulcastLayer};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output as RtcOutput, Rtc};
 use switchboard_proto::sfu_token::Claims;
 use switchboard_proto::{PeerId, RoomName};
 
-use super::core::{CONTROL_LABEL, CloseReason, Output, SessionError, Sfu, SfuConfig};
+use super::core::{CONTROL_LABEL, CloseReason, Output, SessionError, SessionId, Sfu, SfuConfig};
 use super::envelope::ENVELOPE_PROTOCOL;
 
 const RELAY: &str = "10.0.0.1:5000";
@@ -56,6 +56,8 @@ struct Want {
     control: bool,
     unreliable: bool,
     video: bool,
+    /// Simulcast send layers (RIDs) of the video.
+    simulcast: Vec<&'static str>,
 }
 
 /// A str0m client peer on its own in-memory address.
@@ -67,7 +69,11 @@ struct Client {
     video: Option<Mid>,
     received: Vec<(String, bool, Vec<u8>)>,
     media_frames: usize,
+    /// Sizes of the media frames received.
+    frame_sizes: Vec<usize>,
     keyframe_requests: usize,
+    /// The layers keyframes were requested for.
+    keyframe_rids: Vec<Option<Rid>>,
     media_from: HashSet<Mid>,
     /// When false, the network drops everything to and from this client.
     online: bool,
@@ -77,6 +83,9 @@ struct Client {
     ignored_offers: usize,
     /// When false, this client's packets to the relay are dropped (it stopped reading).
     reading: bool,
+    /// Its session on the relay and the relay's SDP answer, once joined.
+    session: Option<SessionId>,
+    answer: String,
 }
 
 fn rng(n: u8) -> [u8; 32] {
@@ -117,9 +126,16 @@ impl Client {
         if want.control {
             change.add_channel(CONTROL_LABEL.into());
         }
-        let video = want
-            .video
-            .then(|| change.add_media(MediaKind::Video, Direction::SendOnly, None, None, None));
+        let simulcast = (!want.simulcast.is_empty()).then(|| {
+            let mut s = Simulcast::new();
+            for rid in &want.simulcast {
+                s.add_send_layer(SimulcastLayer::new(rid));
+            }
+            s
+        });
+        let video = want.video.then(|| {
+            change.add_media(MediaKind::Video, Direction::SendOnly, None, None, simulcast)
+        });
         let (offer, pending) = change.apply().unwrap();
         let c = Client {
             rtc,
@@ -128,12 +144,16 @@ impl Client {
             video,
             received: Vec::new(),
             media_frames: 0,
+            frame_sizes: Vec::new(),
             keyframe_requests: 0,
+            keyframe_rids: Vec::new(),
             media_from: HashSet::new(),
             online: true,
             own_offer: None,
             ignored_offers: 0,
             reading: true,
+            session: None,
+            answer: String::new(),
         };
         (c, offer, pending)
     }
@@ -174,7 +194,7 @@ impl Net {
     fn join(&mut self, room: &str, peer: &str, want: Want) -> usize {
         let port = 6000 + self.clients.len() as u16;
         let (mut c, offer, pending) = Client::new(port, &want, self.now);
-        let (_, answer) = self
+        let (id, answer_sdp) = self
             .sfu
             .handle_offer(
                 &claims(room, peer),
@@ -183,7 +203,9 @@ impl Net {
                 self.now,
             )
             .unwrap();
-        let answer = SdpAnswer::from_sdp_string(&answer).unwrap();
+        c.session = Some(id);
+        let answer = SdpAnswer::from_sdp_string(&answer_sdp).unwrap();
+        c.answer = answer_sdp;
         c.rtc.sdp_api().accept_answer(pending, answer).unwrap();
         self.clients.push(c);
         let i = self.clients.len() - 1;
@@ -324,9 +346,13 @@ impl Net {
             }
             Event::MediaData(d) => {
                 c.media_frames += 1;
+                c.frame_sizes.push(d.data.len());
                 c.media_from.insert(d.mid);
             }
-            Event::KeyframeRequest(_) => c.keyframe_requests += 1,
+            Event::KeyframeRequest(r) => {
+                c.keyframe_requests += 1;
+                c.keyframe_rids.push(r.rid);
+            }
             _ => {}
         }
     }
@@ -598,13 +624,16 @@ fn a_silent_session_is_dropped_and_the_count_returns_to_zero() {
 fn a_session_that_never_connects_times_out() {
     let mut net = Net::new(sfu(10, 8 << 20));
     let (_c, offer, _pending) = Client::new(7000, &chat(), net.now);
+    // No candidate in the offer and no check ever: ICE never rules the session out (with a
+    // candidate, its unanswered pair lapses first: `IceDisconnected` after ~15 s).
+    let offer: String = offer
+        .to_sdp_string()
+        .lines()
+        .filter(|l| !l.starts_with("a=candidate"))
+        .map(|l| format!("{l}\r\n"))
+        .collect();
     net.sfu
-        .handle_offer(
-            &claims("room", "ghost"),
-            &offer.to_sdp_string(),
-            rng(1),
-            net.now,
-        )
+        .handle_offer(&claims("room", "ghost"), &offer, rng(1), net.now)
         .unwrap();
     net.run_until(Duration::from_secs(31), |n| n.sfu.session_count() == 0);
     assert_eq!(net.closed, vec![CloseReason::ConnectTimeout]);
@@ -729,4 +758,234 @@ fn unroutable_datagrams_are_counted_and_ignored() {
         now,
     );
     assert_eq!(net.sfu.stats().unroutable_datagrams, 2);
+}
+
+/// The value of `a=<name>:` in an SDP or fragment.
+fn sdp_attr<'a>(sdp: &'a str, name: &str) -> &'a str {
+    let prefix = format!("a={name}:");
+    sdp.lines()
+        .find_map(|l| l.trim().strip_prefix(prefix.as_str()))
+        .unwrap()
+        .trim()
+}
+
+#[test]
+fn an_ice_restart_over_patch_moves_a_session_to_a_new_address_without_losing_a_message() {
+    let mut net = Net::new(sfu(10, 8 << 20));
+    let a = net.join("room", "alice", chat());
+    let b = net.join("room", "bob", chat());
+    for n in 0..5u8 {
+        assert!(net.clients[a].send("chat", false, &[b'0' + n]));
+    }
+    net.run_until(Duration::from_secs(2), |n| {
+        n.clients[b].messages("chat").len() == 5
+    });
+
+    // Bob's network changes: his old address is gone, and alice keeps sending meanwhile.
+    net.clients[b].online = false;
+    for n in 5..10u8 {
+        assert!(net.clients[a].send("chat", false, &[b'0' + n]));
+    }
+    net.run_for(Duration::from_secs(1));
+    let old = net.clients[b].addr;
+    let new: SocketAddr = "10.0.0.3:7777".parse().unwrap();
+    let c = &mut net.clients[b];
+    c.addr = new;
+    c.online = true;
+    let mut change = c.rtc.sdp_api();
+    change.ice_restart(false);
+    let (offer, pending) = change.apply().unwrap();
+    let offer = offer.to_sdp_string();
+    let (ufrag, pwd) = (sdp_attr(&offer, "ice-ufrag"), sdp_attr(&offer, "ice-pwd"));
+    let id = c.session.unwrap();
+    let fragment = format!("a=ice-ufrag:{ufrag}\r\na=ice-pwd:{pwd}\r\n");
+    let now = net.now;
+    let reply = net
+        .sfu
+        .handle_patch(id, &fragment, [9; 16], now)
+        .unwrap()
+        .expect("an ICE restart is answered with the relay's new credentials");
+    let old_answer = net.clients[b].answer.clone();
+    let (relay_ufrag, relay_pwd) = (sdp_attr(&reply, "ice-ufrag"), sdp_attr(&reply, "ice-pwd"));
+    assert_ne!(relay_ufrag, sdp_attr(&old_answer, "ice-ufrag"));
+    // The client makes the answer the WHIP way: its last remote description with the new
+    // credentials.
+    let answer = old_answer
+        .replace(sdp_attr(&old_answer, "ice-ufrag"), relay_ufrag)
+        .replace(sdp_attr(&old_answer, "ice-pwd"), relay_pwd);
+    let answer = SdpAnswer::from_sdp_string(&answer).unwrap();
+    net.clients[b]
+        .rtc
+        .sdp_api()
+        .accept_answer(pending, answer)
+        .unwrap();
+    // The restart dropped the client's old candidates; it gathers on its new network.
+    net.clients[b]
+        .rtc
+        .add_local_candidate(Candidate::host(new, "udp").unwrap());
+    // The same fragment again is no new restart (a retried PATCH).
+    assert_eq!(net.sfu.handle_patch(id, &fragment, [8; 16], now), Ok(None));
+
+    for n in 10..15u8 {
+        assert!(net.clients[a].send("chat", false, &[b'0' + n]));
+    }
+    assert!(net.clients[b].send("chat", false, b"bob is back"));
+    // Well within the old path's 15 s consent lifetime: the relay sends on the new path at once.
+    net.run_until(Duration::from_secs(3), |n| {
+        n.clients[b].messages("chat").len() == 15 && !n.clients[a].messages("chat").is_empty()
+    });
+    let got: Vec<u8> = net.clients[b]
+        .messages("chat")
+        .iter()
+        .map(|m| m[0])
+        .collect();
+    assert_eq!(got, (0..15u8).map(|n| b'0' + n).collect::<Vec<_>>());
+    assert_eq!(net.clients[a].messages("chat"), vec![&b"bob is back"[..]]);
+    assert_eq!(net.sfu.stats().ice_restarts, 1);
+    // Past the old path's consent lifetime the session lives on at the new address.
+    net.run_for(Duration::from_secs(20));
+    assert!(net.closed.is_empty(), "{:?}", net.closed);
+    assert!(net.clients[a].send("chat", false, b"later"));
+    net.run_until(Duration::from_secs(2), |n| {
+        n.clients[b].messages("chat").len() == 16
+    });
+    assert_ne!(old, new);
+}
+
+#[test]
+fn patch_fragments_that_cannot_restart_are_refused() {
+    let mut net = Net::new(sfu(10, 8 << 20));
+    let a = net.join("room", "alice", chat());
+    let id = net.clients[a].session.unwrap();
+    let now = net.now;
+    let bad =
+        |e: Result<Option<String>, SessionError>| matches!(e, Err(SessionError::BadFragment(_)));
+    assert!(bad(net.sfu.handle_patch(
+        id,
+        "a=ice-ufrag:abcd\r\n",
+        [1; 16],
+        now
+    )));
+    assert!(bad(net.sfu.handle_patch(
+        id,
+        "a=ice-ufrag:abcd\r\na=ice-pwd:short\r\n",
+        [1; 16],
+        now
+    )));
+    assert!(bad(net.sfu.handle_patch(
+        id,
+        "a=candidate:garbage\r\n",
+        [1; 16],
+        now
+    )));
+    assert_eq!(
+        net.sfu.handle_patch(SessionId(7), "", [1; 16], now),
+        Err(SessionError::NotFound)
+    );
+    // Trickle alone is still a 204-style answer.
+    let frag = "a=candidate:1 1 udp 2130706431 10.0.0.9 9 typ host\r\n";
+    assert_eq!(net.sfu.handle_patch(id, frag, [1; 16], now), Ok(None));
+    assert_eq!(net.sfu.stats().ice_restarts, 0);
+    // The session was not disturbed.
+    net.run_for(Duration::from_secs(1));
+    assert!(net.closed.is_empty());
+}
+
+#[test]
+fn a_simulcast_subscriber_gets_one_layer_and_moves_up_at_a_keyframe_when_its_estimate_allows() {
+    let mut net = Net::new(sfu(10, 8 << 20));
+    let a = net.join(
+        "room",
+        "alice",
+        Want {
+            control: true,
+            video: true,
+            simulcast: vec!["l", "h"],
+            ..Want::default()
+        },
+    );
+    net.run_until(Duration::from_secs(5), |n| n.clients[a].rtc.is_connected());
+    let b = net.join(
+        "room",
+        "bob",
+        Want {
+            control: true,
+            ..Want::default()
+        },
+    );
+    // The relay offers bob alice's video over the control channel; bob answers.
+    net.run_until(Duration::from_secs(5), |n| {
+        n.clients[b]
+            .messages(CONTROL_LABEL)
+            .iter()
+            .any(|m| m.starts_with(br#"{"type":"offer""#))
+    });
+    net.run_for(Duration::from_millis(200));
+    let mid = net.clients[a].video.unwrap();
+    let pt = {
+        let w = net.clients[a].rtc.writer(mid).unwrap();
+        w.payload_params()
+            .find(|p| p.spec().codec == Codec::Vp8)
+            .unwrap()
+            .pt()
+    };
+    // VP8 frames: a keyframe starts 0x10 (P bit clear) and the start code, a delta frame 0x11.
+    let frame = |key: bool, len: usize| {
+        let mut f = if key {
+            vec![0x10, 0x00, 0x9d, 0x01, 0x2a, 0x40, 0x01, 0xf0, 0x00]
+        } else {
+            vec![0x11, 0x00, 0x00]
+        };
+        f.resize(len, 0x55);
+        f
+    };
+    // `l` ~96 kbit/s with a keyframe a second; `h` ~720 kbit/s with keyframes only on request.
+    let (low, high) = (Rid::from("l"), Rid::from("h"));
+    let mut seen_requests = 0;
+    let mut h_key_due = true;
+    let mut frames_written = 0usize;
+    let mut after_switch = None;
+    for n in 0..300u64 {
+        let requests = &net.clients[a].keyframe_rids;
+        if requests[seen_requests..].contains(&Some(high)) {
+            h_key_due = true;
+        }
+        seen_requests = requests.len();
+        let now = net.now;
+        let t = MediaTime::from_90khz(n * 3000);
+        let w = net.clients[a].rtc.writer(mid).unwrap().rid(low);
+        w.write(pt, now, t, frame(n % 30 == 0, 400)).unwrap();
+        let w = net.clients[a].rtc.writer(mid).unwrap().rid(high);
+        w.write(pt, now, t, frame(h_key_due, 3000)).unwrap();
+        h_key_due = false;
+        frames_written += 1;
+        net.run_for(Duration::from_millis(33));
+        if after_switch.is_none() && net.clients[b].frame_sizes.last() == Some(&3000) {
+            after_switch = Some(net.clients[b].frame_sizes.len() - 1);
+        }
+    }
+    let sizes = &net.clients[b].frame_sizes;
+    // One layer at a time: about one frame per written pair (both only in the tick of the
+    // switch: the old layer's frame, then the new layer's keyframe).
+    assert!(
+        sizes.len() <= frames_written + 1 && sizes.len() + 20 >= frames_written,
+        "{} frames received for {frames_written} written per layer",
+        sizes.len()
+    );
+    // It starts on the low layer and, once `h` is measured and fits the estimate with
+    // headroom for the hold time, goes up: after a keyframe request for `h`, from that keyframe on.
+    assert_eq!(sizes.first(), Some(&400));
+    let switch = after_switch.expect("bob moved up to the high layer");
+    assert!(
+        net.clients[a].keyframe_rids.contains(&Some(high)),
+        "a PLI for the new layer: {:?}",
+        net.clients[a].keyframe_rids
+    );
+    assert!(
+        sizes[switch..].iter().all(|s| *s == 3000),
+        "no going back on a steady estimate"
+    );
+    assert!(sizes[..switch].iter().all(|s| *s == 400));
+    // The hold: not before ~1 s of measurement plus 4 s of headroom.
+    assert!(switch >= 4 * 30, "switched after {switch} frames");
 }
