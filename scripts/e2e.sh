@@ -70,8 +70,11 @@ wait_ready fleet 18789
 export SWITCHBOARD_URL=http://127.0.0.1:18787 SWITCHBOARD_AUTH_URL=http://127.0.0.1:18788
 export SWITCHBOARD_FLEET_URL=http://127.0.0.1:18789
 # Relay processes register with the fleet instance (tests/relay_registry.rs).
-export SWITCHBOARD_RELAY_BIN="${SWITCHBOARD_RELAY_BIN:-$ROOT/target/release/relay}"
-[ -x "$SWITCHBOARD_RELAY_BIN" ] || cargo build --release -p switchboard-relay
+# (built here unless given: a no-op when up to date, never a stale binary from an older build)
+if [ -z "${SWITCHBOARD_RELAY_BIN:-}" ]; then
+  cargo build --release -q -p switchboard-relay
+  export SWITCHBOARD_RELAY_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/relay"
+fi
 if ! cargo test -p switchboard-tests --no-fail-fast "$@"; then
   echo "--- wrangler dev logs (tail) ---" >&2
   tail -n 40 "$WORK/open.log" "$WORK/auth.log" "$WORK/fleet.log" >&2
