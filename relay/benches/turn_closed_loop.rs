@@ -17,7 +17,14 @@
 //!   each other's relayed address; one side sends, the other echoes through the server (what
 //!   two browsers relayed by one node do);
 //! - `--raw-echo`: no TURN at all, a plain UDP echo server thread (recvmmsg/sendmmsg through
-//!   quinn-udp and rustix): the loopback ceiling for this client on this machine.
+//!   quinn-udp and rustix): the loopback ceiling for this client on this machine;
+//! - `--rate R`: open loop instead: the clients together send R round trips per second, paced,
+//!   for `--seconds`, whatever comes back; the row shows what was offered, what came back and
+//!   what was lost (`scripts/bench-relay.sh` steps R to find the highest rate a server relays
+//!   without loss);
+//! - with `--server-pid`, the last column is the CPU of each busy server thread (≥ 5 % of a
+//!   core) during the measured phase, from `/proc/PID/task/*/stat`: whether a server with N
+//!   threads keeps N cores busy.
 //!
 //! Every loop is bounded by a packet count and by `--max-seconds`.
 //! Run: `cargo bench -p switchboard-relay --bench turn_closed_loop -- --server 127.0.0.1:3478 --secret S`
@@ -85,6 +92,12 @@ struct Args {
     /// Measure a raw UDP echo server (recvmmsg/sendmmsg) instead of a TURN server.
     #[arg(long)]
     raw_echo: bool,
+    /// Open loop: round trips per second offered by all clients together (0: closed loop).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Seconds of offered load in the open-loop mode.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -127,8 +140,18 @@ fn main() {
         })
         .collect();
 
+    for s in &sockets {
+        big_buffers(s);
+    }
+    if args.rate > 0 {
+        open_loop(&args, &sockets, payload);
+        stop.store(true, Ordering::Relaxed);
+        return;
+    }
+
     // Throughput: all clients at once, each on its own thread.
     let cpu_before = args.server_pid.and_then(cpu_seconds);
+    let threads_before = args.server_pid.map(thread_ticks);
     let started = Instant::now();
     let (received, lost) = std::thread::scope(|s| {
         let handles: Vec<_> = sockets
@@ -142,12 +165,14 @@ fn main() {
             .map(|h| h.join().unwrap())
             .fold((0, 0), |(r, l), (got, missing)| (r + got, l + missing))
     });
-    let pps = received as f64 / started.elapsed().as_secs_f64();
+    let elapsed = started.elapsed().as_secs_f64();
+    let pps = received as f64 / elapsed;
     let cpu = args
         .server_pid
         .and_then(cpu_seconds)
         .zip(cpu_before)
         .map(|(after, before)| after - before);
+    let busy = busy_threads(args.server_pid, threads_before.as_ref(), elapsed);
 
     // Latency: one in flight per client, all clients concurrently.
     let mut micros: Vec<u64> = std::thread::scope(|s| {
@@ -178,7 +203,7 @@ fn main() {
         _ => ("-".into(), "-".into(), "-".into()),
     };
     println!(
-        "| {} | {} | {} | {:.0} | {:.2} | {} | {} | {} | {} | {} | {} |",
+        "| {} | {} | {} | {:.0} | {:.2} | {} | {} | {} | {} | {} | {} | {} |",
         args.label,
         args.clients,
         payload,
@@ -190,7 +215,164 @@ fn main() {
         common::percentile(&micros, 0.50),
         common::percentile(&micros, 0.99),
         micros.last().copied().unwrap_or(0),
+        busy,
     );
+}
+
+/// Asks for 4 MiB socket buffers (the kernel caps them at `net.core.rmem_max`/`wmem_max`), as
+/// the servers have, so a burst is not lost in the client's own receive queue.
+fn big_buffers(socket: &UdpSocket) {
+    let _ = rustix::net::sockopt::set_socket_recv_buffer_size(socket, 4 << 20);
+    let _ = rustix::net::sockopt::set_socket_send_buffer_size(socket, 4 << 20);
+}
+
+/// The open-loop row: every client sends its share of `--rate` paced over `--seconds` while a
+/// second thread per client counts what comes back; what has not come back 500 ms after the
+/// last send is lost.
+fn open_loop(args: &Args, sockets: &[UdpSocket], payload: usize) {
+    let per_client = args.rate as f64 / sockets.len().max(1) as f64;
+    let duration = Duration::from_secs_f64(args.seconds);
+    let cpu_before = args.server_pid.and_then(cpu_seconds);
+    let threads_before = args.server_pid.map(thread_ticks);
+    let (sent, received) = std::thread::scope(|s| {
+        let handles: Vec<_> = sockets
+            .iter()
+            .map(|c| s.spawn(move || paced(c, args.server, payload, per_client, duration)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .fold((0, 0), |(a, b), (sent, got)| (a + sent, b + got))
+    });
+    // CPU is read after the 500 ms grace (what was still queued gets relayed then) and divided
+    // by the seconds of offered load.
+    let elapsed = args.seconds;
+    let cpu = args
+        .server_pid
+        .and_then(cpu_seconds)
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
+    let busy = busy_threads(args.server_pid, threads_before.as_ref(), elapsed);
+    let relayed_per_round_trip = if args.c2c { 4.0 } else { 2.0 };
+    let (cpu_s, us_per_packet, per_core) = match cpu {
+        Some(c) if c > 0.0 && received > 0 => (
+            format!("{c:.2}"),
+            format!(
+                "{:.2}",
+                c * 1e6 / (received as f64 * relayed_per_round_trip)
+            ),
+            format!("{:.0}", received as f64 / c),
+        ),
+        _ => ("-".into(), "-".into(), "-".into()),
+    };
+    println!(
+        "| {} | {} | {} | {} | {:.0} | {:.0} | {} | {:.3} | {} | {} | {} | {} |",
+        args.label,
+        args.clients,
+        payload,
+        args.rate,
+        sent as f64 / args.seconds,
+        received as f64 / args.seconds,
+        sent.saturating_sub(received),
+        100.0 * sent.saturating_sub(received) as f64 / sent.max(1) as f64,
+        cpu_s,
+        us_per_packet,
+        per_core,
+        busy,
+    );
+}
+
+/// One open-loop client: sends `rate` ChannelData per second for `duration` (what is due every
+/// 200 µs), counting echoes on a second thread until 500 ms after the last send. Returns (sent,
+/// received).
+fn paced(
+    sock: &UdpSocket,
+    server: SocketAddr,
+    payload: usize,
+    rate: f64,
+    duration: Duration,
+) -> (u64, u64) {
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let counter = s.spawn(|| {
+            let mut buf = vec![0u8; 2048];
+            let mut received = 0u64;
+            // Bounded: the sender sets `done` after `duration` + 500 ms; each read waits at most
+            // the socket's 500 ms timeout.
+            while !done.load(Ordering::Relaxed) {
+                if let Ok(n) = sock.recv(&mut buf)
+                    && ChannelData::decode(&buf[..n])
+                        .is_ok_and(|cd| cd.channel == ChannelNumber(CHANNEL))
+                {
+                    received += 1;
+                }
+            }
+            received
+        });
+        let mut data = vec![0u8; payload];
+        let started = Instant::now();
+        let total = (rate * duration.as_secs_f64()) as u64;
+        let mut sent = 0u64;
+        while sent < total && started.elapsed() < duration + Duration::from_secs(1) {
+            let due = ((started.elapsed().as_secs_f64() * rate) as u64).min(total);
+            while sent < due {
+                data[..8].copy_from_slice(&sent.to_be_bytes());
+                let _ = sock.send_to(
+                    &ChannelData::encode(ChannelNumber(CHANNEL), &data, false),
+                    server,
+                );
+                sent += 1;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        done.store(true, Ordering::Relaxed);
+        (sent, counter.join().unwrap())
+    })
+}
+
+/// User + system clock ticks of each thread of `pid`, by thread id.
+fn thread_ticks(pid: u32) -> std::collections::HashMap<u32, u64> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Default::default();
+    };
+    dir.filter_map(|e| {
+        let tid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+        let rest = stat.rsplit_once(')')?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        Some((tid, ticks))
+    })
+    .collect()
+}
+
+/// The CPU of each server thread that used at least 5 % of a core over `secs`, busiest first,
+/// as "97 / 95" (percent of one core); "-" without `--server-pid`.
+fn busy_threads(
+    pid: Option<u32>,
+    before: Option<&std::collections::HashMap<u32, u64>>,
+    secs: f64,
+) -> String {
+    let (Some(pid), Some(before)) = (pid, before) else {
+        return "-".into();
+    };
+    let mut busy: Vec<f64> = thread_ticks(pid)
+        .into_iter()
+        .map(|(tid, t)| {
+            // USER_HZ is 100: a tick is 1 % of a core-second.
+            t.saturating_sub(before.get(&tid).copied().unwrap_or(0)) as f64 / secs.max(1e-3)
+        })
+        .filter(|&p| p >= 5.0)
+        .collect();
+    busy.sort_by(|a, b| b.total_cmp(a));
+    if busy.is_empty() {
+        return "-".into();
+    }
+    busy.iter()
+        .map(|p| format!("{p:.0}"))
+        .collect::<Vec<_>>()
+        .join(" / ")
 }
 
 /// A TURN client with an allocation. Allocations of earlier runs live on (600 s), so a reused
@@ -316,7 +498,7 @@ fn raw_echo(args: &Args, payload: usize, limit: Duration) {
     stop.store(true, Ordering::Relaxed);
     let _ = echo.join();
     println!(
-        "| {} | {} | {} | {:.0} | {:.2} | - | - | - | - | - | - |",
+        "| {} | {} | {} | {:.0} | {:.2} | - | - | - | - | - | - | - |",
         args.label,
         args.clients,
         payload,

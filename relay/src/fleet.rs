@@ -20,7 +20,20 @@ use switchboard_proto::registry::{
 use tracing::{info, warn};
 
 use crate::http::Metrics;
-use crate::sfu::shell::SfuMetrics;
+#[cfg(feature = "sfu")]
+pub use crate::sfu::shell::SfuMetrics;
+
+/// Without the `sfu` feature there are no SFU sessions to report: no value of this type exists.
+#[cfg(not(feature = "sfu"))]
+#[derive(Debug)]
+pub enum SfuMetrics {}
+
+#[cfg(not(feature = "sfu"))]
+impl SfuMetrics {
+    fn sessions(&self) -> u64 {
+        match *self {}
+    }
+}
 
 /// What the node says about itself, from the `--worker-url`/`--node-id`/… flags.
 #[derive(Clone)]

@@ -8,6 +8,7 @@ use switchboard_relay::config::{Args, Config};
 use switchboard_relay::fleet;
 use switchboard_relay::http::{self, Metrics};
 use switchboard_relay::net::{Control, EventLoop, Listeners, LoopConfig, RelayPorts, Shutdown};
+#[cfg(feature = "sfu")]
 use switchboard_relay::sfu;
 use switchboard_relay::telemetry;
 use switchboard_relay::turn::{Credentials, Server, Shared};
@@ -70,12 +71,23 @@ async fn run(args: Args, config: Config) -> Result<(), String> {
     // The SFU verifies session tokens with the current secrets; SIGHUP updates them here too.
     let (creds_tx, creds_rx) = watch::channel(config.credentials.clone());
     // The SFU runs on its own thread with its own socket; HTTP reaches it by message.
+    #[cfg(feature = "sfu")]
     let sessions = match &config.sfu {
         None => None,
         Some(s) => Some(http::sessions::SessionApi {
             sfu: sfu::shell::start(s).map_err(|e| format!("SFU listener {}: {e}", s.listen))?,
             credentials: creds_rx,
         }),
+    };
+    #[cfg(not(feature = "sfu"))]
+    let sessions: Option<http::sessions::SessionApi> = match &config.sfu {
+        None => {
+            drop(creds_rx);
+            None
+        }
+        Some(_) => {
+            return Err("--sfu-listen: this relay was built without the `sfu` feature".into());
+        }
     };
     if let Some(addr) = config.sfu.as_ref().and_then(|s| s.http_listen) {
         let listener = http::bind(addr)
@@ -88,6 +100,7 @@ async fn run(args: Args, config: Config) -> Result<(), String> {
             sessions.clone(),
         ));
     }
+    #[cfg(feature = "sfu")]
     if let (Some(addr), Some(api)) = (config.sfu.as_ref().and_then(|s| s.https_listen), &sessions) {
         let tls = tls
             .clone()
@@ -103,7 +116,10 @@ async fn run(args: Args, config: Config) -> Result<(), String> {
     if let Some(mut fleet) = config.fleet.clone() {
         fleet.max_allocations = config.max_allocations as u64;
         fleet.max_sfu_sessions = config.sfu.as_ref().map_or(0, |s| s.max_sessions as u64);
+        #[cfg(feature = "sfu")]
         let sfu_metrics = sessions.as_ref().map(|s| s.sfu.metrics.clone());
+        #[cfg(not(feature = "sfu"))]
+        let sfu_metrics: Option<Arc<fleet::SfuMetrics>> = None;
         info!(node = %fleet.node_id, region = fleet.region.as_str(), "registering with the relay registry");
         fleet::spawn(fleet.clone(), metrics.clone(), sfu_metrics.clone())
             .map_err(|e| format!("cannot start the fleet heartbeat: {e}"))?;

@@ -14,7 +14,16 @@ use tokio::net::TcpListener;
 
 use crate::turn::Stats;
 
+#[cfg(feature = "sfu")]
 pub mod sessions;
+
+/// Without the `sfu` feature there is no session endpoint: no value of this type exists.
+#[cfg(not(feature = "sfu"))]
+pub mod sessions {
+    /// Stands for the SFU's session API in a relay built without it.
+    #[derive(Debug, Clone)]
+    pub enum SessionApi {}
+}
 
 /// Counters and gauges shared between the event loops (writers, one slot each) and the HTTP
 /// endpoint (reader, which sums the slots).
@@ -309,6 +318,15 @@ pub async fn serve_with_sessions(
     }
 }
 
+/// The SFU's metrics, when it runs.
+fn sfu_metrics(sessions: Option<&sessions::SessionApi>) -> String {
+    #[cfg(feature = "sfu")]
+    let text = sessions.map(|s| s.sfu.metrics.render());
+    #[cfg(not(feature = "sfu"))]
+    let text = sessions.map(|s| match *s {});
+    text.unwrap_or_default()
+}
+
 /// Answers one request on `stream` (plain TCP, or TLS for the session endpoint).
 pub(crate) async fn answer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     mut stream: S,
@@ -334,6 +352,7 @@ pub(crate) async fn answer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unp
     let head = String::from_utf8_lossy(buf.get(..used).unwrap_or_default());
     let mut parts = head.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    #[cfg(feature = "sfu")]
     if let Some(api) = sessions
         && sessions::owns(path)
     {
@@ -344,7 +363,7 @@ pub(crate) async fn answer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unp
         ("GET", "/metrics") => (
             "200 OK",
             "text/plain; version=0.0.4; charset=utf-8",
-            metrics.render() + &sessions.map(|s| s.sfu.metrics.render()).unwrap_or_default(),
+            metrics.render() + &sfu_metrics(sessions),
         ),
         // Load balancers steer new clients away from a draining node; existing allocations keep
         // being served over TURN, which does not go through this endpoint.

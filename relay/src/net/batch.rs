@@ -1,8 +1,15 @@
 //! Batched UDP IO for the event loop: one `recvmmsg` (through quinn-udp) drains up to [`BATCH`]
-//! datagrams from a socket, and the datagrams produced meanwhile are flushed with one
+//! datagrams from a socket (more when the socket has `UDP_GRO`: a slot then holds several
+//! datagrams of one sender), and the datagrams produced meanwhile are flushed with one
 //! `sendmmsg` per source socket. Relayed data is not copied: an [`Outbox`] entry may point into
 //! the receive buffers (ChannelData header and payload go out as two iovecs), which stay
 //! untouched until the flush that follows every receive.
+//!
+//! Runs of datagrams from one socket to one destination, all of one size (the last may be
+//! shorter), go out as one `UDP_SEGMENT` (GSO) send where the kernel supports it: the kernel
+//! walks its stack once for the run and splits it into datagrams at the end (or hands it whole
+//! to a receiver with `UDP_GRO`). The run is copied into one buffer for that send (a GSO send
+//! is one contiguous message through quinn-udp); the datagrams on the wire are the same.
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
@@ -38,11 +45,12 @@ impl std::fmt::Debug for Receiver {
 impl Receiver {
     /// Receive buffers for one batch.
     ///
-    /// quinn-udp's receive is a plain `recvmmsg` that decodes whatever control messages arrive;
-    /// it needs no option on the socket it reads. Its `UdpSocketState::new` does set options
+    /// quinn-udp's receive is a plain `recvmmsg` that decodes whatever control messages arrive
+    /// (a GRO segment size among them); it needs no option on the socket it reads, and its GSO
+    /// send passes the segment size with each message. Its `UdpSocketState::new` does set options
     /// (PMTU probing and DF on every send, GRO, receive timestamps) that would change how our
-    /// listeners and relayed sockets send, so the state is made on a private, unbound socket and
-    /// the sockets we serve keep their options.
+    /// relayed sockets send, so the state is made on a private, unbound socket and the sockets we
+    /// serve keep their options (listeners get GRO from [`super::bind::udp_listener`]).
     pub fn new() -> io::Result<Self> {
         let probe = rustix::net::socket_with(
             rustix::net::AddressFamily::INET,
@@ -82,6 +90,12 @@ impl Receiver {
                 (m.addr, start..(start + stride).min(base + len))
             })
         })
+    }
+
+    /// How many datagrams one GSO send may carry here: 1 where the kernel has no `UDP_SEGMENT`
+    /// or a GSO send has failed (quinn-udp then turns it off), else at most [`BATCH`].
+    pub fn gso_segments(&self) -> usize {
+        self.state.max_gso_segments().min(BATCH)
     }
 
     /// The bytes at `range` (from [`Receiver::datagrams`]).
@@ -133,6 +147,8 @@ struct Outgoing {
 #[derive(Debug, Default)]
 pub struct Outbox {
     pending: Vec<Outgoing>,
+    /// One GSO run, copied together for its send.
+    segments: Vec<u8>,
 }
 
 impl Outbox {
@@ -178,17 +194,129 @@ impl Outbox {
         }
         // A stable sort groups datagrams by socket and keeps each socket's order.
         self.pending.sort_by_key(|o| o.source);
+        let segments = &mut self.segments;
         let failed = self
             .pending
             .chunk_by(|a, b| a.source == b.source)
             .flat_map(|run| run.chunks(BATCH))
             .map(|run| match run.first().and_then(|o| socket(o.source)) {
-                Some(s) => send_run(s, run, rx),
+                Some(s) => send_segmented_runs(s, run, rx, segments),
                 None => run.len() as u64,
             })
             .sum();
         self.pending.clear();
         failed
+    }
+}
+
+/// The largest datagram sent in a GSO run: a segment must fit the outgoing device's MTU (the
+/// kernel refuses the whole send otherwise), and 1452 bytes fit a 1500-byte MTU over IPv4 and
+/// IPv6. Larger datagrams go out one by one, as before, so IP fragmentation still applies to them.
+const GSO_MAX_SEGMENT: usize = 1452;
+
+/// The most bytes one UDP send can carry (IPv4: 65,535 less the IP and UDP headers).
+const GSO_MAX_BYTES: usize = 65_507;
+
+/// Length of one queued datagram.
+fn len_of(o: &Outgoing) -> usize {
+    match &o.data {
+        Data::Owned(v) => v.len(),
+        Data::Received { header, range } => header.map_or(0, |h| h.len()) + range.len(),
+    }
+}
+
+/// How many datagrams at the start of `run` can go out as one GSO send: all to the first one's
+/// destination, all of its size except a shorter last one, at most `max` and [`GSO_MAX_BYTES`].
+fn gso_run_len(run: &[Outgoing], max: usize) -> usize {
+    let Some(first) = run.first() else {
+        return 0;
+    };
+    let size = len_of(first);
+    if max < 2 || size == 0 || size > GSO_MAX_SEGMENT {
+        return 1;
+    }
+    let limit = max.min(GSO_MAX_BYTES / size);
+    let mut n = 1;
+    for o in run.iter().skip(1).take(limit.saturating_sub(1)) {
+        if o.to != first.to {
+            break;
+        }
+        let len = len_of(o);
+        if len == size {
+            n += 1;
+        } else {
+            // A shorter datagram may end the run.
+            if len > 0 && len < size {
+                n += 1;
+            }
+            break;
+        }
+    }
+    n
+}
+
+/// Sends datagrams that all leave from `socket`: runs to one destination as GSO sends, the
+/// others with `sendmmsg`, in queue order. Returns how many failed.
+fn send_segmented_runs(
+    socket: &UdpSocket,
+    run: &[Outgoing],
+    rx: &Receiver,
+    segments: &mut Vec<u8>,
+) -> u64 {
+    let max = rx.gso_segments();
+    if max < 2 {
+        return send_run(socket, run, rx);
+    }
+    let mut failed = 0;
+    // Datagrams since the last GSO send, waiting for one `sendmmsg`.
+    let mut singles = 0;
+    let mut i = 0;
+    while let Some(rest) = run.get(i..).filter(|r| !r.is_empty()) {
+        let n = gso_run_len(rest, max);
+        if n < 2 {
+            singles += 1;
+            i += 1;
+            continue;
+        }
+        if let Some(before) = run.get(i - singles..i) {
+            failed += send_run(socket, before, rx);
+        }
+        singles = 0;
+        if let Some(group) = rest.get(..n) {
+            failed += send_gso(socket, group, rx, segments);
+        }
+        i += n;
+    }
+    if let Some(before) = run.get(i - singles..i) {
+        failed += send_run(socket, before, rx);
+    }
+    failed
+}
+
+/// Sends `group` (from [`gso_run_len`]) as one GSO send; if the kernel refuses it for another
+/// reason than a full send buffer, the datagrams go out one by one instead (quinn-udp turns
+/// GSO off for later sends when the refusal says the device cannot segment).
+fn send_gso(socket: &UdpSocket, group: &[Outgoing], rx: &Receiver, segments: &mut Vec<u8>) -> u64 {
+    let Some(first) = group.first() else {
+        return 0;
+    };
+    segments.clear();
+    for o in group {
+        for part in iovecs(o, rx) {
+            segments.extend_from_slice(&part);
+        }
+    }
+    let transmit = quinn_udp::Transmit {
+        destination: first.to,
+        ecn: None,
+        contents: segments,
+        segment_size: Some(len_of(first)),
+        src_ip: None,
+    };
+    match rx.state.try_send(socket.into(), &transmit) {
+        Ok(()) => 0,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => group.len() as u64,
+        Err(_) => send_run(socket, group, rx),
     }
 }
 
@@ -387,6 +515,103 @@ mod tests {
             got,
             vec![b"\x40\x00\x00\x07payload".to_vec(), b"payload".to_vec()]
         );
+    }
+
+    /// Datagrams of `sizes` from `source`, each starting with its index.
+    fn queue(outbox: &mut Outbox, source: Source, to: SocketAddr, sizes: &[usize]) {
+        for (i, &len) in sizes.iter().enumerate() {
+            let mut payload = vec![0u8; len];
+            payload[0] = u8::try_from(i).unwrap();
+            outbox.push_owned(source, to, payload);
+        }
+    }
+
+    #[test]
+    fn a_gso_run_is_one_to_one_destination_of_one_size_with_a_shorter_last() {
+        let to: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let other: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        let item = |to, len| Outgoing {
+            source: Source::Relay(0),
+            to,
+            data: Data::Owned(vec![0; len]),
+        };
+        let run = |items: &[(SocketAddr, usize)]| -> Vec<Outgoing> {
+            items.iter().map(|&(t, l)| item(t, l)).collect()
+        };
+        let r = run(&[(to, 100), (to, 100), (to, 100), (to, 40), (to, 100)]);
+        assert_eq!(gso_run_len(&r, 32), 4, "a shorter datagram ends the run");
+        let r = run(&[(to, 100), (to, 100), (other, 100)]);
+        assert_eq!(gso_run_len(&r, 32), 2, "another destination ends the run");
+        let r = run(&[(to, 100), (to, 200)]);
+        assert_eq!(gso_run_len(&r, 32), 1, "a longer datagram cannot follow");
+        let r = run(&[(to, 100), (to, 0)]);
+        assert_eq!(gso_run_len(&r, 32), 1, "nor an empty one");
+        let r = run(&[(to, 100); 10]);
+        assert_eq!(gso_run_len(&r, 4), 4, "at most what the kernel takes");
+        assert_eq!(gso_run_len(&r, 1), 1, "no GSO here");
+        let r = run(&[(to, 1500), (to, 1500)]);
+        assert_eq!(gso_run_len(&r, 32), 1, "larger than a 1500-byte MTU allows");
+        let r = run(&[(to, 1400); 60]);
+        assert_eq!(gso_run_len(&r, 64), GSO_MAX_BYTES / 1400);
+    }
+
+    #[test]
+    fn gso_runs_arrive_as_the_datagrams_queued_also_through_gro() {
+        let rx = Receiver::new().unwrap();
+        // This kernel has UDP_SEGMENT; the runs below must take the GSO path.
+        assert!(rx.gso_segments() > 1, "no GSO on this kernel");
+        let a = socket();
+        // A plain receiver (the kernel splits GSO runs for it) and a listener with UDP_GRO (it
+        // gets runs whole and `Receiver::datagrams` splits them).
+        let plain = socket();
+        let (gro, _, gro_on) =
+            super::super::bind::udp_listener("127.0.0.1:0".parse().unwrap(), false, 1 << 20)
+                .unwrap();
+        assert!(gro_on, "no UDP_GRO on this kernel");
+        // Runs: 5 × 100 + 40, then 1 × 7 (alone), then 3 × 1200 + 1199, then 2 × 1500 (too
+        // big for GSO), interleaved with a datagram to the other destination.
+        let sizes = [
+            100, 100, 100, 100, 100, 40, 7, 1200, 1200, 1200, 1199, 1500, 1500,
+        ];
+        for sink in [&plain, &gro] {
+            let to = sink.local_addr().unwrap();
+            let elsewhere = socket();
+            let mut outbox = Outbox::default();
+            queue(&mut outbox, Source::Relay(0), to, &sizes[..6]);
+            outbox.push_owned(Source::Relay(0), elsewhere.local_addr().unwrap(), vec![9]);
+            for (i, &len) in sizes.iter().enumerate().skip(6) {
+                let mut payload = vec![0u8; len];
+                payload[0] = u8::try_from(i).unwrap();
+                outbox.push_owned(Source::Relay(0), to, payload);
+            }
+            assert_eq!(outbox.flush(&rx, |_| Some(&a)), 0);
+            let mut rx2 = Receiver::new().unwrap();
+            let mut got = Vec::new();
+            let mut slots = 0;
+            for _ in 0..100 {
+                if got.len() >= sizes.len() {
+                    break;
+                }
+                match rx2.recv(sink) {
+                    Ok(n) => {
+                        slots += n;
+                        got.extend(rx2.datagrams(n).map(|(_, r)| rx2.bytes(r).to_vec()));
+                    }
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+                }
+            }
+            let lens: Vec<usize> = got.iter().map(Vec::len).collect();
+            let order: Vec<usize> = got.iter().map(|d| usize::from(d[0])).collect();
+            assert_eq!(lens, sizes, "sizes and order for {to}");
+            assert_eq!(order, (0..sizes.len()).collect::<Vec<_>>());
+            if std::ptr::eq(sink, &gro) {
+                // Runs of 6 and 4 came as one slot each: 1 + 1 + 1 + 2 single ones.
+                assert_eq!(slots, 5, "GRO kept the runs whole");
+            } else {
+                assert_eq!(slots, sizes.len());
+            }
+            assert_eq!(receive_all(&mut rx2, &elsewhere, 1), vec![vec![9]]);
+        }
     }
 
     #[test]

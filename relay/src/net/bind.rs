@@ -54,19 +54,39 @@ fn set_buffers(fd: &OwnedFd, bytes: usize) -> io::Result<Buffers> {
 
 /// A non-blocking UDP listener on `addr`, shareable between event loops with SO_REUSEPORT (the
 /// kernel then picks a socket by hashing the 4-tuple, so a client's flow always lands on the
-/// same one).
+/// same one). Also returns the buffers granted and whether `UDP_GRO` is on.
 pub fn udp_listener(
     addr: SocketAddr,
     reuse_port: bool,
     buffer: usize,
-) -> io::Result<(std::net::UdpSocket, Buffers)> {
+) -> io::Result<(std::net::UdpSocket, Buffers, bool)> {
     let fd = socket(addr, SocketType::DGRAM)?;
     if reuse_port {
         sockopt::set_socket_reuseport(&fd, true)?;
     }
     let buffers = set_buffers(&fd, buffer)?;
     net::bind(&fd, &addr)?;
-    Ok((fd.into(), buffers))
+    let socket = std::net::UdpSocket::from(fd);
+    let gro = addr.is_ipv4() && enable_gro(&socket)?;
+    Ok((socket, buffers, gro))
+}
+
+/// Turns on `UDP_GRO` where the kernel has it: datagrams of one sender that arrive together
+/// (a GSO send, or what the network card's GRO merged) are then read as one buffer and one
+/// `recvmmsg` slot, split again by [`super::batch::Receiver::datagrams`]. Returns whether it is on.
+///
+/// rustix has no `UDP_GRO` option and our code has no `unsafe`, so this goes through
+/// quinn-udp's `UdpSocketState::new`, which sets GRO along with options of its own; the ones
+/// that change how the listener sends are put back: path-MTU discovery (quinn-udp sets
+/// "probe", which sets DF on every datagram) and `IP_RECVTOS`. What stays, `IP_PKTINFO` and
+/// `SO_TIMESTAMPNS`, only adds control messages to what the listener receives. IPv6 listeners
+/// are left without GRO: quinn-udp also sets `IPV6_DONTFRAG` there, which rustix cannot unset.
+fn enable_gro(socket: &std::net::UdpSocket) -> io::Result<bool> {
+    let mtu_discover = sockopt::ip_mtu_discover(socket)?;
+    let state = quinn_udp::UdpSocketState::new(socket.into())?;
+    sockopt::set_ip_mtu_discover(socket, mtu_discover)?;
+    sockopt::set_ip_recvtos(socket, false)?;
+    Ok(state.gro_segments() > 1)
 }
 
 /// A non-blocking relay socket on `addr` with `buffer` bytes of socket buffer.

@@ -125,11 +125,11 @@ impl EventLoop {
         let mut udp = Vec::new();
         let mut stream_listeners = Vec::new();
         for addr in &config.listeners.plain {
-            let (socket, buffers) =
+            let (socket, buffers, gro) =
                 bind::udp_listener(*addr, config.reuse_port, config.socket_buffer)?;
             let local = socket.local_addr()?;
             if config.id == 0 {
-                info!(%local, "listening (UDP)");
+                info!(%local, gro, "listening (UDP)");
                 if buffers.recv < config.socket_buffer || buffers.send < config.socket_buffer {
                     warn!(
                         requested = config.socket_buffer,
@@ -184,6 +184,11 @@ impl EventLoop {
         if let Some(w) = control.waker(config.id) {
             add(&epoll, w, token(KIND_WAKE, 0))?;
         }
+        let rx = Receiver::new()?;
+        if config.id == 0 {
+            // 1: no UDP_SEGMENT here, every datagram is its own send.
+            info!(segments = rx.gso_segments(), "UDP GSO");
+        }
         Ok(Self {
             id: config.id,
             epoll,
@@ -199,7 +204,7 @@ impl EventLoop {
             clock: Clock::default(),
             metrics,
             buf: vec![0; 65_536],
-            rx: Receiver::new()?,
+            rx,
             outbox: Outbox::default(),
             stream_out: Vec::new(),
             send_errors: 0,
@@ -436,15 +441,37 @@ impl EventLoop {
                     self.server.handle_relay_bound(id, result, now);
                 }
                 Output::ReleaseRelay(addr) => self.relays.release(addr),
-                Output::Event(Event::AllocationCreated { five_tuple, relay }) => {
-                    debug!(client = %redact(five_tuple.client), transport = ?five_tuple.transport, %relay, event_loop = self.id, "allocation created");
+                // The one log line of each (the core logs neither).
+                Output::Event(Event::AllocationCreated {
+                    five_tuple,
+                    relay,
+                    trace_id,
+                    lifetime,
+                }) => {
+                    debug!(
+                        trace_id = trace_id.map(|t| tracing::field::display(format!("{t:016x}"))),
+                        client = %redact(five_tuple.client),
+                        transport = ?five_tuple.transport,
+                        %relay,
+                        lifetime_s = lifetime.as_secs(),
+                        event_loop = self.id,
+                        "allocation created"
+                    );
                 }
                 Output::Event(Event::AllocationDeleted {
                     five_tuple,
                     relay,
                     reason,
+                    trace_id,
                 }) => {
-                    debug!(client = %redact(five_tuple.client), %relay, %reason, "allocation deleted");
+                    debug!(
+                        trace_id = trace_id.map(|t| tracing::field::display(format!("{t:016x}"))),
+                        client = %redact(five_tuple.client),
+                        %relay,
+                        %reason,
+                        event_loop = self.id,
+                        "allocation deleted"
+                    );
                 }
                 Output::Timeout(t) => {
                     self.timeout = t;

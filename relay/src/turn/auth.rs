@@ -79,6 +79,13 @@ fn tag(kind: &str, value: &str) -> CredentialTag {
 /// credentials with this same function, so issuer and verifier cannot drift apart.
 pub use switchboard_proto::ice::turn_password as rest_password;
 
+/// The Switchboard trace id a TURN REST username carries, as its 64-bit value.
+pub fn trace_id_of(username: &str) -> Option<u64> {
+    parse_rest_username(username)
+        .and_then(|u| u.trace)
+        .and_then(|t| u64::from_str_radix(t, 16).ok())
+}
+
 /// A TURN REST username, `<unix expiry>[:<user>[.<trace_id>]]`, split into its parts.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct RestUsername<'a> {

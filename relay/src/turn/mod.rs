@@ -2,11 +2,13 @@
 //! bound on its request, and time; drained of [`Output`]s with `Server::poll_output`. Relayed
 //! data comes back directly from the handler as a [`Forward`] borrowing the input.
 
+mod allocate;
 pub mod allocation;
 pub mod auth;
 pub mod config;
 mod control;
 mod data;
+mod permission;
 pub mod policy;
 pub mod quota;
 pub mod server;

@@ -1,7 +1,8 @@
 //! The TURN server core (RFC 8656): owns allocations, permissions, channel bindings and
 //! reservations. It performs no IO and reads no clock: the shell feeds it bytes, answers to its
 //! requests for relay sockets, and time, and drains [`Output`]s with [`Server::poll_output`].
-//! Control requests live in `control.rs`, the data path in `data.rs`.
+//! Control requests live in `control.rs` (dispatch, authentication, responses), `allocate.rs`
+//! and `permission.rs`, the data path in `data.rs`.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -9,10 +10,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::allocate::PendingAllocate;
 use super::allocation::Allocation;
 use super::auth::{Credentials, NonceIssuer, UserId};
 use super::config::{ServerConfig, Stats};
-use super::control::PendingAllocate;
 use super::quota::{Quotas, Reservations, Shared};
 use super::types::{BindId, DeleteReason, Event, FiveTuple, Forward, Millis, Output};
 use crate::stun::message::{Message, TransactionId};
@@ -231,18 +232,11 @@ impl Server {
         self.by_relay.remove(&a.relay);
         self.release_quota(&a.user);
         self.push(Output::ReleaseRelay(a.relay));
-        tracing::debug!(
-            trace_id = super::auth::parse_rest_username(&a.username)
-                .and_then(|u| u.trace)
-                .map(tracing::field::display),
-            relay = %a.relay,
-            %reason,
-            "allocation deleted"
-        );
         self.push(Output::Event(Event::AllocationDeleted {
             five_tuple: ft,
             relay: a.relay,
             reason,
+            trace_id: super::auth::trace_id_of(&a.username),
         }));
     }
 

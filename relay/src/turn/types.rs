@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use crate::stun::ChannelNumber;
 use crate::stun::attributes::AddressFamily;
@@ -204,6 +205,10 @@ pub enum Event {
         five_tuple: FiveTuple,
         /// Its relayed address.
         relay: SocketAddr,
+        /// The Switchboard trace id its REST username carried (64 bits; logged as 16 hex).
+        trace_id: Option<u64>,
+        /// The lifetime granted.
+        lifetime: Duration,
     },
     /// An allocation ended.
     AllocationDeleted {
@@ -213,6 +218,8 @@ pub enum Event {
         relay: SocketAddr,
         /// Why.
         reason: DeleteReason,
+        /// As in [`Event::AllocationCreated`].
+        trace_id: Option<u64>,
     },
 }
 

@@ -1,4 +1,4 @@
-//! Logs to stderr and, when `--otlp-endpoint` is set, spans exported over OTLP/HTTP (protobuf).
+//! Spans exported over OTLP/HTTP (protobuf) when `--otlp-endpoint` is set (the `otlp` feature).
 //!
 //! The TURN core opens a `turn.request` span per authenticated control request (never on the
 //! data path) with the request's `method` and, when the TURN username carried one, the
@@ -8,7 +8,7 @@
 //! a collector or agent next to the relay (which may forward over TLS).
 
 use std::collections::HashMap;
-use std::io::{IsTerminal as _, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::net::{TcpStream, ToSocketAddrs as _};
 use std::time::Duration;
 
@@ -18,8 +18,8 @@ use opentelemetry_otlp::{Protocol, WithExportConfig as _, WithHttpConfig as _};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{BatchSpanProcessor, SdkTracerProvider, SpanData, SpanExporter};
 use tracing_subscriber::Layer as _;
-use tracing_subscriber::layer::SubscriberExt as _;
-use tracing_subscriber::util::SubscriberInitExt as _;
+
+use super::traces_url;
 
 /// How often batched spans are sent.
 const EXPORT_EVERY: Duration = Duration::from_secs(1);
@@ -30,49 +30,13 @@ const MAX_RESPONSE_BYTES: u64 = 64 * 1024;
 /// The span field that carries a Switchboard trace id.
 const TRACE_FIELD: &str = "trace_id";
 
-/// The installed telemetry; [`Telemetry::shutdown`] flushes spans not yet exported.
-#[derive(Debug)]
-pub struct Telemetry {
-    provider: Option<SdkTracerProvider>,
-}
-
-impl Telemetry {
-    /// Exports what is still buffered and stops the exporter thread.
-    pub fn shutdown(self) {
-        if let Some(p) = self.provider
-            && let Err(e) = p.shutdown()
-        {
-            tracing::warn!(error = %e, "OTLP exporter did not shut down cleanly");
-        }
-    }
-}
-
-/// The OTLP/HTTP traces URL for an endpoint given as a base (`http://host:4318`) or as the full
-/// traces URL (`…/v1/traces`).
-pub fn traces_url(endpoint: &str) -> String {
-    let base = endpoint.trim_end_matches('/');
-    if base.ends_with("/v1/traces") {
-        base.to_owned()
-    } else {
-        format!("{base}/v1/traces")
-    }
-}
-
-/// Installs the global subscriber: `RUST_LOG` (default `info`) filtered logs to stderr (colored
-/// only on a terminal), plus, when `otlp_endpoint` is given, the OTLP exporter of `info` spans.
-pub fn init(otlp_endpoint: Option<&str>) -> Result<Telemetry, String> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    let Some(endpoint) = otlp_endpoint else {
-        tracing_subscriber::registry()
-            .with(fmt.with_filter(filter))
-            .try_init()
-            .map_err(|e| e.to_string())?;
-        return Ok(Telemetry { provider: None });
-    };
+/// The OTLP exporter of `info` spans to `endpoint`, batched once a second, and its layer.
+pub(super) fn layer<S>(
+    endpoint: &str,
+) -> Result<(SdkTracerProvider, impl tracing_subscriber::Layer<S>), String>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_protocol(Protocol::HttpBinary)
@@ -100,14 +64,7 @@ pub fn init(otlp_endpoint: Option<&str>) -> Result<Telemetry, String> {
     let otel = tracing_opentelemetry::layer()
         .with_tracer(provider.tracer("switchboard-relay"))
         .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
-    tracing_subscriber::registry()
-        .with(fmt.with_filter(filter))
-        .with(otel)
-        .try_init()
-        .map_err(|e| e.to_string())?;
-    Ok(Telemetry {
-        provider: Some(provider),
-    })
+    Ok((provider, otel))
 }
 
 /// The OpenTelemetry trace id for a Switchboard trace id (16 lowercase hex): left-padded.
@@ -250,19 +207,6 @@ fn parse_response(raw: &[u8]) -> Result<Response<Bytes>, HttpError> {
 #[allow(clippy::unwrap_used, reason = "tests use fixed, known-good inputs")]
 mod tests {
     use super::*;
-
-    #[test]
-    fn traces_url_appends_the_signal_path_once() {
-        assert_eq!(
-            traces_url("http://127.0.0.1:4318"),
-            "http://127.0.0.1:4318/v1/traces"
-        );
-        assert_eq!(traces_url("http://c:4318/"), "http://c:4318/v1/traces");
-        assert_eq!(
-            traces_url("http://c:4318/v1/traces"),
-            "http://c:4318/v1/traces"
-        );
-    }
 
     #[test]
     fn switchboard_trace_ids_are_left_padded() {
