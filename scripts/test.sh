@@ -19,6 +19,8 @@ cargo fmt --all -- --check
 
 step "cargo clippy (workspace lints, -D warnings)"
 cargo clippy --workspace --all-targets -- -D warnings
+# The relay without its default features (SFU, OTLP), as the fuzz targets build it.
+cargo clippy -p switchboard-relay --no-default-features --all-targets -- -D warnings
 cargo clippy -p switchboard --target wasm32-unknown-unknown -- -D warnings
 
 step "cargo doc (-D warnings)"
