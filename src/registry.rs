@@ -112,7 +112,9 @@ impl DurableObject for Registry {
                     Ok(p) => p,
                     Err(_) => return http::error(ErrorCode::BadRequest, "bad pin"),
                 };
-                self.pin(&pin)?;
+                if self.pin(&pin, t)? {
+                    crate::alarm::wake_by(&self.state, &self.alarm_at, Some(now())).await?;
+                }
                 json(200, r#"{"ok":true}"#)
             }
             (Method::Get, "/nodes") => {
@@ -234,17 +236,32 @@ impl Registry {
     }
 
     /// A room's pin: `POST /pin {room, nodes}` replaces the room's rows (none: unpinned).
-    fn pin(&self, pin: &PinBody) -> Result<()> {
+    /// A pin that names a node which is no longer live (its lease ended or it drains while
+    /// the pin was on its way) marks that node moving, so the room is told at once; returns
+    /// whether it did (the caller then wakes the alarm).
+    fn pin(&self, pin: &PinBody, now: Millis) -> Result<bool> {
         let sql = self.state.storage().sql();
         let room = || SqlStorageValue::from(pin.room.clone());
         sql.exec("DELETE FROM pins WHERE room = ?", vec![room()])?;
+        let mut stale = false;
         for node in pin.nodes.iter().take(relays::ROOM_NODES) {
             sql.exec(
                 "INSERT OR IGNORE INTO pins (node_id, room) VALUES (?, ?)",
                 vec![SqlStorageValue::from(node.clone()), room()],
             )?;
+            let live = self.core.borrow().as_ref().is_some_and(|c| {
+                c.nodes()
+                    .any(|r| r.node_id().as_str() == node.as_str() && r.selectable(now))
+            });
+            if !live {
+                sql.exec(
+                    "INSERT OR IGNORE INTO moving (node_id) VALUES (?)",
+                    vec![SqlStorageValue::from(node.clone())],
+                )?;
+                stale = true;
+            }
         }
-        Ok(())
+        Ok(stale)
     }
 
     /// Tells up to [`NOTIFY_BATCH`] rooms pinned to a dead or draining node to look at the
