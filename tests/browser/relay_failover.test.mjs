@@ -169,7 +169,25 @@ async function assertExactlyOnce(page, texts, who) {
   assert.deepEqual(got, texts, `${who}: every message exactly once, in order`);
 }
 
+/**
+ * Until the registry lists no live node: an earlier test's nodes (killed at its end) keep their
+ * lease for up to LEASE_MS, and a room pinned meanwhile would take one of them and be moved
+ * again when it lapses, a push this test does not mean to measure.
+ */
+async function noLiveNodes() {
+  await waitFor(
+    async () => {
+      const r = await fetch(`${env.dev.url}/v1/relays`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+      if (!r.ok) return null;
+      const { relays } = await r.json();
+      return relays.every((n) => !n.live) ? true : null;
+    },
+    { timeoutMs: LEASE_MS + 10_000, message: "earlier nodes gone from the registry" },
+  );
+}
+
 async function failover(t, { path, sfu, firstRange, secondRange }) {
+  await noLiveNodes();
   const unblock = blockDirectPaths();
   t.after(unblock);
   const suffix = Math.random().toString(36).slice(2, 6);
