@@ -6,6 +6,7 @@ import { test, mock, beforeEach, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import { Switchboard } from "../dist/index.js";
 import { FakeServer, welcome } from "./fake-websocket.mjs";
+import { FakeChannel, settle } from "./fake-rtc.mjs";
 
 const NOW = 1_700_000_000_000;
 beforeEach(() => mock.timers.enable({ apis: ["setTimeout", "Date"], now: NOW }));
@@ -13,35 +14,6 @@ afterEach(() => mock.timers.reset());
 
 const ICE = [{ urls: ["stun:127.0.0.1:3478"] }];
 const GRANT = { url: "http://relay.test/v1/sessions", token: "sfu1.tok.en", expires: NOW / 1000 + 600 };
-
-const settle = async () => {
-  for (let i = 0; i < 10; i++) await new Promise((resolve) => setImmediate(resolve));
-};
-
-class FakeChannel {
-  constructor(label, init = {}) {
-    this.label = label;
-    this.protocol = init.protocol ?? "";
-    this.readyState = "connecting";
-    this.bufferedAmount = 0;
-    this.sent = [];
-    this.onopen = this.onmessage = this.onclose = this.onbufferedamountlow = null;
-  }
-  send(text) {
-    if (this.readyState !== "open") throw new Error("InvalidStateError");
-    this.sent.push(text);
-  }
-  close() {
-    this.readyState = "closed";
-  }
-  open() {
-    this.readyState = "open";
-    this.onopen?.();
-  }
-  receive(text) {
-    this.onmessage?.({ data: text });
-  }
-}
 
 class FakePc {
   constructor(config, registry) {
