@@ -4,7 +4,8 @@
 //! stops beating disappears after its lease.
 //!
 //! Runs against the `fleet` instance of scripts/e2e.sh (`REGISTRY_SECRET`,
-//! `RELAY_LEASE_MS`, `TRUST_REGION_HEADER`), which no other test shares.
+//! `RELAY_LEASE_MS`, `TRUST_REGION_HEADER`), shared only with tests/room_relay_failover.rs,
+//! whose nodes use regions of their own.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
