@@ -7,7 +7,7 @@ import { test, mock, beforeEach, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import { Switchboard } from "../dist/index.js";
 import { FakeServer, welcome } from "./fake-websocket.mjs";
-import { FakeChannel, settle } from "./fake-rtc.mjs";
+import { FakePc, settle } from "./fake-rtc.mjs";
 
 const NOW = 1_700_000_000_000;
 beforeEach(() => mock.timers.enable({ apis: ["setTimeout", "Date"], now: NOW }));
@@ -17,61 +17,6 @@ const ICE = [{ urls: ["stun:node1.test:3478"] }, { urls: ["turn:node1.test:3478"
 const ICE2 = [{ urls: ["stun:node2.test:3478"] }, { urls: ["turn:node2.test:3478"], username: "1700003600:u", credential: "c2" }];
 const GRANT = { url: "http://node1.test:3480/v1/sessions", token: "sfu1.tok.one", expires: NOW / 1000 + 600 };
 const GRANT2 = { url: "http://node2.test:3480/v1/sessions", token: "sfu1.tok.two", expires: NOW / 1000 + 600 };
-
-class FakePc {
-  constructor(config, registry) {
-    this.config = config;
-    this.connectionState = "new";
-    this.signalingState = "stable";
-    this.iceGatheringState = "complete";
-    this.channels = [];
-    this.closed = false;
-    this.localDescription = null;
-    this.transceivers = [];
-    registry.push(this);
-  }
-  createDataChannel(label, init) {
-    const channel = new FakeChannel(label, init);
-    this.channels.push(channel);
-    return channel;
-  }
-  channel(label) {
-    return this.channels.find((c) => c.label === label);
-  }
-  addTransceiver(kind, init) {
-    const t = { direction: init?.direction, receiver: { track: { kind } }, sender: { track: null, replaceTrack: async () => {} } };
-    this.transceivers.push(t);
-    return t;
-  }
-  getTransceivers() {
-    return this.transceivers;
-  }
-  async createOffer() {
-    return { type: "offer", sdp: "v=0 offer" };
-  }
-  async setLocalDescription(description) {
-    this.localDescription = { ...(description ?? { type: "offer", sdp: "v=0 offer" }), toJSON() { return this; } };
-  }
-  async setRemoteDescription(description) {
-    this.remoteDescription = description;
-  }
-  addEventListener() {}
-  removeEventListener() {}
-  getConfiguration() {
-    return this.config;
-  }
-  setConfiguration(config) {
-    this.config = config;
-  }
-  restartIce() {}
-  async getStats() {
-    return new Map();
-  }
-  close() {
-    this.closed = true;
-    this.connectionState = "closed";
-  }
-}
 
 async function join(selfId, options = {}) {
   const server = new FakeServer();

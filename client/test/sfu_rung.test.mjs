@@ -6,7 +6,7 @@ import { test, mock, beforeEach, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import { Switchboard } from "../dist/index.js";
 import { FakeServer, welcome } from "./fake-websocket.mjs";
-import { FakeChannel, settle } from "./fake-rtc.mjs";
+import { FakePc, settle } from "./fake-rtc.mjs";
 
 const NOW = 1_700_000_000_000;
 beforeEach(() => mock.timers.enable({ apis: ["setTimeout", "Date"], now: NOW }));
@@ -14,65 +14,6 @@ afterEach(() => mock.timers.reset());
 
 const ICE = [{ urls: ["stun:127.0.0.1:3478"] }];
 const GRANT = { url: "http://relay.test/v1/sessions", token: "sfu1.tok.en", expires: NOW / 1000 + 600 };
-
-class FakePc {
-  constructor(config, registry) {
-    this.config = config;
-    this.connectionState = "new";
-    this.iceConnectionState = "new";
-    this.signalingState = "stable";
-    this.restarts = 0;
-    this.iceGatheringState = "complete";
-    this.channels = [];
-    this.closed = false;
-    this.localDescription = null;
-    this.transceivers = [];
-    registry.push(this);
-  }
-  createDataChannel(label, init) {
-    const channel = new FakeChannel(label, init);
-    this.channels.push(channel);
-    return channel;
-  }
-  channel(label) {
-    return this.channels.find((c) => c.label === label);
-  }
-  addTransceiver(kind, init) {
-    const t = { direction: init?.direction, receiver: { track: { kind } }, sender: { track: null, replaceTrack: async () => {} } };
-    this.transceivers.push(t);
-    return t;
-  }
-  getTransceivers() {
-    return this.transceivers;
-  }
-  async createOffer(options) {
-    if (!options?.iceRestart) return { type: "offer", sdp: "v=0 offer" };
-    this.restarts += 1;
-    return { type: "offer", sdp: `v=0 restart\r\na=ice-ufrag:new${this.restarts}\r\na=ice-pwd:newpassword0123456789abc${this.restarts}\r\n` };
-  }
-  async setLocalDescription(description) {
-    this.localDescription = { ...(description ?? { type: "offer", sdp: "v=0 offer" }), toJSON() { return this; } };
-  }
-  async setRemoteDescription(description) {
-    this.remoteDescription = description;
-  }
-  addEventListener() {}
-  removeEventListener() {}
-  getConfiguration() {
-    return this.config;
-  }
-  setConfiguration(config) {
-    this.config = config;
-  }
-  restartIce() {}
-  async getStats() {
-    return new Map();
-  }
-  close() {
-    this.closed = true;
-    this.connectionState = "closed";
-  }
-}
 
 /** A fetch that answers only when aborted (a relay that accepted the connection and went quiet). */
 const never = (init) =>
