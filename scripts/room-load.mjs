@@ -6,7 +6,8 @@
 //        --seconds 20 --bytes 270 [--cseq] [--ack-every 16]
 //
 // --cseq sends protocol v1.1 frames (cseq, acks counted); without it, v1 frames.
-// Received frames are acknowledged (`ack`) every --ack-every frames or 500 ms, as the SDK does.
+// Received frames are acknowledged (`ack`) every --ack-every frames or `welcome.limits.ack_delay_ms`
+// (500 ms if the room announces none) after the first unacknowledged one, as the SDK does.
 import { createRequire } from "node:module";
 const require = createRequire(import.meta.url);
 const WebSocket = require("ws");
@@ -41,6 +42,7 @@ function join(room) {
       if (f.seq) c.lastSeq = f.seq;
       if (f.type === "welcome") {
         c.id = f.peer_id;
+        c.ackDelayMs = f.limits?.ack_delay_ms ?? 500;
         if (f.peers.length) c.partner = f.peers[0].peer_id;
         clearTimeout(timer);
         resolve(c);
@@ -49,10 +51,10 @@ function join(room) {
       } else if (f.type === "signal") {
         const key = `${f.from}:${f.payload.n}`;
         if (c.seen.has(key)) dup++; else { c.seen.add(key); received++; lat.push(now() - f.payload.t); }
-        // As the SDK: ack after --ack-every frames or 500 ms after the first unacknowledged one.
+        // As the SDK: ack after --ack-every frames or the room's ack delay after the first unacknowledged one.
         const ack = () => { c.ackTimer = null; if (c.lastSeq > c.acked) { c.acked = c.lastSeq; ws.send(JSON.stringify({ type: "ack", seq: c.lastSeq })); } };
         if (c.lastSeq - c.acked >= ackEvery) { clearTimeout(c.ackTimer); ack(); }
-        else if (!c.ackTimer) c.ackTimer = setTimeout(ack, 500);
+        else if (!c.ackTimer) c.ackTimer = setTimeout(ack, c.ackDelayMs);
       } else if (f.type === "ack") {
         c.ackedCseq = f.cseq;
       } else if (f.type === "error") {

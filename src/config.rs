@@ -43,7 +43,9 @@ pub fn limits(env: &Env) -> Limits {
         queue_max_bytes: number(env, "QUEUE_MAX_BYTES", d.queue_max_bytes),
         room_queue_max_bytes: number(env, "ROOM_QUEUE_MAX_BYTES", d.room_queue_max_bytes),
         flush_after_ms: number(env, "FLUSH_AFTER_MS", d.flush_after_ms),
+        ack_delay_ms: number(env, "ACK_DELAY_MS", d.ack_delay_ms).clamp(10, 60_000),
     }
+    .normalized()
 }
 
 /// ICE servers (`STUN_URLS`, `TURN_URLS`, `TURN_SECRET`, `TURN_TTL_S`).

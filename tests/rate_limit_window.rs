@@ -27,7 +27,7 @@ async fn one_rate_limited_error_per_window() {
     a.expect("peer-joined").await;
     assert_eq!(
         a.welcome["limits"],
-        json!({"rate_per_s":2,"rate_burst":5,"max_frame_bytes":65536})
+        json!({"rate_per_s":2,"rate_burst":5,"max_frame_bytes":65536,"ack_delay_ms":2000})
     );
     for n in 1..=10 {
         a.signal_cseq(&b.peer_id(), json!({"n": n}), n);

@@ -22,6 +22,8 @@ export interface RoomLimits {
   rate_per_s: number;
   rate_burst: number;
   max_frame_bytes: number;
+  /** Send `ack` at most this long after the first unacknowledged frame (absent before it was announced). */
+  ack_delay_ms?: number;
 }
 
 /** The limits of protocol v1 (PROTOCOL.md, "Limits and errors"), assumed when `welcome` announces none. */

@@ -109,7 +109,7 @@ export interface SignalingOptions {
   drainPollMs?: number;
   /** Acknowledge server frames at once after this many unacknowledged frames… */
   ackEvery?: number;
-  /** …or this long after the first unacknowledged one. */
+  /** …or this long after the first unacknowledged one (default: the room's `welcome.limits.ack_delay_ms`, else 500). */
   ackDelayMs?: number;
   /** A connection attempt that has not produced `welcome` by then is abandoned and retried. */
   connectTimeoutMs?: number;
@@ -191,7 +191,7 @@ export class SignalingConnection {
   private readonly highWaterMark: number;
   private readonly drainPollMs: number;
   private readonly ackEvery: number;
-  private readonly ackDelayMs: number;
+  private readonly ackDelayOption: number | undefined;
   private readonly connectTimeoutMs: number;
 
   private ws: WebSocketLike | undefined;
@@ -262,7 +262,7 @@ export class SignalingConnection {
     this.highWaterMark = options.highWaterMark ?? 256 * 1024;
     this.drainPollMs = options.drainPollMs ?? 50;
     this.ackEvery = options.ackEvery ?? 16;
-    this.ackDelayMs = options.ackDelayMs ?? 500;
+    this.ackDelayOption = options.ackDelayMs;
     this.connectTimeoutMs = options.connectTimeoutMs ?? 10_000;
     this.events = new Emitter<SignalingEvents>((error, name) => {
       const wrapped = new SwitchboardError("listener", `a "${String(name)}" listener threw`, { cause: error });
@@ -766,7 +766,7 @@ export class SignalingConnection {
     if (this.lastSeqValue - this.lastAckedSeq >= this.ackEvery) {
       this.sendAck();
     } else if (!this.ackTimer.armed) {
-      this.ackTimer.set(this.ackDelayMs, () => this.sendAck());
+      this.ackTimer.set(this.ackDelayOption ?? this.limits.ack_delay_ms ?? 500, () => this.sendAck());
     }
   }
 
@@ -936,7 +936,8 @@ function validLimits(value: unknown): RoomLimits | null {
   if (typeof value !== "object" || value === null) return null;
   const v = value as Record<string, unknown>;
   const ok = (n: unknown) => typeof n === "number" && Number.isFinite(n) && n > 0;
-  return ok(v.rate_per_s) && ok(v.rate_burst) && ok(v.max_frame_bytes)
-    ? { rate_per_s: v.rate_per_s as number, rate_burst: v.rate_burst as number, max_frame_bytes: v.max_frame_bytes as number }
-    : null;
+  if (!(ok(v.rate_per_s) && ok(v.rate_burst) && ok(v.max_frame_bytes))) return null;
+  const limits: RoomLimits = { rate_per_s: v.rate_per_s as number, rate_burst: v.rate_burst as number, max_frame_bytes: v.max_frame_bytes as number };
+  if (ok(v.ack_delay_ms)) limits.ack_delay_ms = v.ack_delay_ms as number;
+  return limits;
 }

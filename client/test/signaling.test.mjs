@@ -181,6 +181,20 @@ test("acks: at once after ackEvery frames, otherwise after ackDelayMs", async ()
   assert.equal(acks().length, 2, "nothing new, no further ack");
 });
 
+test("acks: without ackDelayMs the delay is the room's welcome.limits.ack_delay_ms, else 500 ms", async () => {
+  const limits = { rate_per_s: 50, rate_burst: 100, max_frame_bytes: 65536 };
+  for (const [announced, expected] of [[1500, 1500], [undefined, 500]]) {
+    const { server } = await joined({}, { limits: announced === undefined ? limits : { ...limits, ack_delay_ms: announced } });
+    const socket = server.last;
+    const acks = () => socket.frames().filter((f) => f.type === "ack");
+    socket.receive({ type: "relay", seq: 1, from: "p2", data: 1 });
+    mock.timers.tick(expected - 1);
+    assert.equal(acks().length, 0, `no ack before ${expected} ms`);
+    mock.timers.tick(1);
+    assert.deepEqual(acks(), [{ type: "ack", seq: 1 }]);
+  }
+});
+
 test("backpressure: frames queue while bufferedAmount is high, reject beyond the bound, drain in order", async () => {
   const { server, conn } = await joined({ highWaterMark: 1000, maxQueuedFrames: 3, drainPollMs: 50 });
   const socket = server.last;

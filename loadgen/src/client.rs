@@ -259,6 +259,8 @@ pub struct Client {
     last_seq: u64,
     acked_seq: u64,
     since_ack: u32,
+    /// How often a client that is behind sends `ack`: `welcome.limits.ack_delay_ms`, else 1 s.
+    ack_period: Duration,
     heartbeat: Duration,
     unanswered_pings: u32,
     /// Members known to be present: client index -> peer id (v1), or the plan (echo, PeerJS).
@@ -318,6 +320,7 @@ impl Client {
             last_seq: 0,
             acked_seq: 0,
             since_ack: 0,
+            ack_period: Duration::from_secs(1),
             heartbeat,
             unanswered_pings: 0,
             known,
@@ -440,6 +443,9 @@ impl Client {
             && self.cfg.heartbeat_override.is_none()
         {
             self.heartbeat = Duration::from_millis(hb.max(100));
+        }
+        if let Some(ms) = f.limits.as_ref().and_then(|l| l.ack_delay_ms) {
+            self.ack_period = Duration::from_millis(ms.clamp(10, 60_000));
         }
         self.known.clear();
         for p in f.peers.iter().flatten() {
@@ -642,8 +648,8 @@ impl Client {
         self.unanswered_pings = 0;
         let mut ack_tick = if self.cfg.mode == Mode::V1 {
             Some(interval_at(
-                Instant::now() + Duration::from_secs(1),
-                Duration::from_secs(1),
+                Instant::now() + self.ack_period,
+                self.ack_period,
             ))
         } else {
             None

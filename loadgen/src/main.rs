@@ -63,7 +63,8 @@ struct Args {
     /// Hard deadline of the whole run, seconds (default: joins + duration + drain + 30).
     #[arg(long)]
     deadline: Option<f64>,
-    /// Send `ack` after this many sequenced frames (and every second when behind).
+    /// Send `ack` after this many sequenced frames (and, when behind, every
+    /// `welcome.limits.ack_delay_ms`, or every second if the room announces none).
     #[arg(long, default_value_t = 16)]
     ack_every: u32,
     /// Protocol v1.1 acked client frames: `cseq` on every frame, an outbox resent after resume.

@@ -83,6 +83,8 @@ pub struct Incoming<'a> {
     pub resumed: Option<bool>,
     /// `welcome.heartbeat_ms`.
     pub heartbeat_ms: Option<u64>,
+    /// `welcome.limits` (v1.1).
+    pub limits: Option<WelcomeLimits>,
     /// `welcome.rev` (1 announces protocol v1.1).
     pub rev: Option<u64>,
     /// `welcome.cseq`, `ack.cseq`, `error.cseq`.
@@ -93,6 +95,13 @@ pub struct Incoming<'a> {
     pub expected: Option<u64>,
     /// `error.retry_after_ms` of `rate_limited`.
     pub retry_after_ms: Option<u64>,
+}
+
+/// The part of `welcome.limits` loadgen uses.
+#[derive(Debug, Deserialize)]
+pub struct WelcomeLimits {
+    /// How soon after an unacknowledged frame the room asks for an `ack`.
+    pub ack_delay_ms: Option<u64>,
 }
 
 /// Parses a probe out of a payload; `None` for payloads loadgen did not write.
@@ -140,10 +149,11 @@ mod tests {
     #[test]
     fn reads_welcome_and_signal() {
         let w: Incoming = serde_json::from_str(
-            r#"{"type":"welcome","v":1,"peer_id":"a","resume_token":"t","peers":[{"peer_id":"b","meta":{"c":3}}],"heartbeat_ms":1000,"resumed":false}"#,
+            r#"{"type":"welcome","v":1,"peer_id":"a","resume_token":"t","peers":[{"peer_id":"b","meta":{"c":3}}],"heartbeat_ms":1000,"resumed":false,"limits":{"rate_per_s":50,"ack_delay_ms":2000}}"#,
         )
         .unwrap();
         assert_eq!(w.kind, "welcome");
+        assert_eq!(w.limits.and_then(|l| l.ack_delay_ms), Some(2000));
         assert_eq!(
             w.peers.unwrap()[..].first().unwrap().meta.unwrap().c,
             Some(3)

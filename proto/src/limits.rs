@@ -24,8 +24,13 @@ pub struct Limits {
     /// Bytes kept for resume by all the room's queues together (`ROOM_QUEUE_MAX_BYTES`).
     pub room_queue_max_bytes: usize,
     /// How long a frame to a connected peer may stay unacknowledged in memory only
-    /// before a checkpoint writes it (`FLUSH_AFTER_MS`).
+    /// before a checkpoint writes it (`FLUSH_AFTER_MS`). Kept above `ack_delay_ms`
+    /// (see [`Limits::normalized`]), so a client that acknowledges on time is
+    /// never the reason for a write.
     pub flush_after_ms: u64,
+    /// How soon after an unacknowledged frame clients are asked to send `ack`
+    /// (`ACK_DELAY_MS`, announced in `welcome.limits`).
+    pub ack_delay_ms: u64,
 }
 
 impl Default for Limits {
@@ -40,12 +45,20 @@ impl Default for Limits {
             queue_max_frames: 256,
             queue_max_bytes: 1024 * 1024,
             room_queue_max_bytes: 16 * 1024 * 1024,
-            flush_after_ms: 1000,
+            flush_after_ms: 5000,
+            ack_delay_ms: 2000,
         }
     }
 }
 
 impl Limits {
+    /// The limits with `flush_after_ms` raised to at least twice `ack_delay_ms`:
+    /// a frame is written only when its recipient is late by a whole ack delay.
+    pub fn normalized(mut self) -> Self {
+        self.flush_after_ms = self.flush_after_ms.max(self.ack_delay_ms.saturating_mul(2));
+        self
+    }
+
     /// Silence after which a connected peer counts as dead: three missed heartbeats.
     pub fn dead_after_ms(&self) -> u64 {
         self.heartbeat_ms.saturating_mul(3)
@@ -110,6 +123,19 @@ impl TokenBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flush_after_stays_above_the_ack_delay() {
+        let d = Limits::default().normalized();
+        assert_eq!((d.ack_delay_ms, d.flush_after_ms), (2000, 5000));
+        let late = Limits {
+            ack_delay_ms: 4000,
+            flush_after_ms: 1000,
+            ..Limits::default()
+        }
+        .normalized();
+        assert_eq!(late.flush_after_ms, 8000);
+    }
 
     #[test]
     fn burst_then_sustained_rate() {

@@ -348,6 +348,8 @@ pub struct WireLimits {
     pub rate_burst: u32,
     /// Largest client frame in bytes.
     pub max_frame_bytes: usize,
+    /// Send `ack` at most this long after the first unacknowledged frame.
+    pub ack_delay_ms: u64,
 }
 
 /// A frame the server sends outside the sequenced stream. Serialized with [`ServerFrame::to_json`].

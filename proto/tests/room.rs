@@ -56,6 +56,7 @@ fn limits() -> Limits {
         queue_max_bytes: 4096,
         room_queue_max_bytes: 1 << 20,
         flush_after_ms: 500,
+        ack_delay_ms: 200,
     }
 }
 
@@ -333,7 +334,7 @@ fn join_presence_and_welcome() {
     assert_eq!(w["cseq"], 0);
     assert_eq!(
         w["limits"],
-        json!({"rate_per_s":10,"rate_burst":20,"max_frame_bytes":256})
+        json!({"rate_per_s":10,"rate_burst":20,"max_frame_bytes":256,"ack_delay_ms":200})
     );
     let joined = h.take(a.conn);
     assert_eq!(

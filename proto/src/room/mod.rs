@@ -1408,6 +1408,7 @@ impl Room {
                 rate_per_s: l.rate_per_s,
                 rate_burst: l.rate_burst,
                 max_frame_bytes: l.max_frame_bytes,
+                ack_delay_ms: l.ack_delay_ms,
             },
             cseq: me.rec.cseq_hi,
             sfu: sfu.as_ref(),
