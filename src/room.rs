@@ -56,6 +56,9 @@ pub const Q_USER: &str = "user";
 /// Internal query parameter of `drain`: the `retry_after_ms` announced in the close reason.
 pub const Q_RETRY_AFTER_MS: &str = "retry_after_ms";
 
+/// Connection ids are 53-bit, so a JS number holds them exactly.
+const CONN_ID_MASK: u64 = (1 << 53) - 1;
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS peers (peer_id TEXT PRIMARY KEY, record TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS bodies (id INTEGER PRIMARY KEY, ty TEXT NOT NULL, rest TEXT NOT NULL);
@@ -311,7 +314,8 @@ impl Inner {
             }
         }
         let pair = WebSocketPair::new()?;
-        let conn = ConnId(u64::from_le_bytes(http::random()?));
+        // 53 random bits: the id is kept as a JS number in `conn_ids` (exact up to 2^53).
+        let conn = ConnId(u64::from_le_bytes(http::random()?) & CONN_ID_MASK);
         let tag = conn.tag();
         let mut tags = vec![tag.as_str().into()];
         if caps {
@@ -352,8 +356,13 @@ impl Inner {
 
     fn conn_of(&self, ws: &WebSocket) -> Option<ConnId> {
         let key: &js_sys::Object = ws.as_ref().unchecked_ref();
-        if let Ok(id) = u64::try_from(self.conn_ids.get(key)) {
-            return Some(ConnId(id));
+        // A number, not a BigInt: converting a u64 both ways through BigInt cost
+        // several percent of the room's CPU per message.
+        if let Some(id) = self.conn_ids.get(key).as_f64()
+            && id >= 0.0
+            && id <= CONN_ID_MASK as f64
+        {
+            return Some(ConnId(id as u64));
         }
         let tags = self.state.as_raw().get_tags(ws.as_ref()).ok()?;
         let conn = tags.iter().find_map(|t| ConnId::from_tag(t))?;
@@ -363,7 +372,11 @@ impl Inner {
 
     fn remember(&self, ws: &WebSocket, conn: ConnId) {
         let key: &js_sys::Object = ws.as_ref().unchecked_ref();
-        self.conn_ids.set(key, &wasm_bindgen::JsValue::from(conn.0));
+        // (A socket of an older deployment may carry a 64-bit id: found by tag each time.)
+        if conn.0 <= CONN_ID_MASK {
+            self.conn_ids
+                .set(key, &wasm_bindgen::JsValue::from_f64(conn.0 as f64));
+        }
     }
 
     fn live_sockets(&self) -> Vec<(ConnId, WebSocket)> {
