@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 use switchboard_proto::ice::IceConfig;
 use switchboard_proto::limits::Limits;
 use switchboard_proto::room::{
-    Counters, Join, Output, PeerRecord, ResumeRequest, Room, RoomConfig, StoreOp, StoredFrame,
-    StoredQueue, close_code,
+    COUNTERS_EVERY_MS, Counters, Join, Output, PeerRecord, ResumeRequest, Room, RoomConfig,
+    StoreOp, StoredFrame, StoredQueue, close_code,
 };
 use switchboard_proto::sfu_token::{self, SfuConfig};
 use switchboard_proto::wire::SeqBody;
@@ -863,9 +863,10 @@ fn unacknowledged_frames_are_written_after_flush_after_then_acked() {
         "the writes precede the ack: {:?}",
         h.ops
     );
-    // Only the counters are left; they are written at most every 5 s, then the timer stops.
+    // Only the counters are left; they are written at most every
+    // COUNTERS_EVERY_MS, then the timer stops.
     h.counters = None;
-    h.checkpoint(T0.plus(5600));
+    h.checkpoint(T0.plus(600 + COUNTERS_EVERY_MS));
     assert!(h.counters.is_some());
     assert_eq!(h.room.poll_checkpoint(), None, "nothing left to settle");
 }
@@ -1202,12 +1203,16 @@ fn counters_are_persisted_from_checkpoints_and_sweeps_never_per_frame() {
         "a checkpoint with nothing else to write waits: {:?}",
         h.ops
     );
-    h.checkpoint(T0.plus(5100));
+    let later = T0.plus(COUNTERS_EVERY_MS);
+    h.checkpoint(later.plus(100));
     assert_eq!(h.counters.as_ref().unwrap().frames_in, 5);
-    h.send(&a, signal_to(&b.peer, json!(9)), T0.plus(5200));
+    h.send(&a, signal_to(&b.peer, json!(9)), later.plus(200));
     h.room.handle_sweep(
-        &[(a.conn, Some(T0.plus(5200))), (b.conn, Some(T0.plus(5200)))],
-        T0.plus(5300),
+        &[
+            (a.conn, Some(later.plus(200))),
+            (b.conn, Some(later.plus(200))),
+        ],
+        later.plus(300),
     );
     h.pump();
     assert_eq!(h.counters.as_ref().unwrap().frames_in, 6);
@@ -1347,9 +1352,9 @@ fn acks_in_a_busy_room_write_nothing_until_the_lazy_batch() {
     // Nor does a checkpoint before the lazy batch is due.
     h.checkpoint(T0.plus(300));
     assert_eq!(h.records[a.peer.as_str()].cseq_hi, 0, "not written yet");
-    // The lazy batch writes it within COUNTERS_EVERY_MS (5 s).
+    // The lazy batch writes it within COUNTERS_EVERY_MS.
     let due = h.room.poll_checkpoint().unwrap();
-    assert!(due <= T0.plus(1 + 5000), "{due:?}");
+    assert!(due <= T0.plus(1 + COUNTERS_EVERY_MS), "{due:?}");
     h.checkpoint(due);
     assert_eq!(h.records[a.peer.as_str()].cseq_hi, 1);
 }

@@ -66,8 +66,11 @@ pub const MAX_RETRY_AFTER_MS: u64 = 60_000;
 /// At most one `out_of_order` error per peer per this many milliseconds.
 const OUT_OF_ORDER_WINDOW_MS: u64 = 1000;
 
-/// Counters are written at most this often unless other writes happen anyway.
-const COUNTERS_EVERY_MS: u64 = 5000;
+/// Counters and the peer records' progress (`floor`, `cseq_hi`) are written at
+/// most this often unless other writes happen anyway. Each such batch is a
+/// timer wake-up and a write, but an object with unwritten records cannot
+/// hibernate, so a longer wait keeps idle rooms in memory (and billed) longer.
+pub const COUNTERS_EVERY_MS: u64 = 5000;
 
 /// The shortest wait before a checkpoint that only writes records and
 /// counters, so that one wake-up's events share one write.
