@@ -11,8 +11,11 @@
 //    the workerd that runs the Worker (INNER_URL), then both through wrangler's proxy.
 // 3. Spread: CLIENTS clients ask for ICE servers at SPREAD_RATE/s while 3 simulated nodes of
 //    unequal base load report their load (CPU share, allocations = clients sent to them so far)
-//    every second; how many clients each node got, next to the best split of the same clients
-//    (every client to the node least loaded at that moment, with perfect knowledge).
+//    every 2 s (the default interval); how many clients each node got, next to the expected
+//    split of the selection (each client to a node with a chance in proportion to its free
+//    capacity at that moment, with perfect knowledge of the load). Then a burst: BURST clients
+//    at once, between two heartbeats, over 3 nodes of equal load; how many each node got (a
+//    least-loaded-first selection would send them all to one).
 import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { createHmac } from "node:crypto";
@@ -31,6 +34,9 @@ const RELAY_BIN = process.env.RELAY_BIN;
 const INNER = process.env.INNER_URL ?? BASE;
 const ONLY = process.env.ONLY ?? "";
 const INNER_PID = process.env.INNER_PID;
+/** Seconds of CPU profile of the Worker (its inspector) during the first heartbeat run; 0: none. */
+const PROFILE = Number(process.env.PROFILE ?? 0);
+const INSPECTOR_PORT = process.env.INSPECTOR_PORT;
 
 /** CPU seconds (user + system) the workerd that runs the Worker has used so far. */
 function workerdCpu() {
@@ -48,6 +54,7 @@ const HB_CONCURRENCY = Number(process.env.HB_CONCURRENCY ?? 16);
 const HB_SECS = Number(process.env.HB_SECS ?? 10);
 const CLIENTS = Number(process.env.CLIENTS ?? 1000);
 const SPREAD_RATE = Number(process.env.SPREAD_RATE ?? 100);
+const BURST = Number(process.env.BURST ?? 100);
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const quantile = (sorted, q) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
@@ -204,17 +211,36 @@ async function heartbeats() {
   const load = (i) => ({ cpu_percent: 10 + (i % 3), cores: 1, allocations: i % 7, max_allocations: 1000 });
   const rows = [];
   for (const [via, base] of [["workerd", INNER], ["wrangler proxy", BASE]]) {
+    // The profile (stderr) shows where a heartbeat's CPU goes: scripts/profile-worker.mjs.
+    const profiling = PROFILE > 0 && via === "workerd" && INSPECTOR_PORT
+      ? new Promise((resolve) => {
+          const p = spawn("node", [join(ROOT, "scripts/profile-worker.mjs"), INSPECTOR_PORT, String(Math.min(PROFILE, HB_SECS))], { stdio: ["ignore", "pipe", "inherit"] });
+          let text = "";
+          p.stdout.on("data", (d) => (text += d));
+          p.once("exit", () => resolve(text));
+        })
+      : null;
     const registry = await hammer(HB_SECS, HB_CONCURRENCY, (i) => beat(`hb-${i % HB_NODES}`, "hb", load(i), false, undefined, base));
     const baseline = await hammer(HB_SECS, HB_CONCURRENCY, async () => {
       const response = await fetch(`${base}/healthz`);
       await response.arrayBuffer();
       return response.status;
     });
+    if (profiling) console.error(`--- CPU profile, heartbeats straight to workerd ---\n${await profiling}`);
     rows.push({ via, registry, baseline });
   }
   // The bench's nodes leave the fleet.
   for (let i = 0; i < HB_NODES; i++) await beat(`hb-${i}`, "hb", load(0), true);
   return rows;
+}
+
+/** Asks for ICE servers as a client of `region`; the node named first, if one of `nodes`. */
+async function firstNode(nodes, region, c) {
+  const ip = `2001:db8:5::${(c + 1).toString(16)}`;
+  const response = await fetch(`${BASE}/v1/ice-servers`, { headers: { "x-switchboard-region": region, "cf-connecting-ip": ip } });
+  const body = await response.json();
+  const first = (body.iceServers ?? []).flatMap((s) => (s.username ? s.urls : []))[0] ?? "";
+  return { node: nodes.find((n) => first.includes(`${n.id}.bench`)), status: response.status };
 }
 
 async function spread() {
@@ -226,49 +252,57 @@ async function spread() {
   const MAX_ALLOC = 1000;
   const report = () =>
     Promise.all(nodes.map((n) => beat(n.id, "sp", { cpu_percent: n.cpu, cores: 1, allocations: n.clients, max_allocations: MAX_ALLOC })));
-  const score = (n, clients) => Math.max(n.cpu * 10, Math.floor((clients * 1000) / MAX_ALLOC));
+  const score = (n, clients) => Math.min(1000, Math.max(n.cpu * 10, Math.floor((clients * 1000) / MAX_ALLOC)));
   await report();
   let reporting = true;
   const reporter = (async () => {
     while (reporting) {
-      await sleep(1000);
+      await sleep(2000);
       await report();
     }
   })();
   await sleep(3500); // past the router's 3 s copy
-  const best = nodes.map(() => 0);
+  /** The expected split: each client's chance of each node, from the true load at that moment. */
+  const expected = nodes.map(() => 0);
   /** Clients whose answer named none of the three nodes, by HTTP status. */
   const unplaced = new Map();
   for (let c = 0; c < CLIENTS; c++) {
     const started = performance.now();
-    const ip = `2001:db8:5::${(c + 1).toString(16)}`;
-    const response = await fetch(`${BASE}/v1/ice-servers`, { headers: { "x-switchboard-region": "sp", "cf-connecting-ip": ip } });
-    const body = await response.json();
-    const first = (body.iceServers ?? []).flatMap((s) => (s.username ? s.urls : []))[0] ?? "";
-    const node = nodes.find((n) => first.includes(`${n.id}.bench`));
+    const free = nodes.map((n, i) => 1000 - score(n, expected[i]));
+    const total = free.reduce((a, b) => a + b, 0);
+    free.forEach((f, i) => (expected[i] += total > 0 ? f / total : 1 / nodes.length));
+    const { node, status } = await firstNode(nodes, "sp", c);
     if (node) node.clients += 1;
-    else unplaced.set(response.status, (unplaced.get(response.status) ?? 0) + 1);
-    // The same client with perfect, instant knowledge of the load.
-    let j = 0;
-    for (let k = 1; k < nodes.length; k++) if (score(nodes[k], best[k]) < score(nodes[j], best[j])) j = k;
-    best[j] += 1;
+    else unplaced.set(status, (unplaced.get(status) ?? 0) + 1);
     await sleep(Math.max(0, 1000 / SPREAD_RATE - (performance.now() - started)));
   }
   reporting = false;
   await reporter;
   for (const n of nodes) await beat(n.id, "sp", { cpu_percent: n.cpu, cores: 1 }, true);
+
+  // The burst: equal nodes, one heartbeat each, then BURST clients at once.
+  const equal = [{ id: "bu-1" }, { id: "bu-2" }, { id: "bu-3" }].map((n) => ({ ...n, clients: 0 }));
+  await Promise.all(equal.map((n) => beat(n.id, "bu", { cpu_percent: 20, cores: 1 })));
+  await sleep(3500); // past the router's 3 s copy
+  const burst = await Promise.all(Array.from({ length: BURST }, (_, c) => firstNode(equal, "bu", CLIENTS + c)));
+  for (const { node } of burst) if (node) node.clients += 1;
+  for (const n of equal) await beat(n.id, "bu", { cpu_percent: 20, cores: 1 }, true);
   return {
-    rows: nodes.map((n, i) => ({ node: n.id, baseCpu: n.cpu, clients: n.clients, best: best[i] })),
+    rows: nodes.map((n, i) => ({ node: n.id, baseCpu: n.cpu, clients: n.clients, expected: Math.round(expected[i]) })),
+    burst: equal.map((n) => ({ node: n.id, clients: n.clients })),
     unplaced: [...unplaced].map(([status, n]) => `${n} × HTTP ${status}`).join(", ") || "none",
   };
 }
 
 function spreadTable(sp) {
-  const out = [`| Spread of ${CLIENTS} clients at ${SPREAD_RATE}/s | base CPU | clients | best split |`, "| --- | --- | --- | --- |"];
-  for (const r of sp.rows) out.push(`| ${r.node} | ${r.baseCpu} % | ${r.clients} | ${r.best} |`);
-  out.push("", `Clients given none of the three nodes: ${sp.unplaced}.`);
+  const out = [`| Spread of ${CLIENTS} clients at ${SPREAD_RATE}/s | base CPU | clients | expected (by free capacity) |`, "| --- | --- | --- | --- |"];
+  for (const r of sp.rows) out.push(`| ${r.node} | ${r.baseCpu} % | ${r.clients} | ${r.expected} |`);
+  out.push("", `Clients given none of the three nodes: ${sp.unplaced}.`, "");
+  out.push(`| Burst of ${BURST} clients at once, 3 nodes at 20 % CPU | clients |`, "| --- | --- |");
+  for (const r of sp.burst) out.push(`| ${r.node} | ${r.clients} |`);
   return out;
 }
+
 
 const want = (part) => ONLY === "" || ONLY === part;
 const out = [`Defaults: lease ${LEASE_MS} ms (RELAY_LEASE_MS unset), relay heartbeat every 2 s (--heartbeat-interval unset).`, ""];

@@ -12,7 +12,8 @@
 #
 # Knobs (environment): BENCH_KILLS=10, BENCH_HB_NODES=200, BENCH_HB_CONCURRENCY=16,
 # BENCH_HB_SECS=10, BENCH_CLIENTS=1000, BENCH_SPREAD_RATE=100 (clients/s), BENCH_BURST=100
-# (rooms), BENCH_ONLY=failover|heartbeats|spread (one part). The lease and the heartbeat
+# (rooms), BENCH_ONLY=failover|heartbeats|spread (one part), BENCH_PROFILE=SECONDS (a CPU profile
+# of the Worker during the heartbeat run, to stderr). The lease and the heartbeat
 # interval are the defaults (RELAY_LEASE_MS 5 s, --heartbeat-interval 2 s). Needs the Worker built (scripts/build-worker.sh) and the
 # release relay (cargo build --release -p switchboard-relay).
 # Runs itself inside a fresh network namespace (unshare -n): only loopback exists.
@@ -31,6 +32,9 @@ RELAY_BIN=${SWITCHBOARD_RELAY_BIN:-$ROOT/target/release/relay}
 WORK=$(mktemp -d "${BENCH_TMP:-/dev/shm}/switchboard-bench-fleet.XXXXXX")
 PGID=""
 cleanup() {
+  local rc=$?
+  # A failed run shows the Worker's log: the Registry's and rooms' structured lines.
+  [ "$rc" = 0 ] || tail -n 60 "$WORK/wrangler.log" >&2 || true
   if [ -n "$PGID" ]; then
     kill -TERM -- "-$PGID" 2>/dev/null || true
     sleep 0.5
@@ -44,7 +48,7 @@ export REGISTRY_SECRET=bench-registry-secret ADMIN_TOKEN=bench-admin TURN_SECRET
 : > "$WORK/empty.env"
 setsid "$ROOT/node_modules/.bin/wrangler" dev --local --ip 127.0.0.1 --port 18950 \
   --inspector-port 19950 --persist-to "$WORK/state" --env-file "$WORK/empty.env" \
-  --show-interactive-dev-session=false --log-level warn \
+  --show-interactive-dev-session=false --log-level "${BENCH_LOG_LEVEL:-warn}" \
   --var "REGISTRY_SECRET:$REGISTRY_SECRET" --var "ADMIN_TOKEN:$ADMIN_TOKEN" --var "TURN_SECRET:$TURN_SECRET" \
   --var TRUST_REGION_HEADER:true \
   > "$WORK/wrangler.log" 2>&1 < /dev/null &
@@ -76,4 +80,5 @@ read -r INNER INNER_PID < <(inner_port "$PGID" 18950) || { echo "no inner worker
 ROOT=$ROOT WORKER_URL=http://127.0.0.1:18950 INNER_URL=http://127.0.0.1:$INNER INNER_PID=$INNER_PID RELAY_BIN=$RELAY_BIN \
   KILLS=${BENCH_KILLS:-10} HB_NODES=${BENCH_HB_NODES:-200} HB_CONCURRENCY=${BENCH_HB_CONCURRENCY:-16} \
   HB_SECS=${BENCH_HB_SECS:-10} CLIENTS=${BENCH_CLIENTS:-1000} SPREAD_RATE=${BENCH_SPREAD_RATE:-100} \
-  BURST=${BENCH_BURST:-100} ONLY=${BENCH_ONLY:-} node scripts/bench-fleet.mjs
+  BURST=${BENCH_BURST:-100} ONLY=${BENCH_ONLY:-} PROFILE=${BENCH_PROFILE:-0} INSPECTOR_PORT=19950 \
+  node scripts/bench-fleet.mjs
