@@ -236,7 +236,7 @@ impl Registry {
             }
         }
         // Rooms to tell wait for no lease: the alarm fires at once.
-        let wake_at = if moving { Some(now()) } else { wake_at };
+        let wake_at = if moving { Some(at_once()) } else { wake_at };
         crate::alarm::wake_by(&self.state, &self.alarm_at, wake_at).await
     }
 
@@ -251,20 +251,15 @@ impl Registry {
         sql.exec("DELETE FROM pins WHERE room = ?", vec![room()])?;
         let mut ids = Vec::new();
         for node in pin.nodes.iter().take(relays::ROOM_NODES) {
+            // Rooms pin ids they took from the registry; anything else names no node.
+            let Some(id) = NodeId::parse(node) else {
+                continue;
+            };
             sql.exec(
                 "INSERT OR IGNORE INTO pins (node_id, room) VALUES (?, ?)",
                 vec![SqlStorageValue::from(node.clone()), room()],
             )?;
-            // A row with an id that is no node id can never be called back for: drop it.
-            match NodeId::parse(node) {
-                Some(id) => ids.push(id),
-                None => {
-                    sql.exec(
-                        "DELETE FROM pins WHERE node_id = ? AND room = ?",
-                        vec![SqlStorageValue::from(node.clone()), room()],
-                    )?;
-                }
-            }
+            ids.push(id);
         }
         if let Some(core) = self.core.borrow_mut().as_mut() {
             core.handle_pin(&ids, now);
@@ -314,8 +309,17 @@ impl Registry {
             )?;
             return Ok(());
         }
-        crate::alarm::wake_by(&self.state, &self.alarm_at, Some(now())).await
+        crate::alarm::wake_by(&self.state, &self.alarm_at, Some(at_once())).await
     }
+}
+
+/// The alarm time for "at once": one millisecond after now. Inside the alarm handler `now()`
+/// (`Date.now()`, which stands still between I/O) can equal the time of the alarm being
+/// handled, and the runtime deletes an alarm still set to that time when the handler returns:
+/// the next batch (and every later lease end, the object believing an alarm was set) would
+/// never fire.
+fn at_once() -> Millis {
+    now().plus(1)
 }
 
 impl Registry {
@@ -329,7 +333,7 @@ impl Registry {
         attempt: u32,
         e: &worker::Error,
     ) -> Result<()> {
-        let next = attempt + 1;
+        let next = attempt.saturating_add(1);
         let room_v = || SqlStorageValue::from(room.to_owned());
         match core::notify_retry_delay(next) {
             Some(delay) => {
@@ -547,8 +551,8 @@ async fn fetch_nodes(env: &Env) -> Result<Vec<NodeRecord>> {
 }
 
 /// The ICE configuration for a client: `STUN_URLS`/`TURN_URLS` as configured, replaced by
-/// the two best registered relay nodes for the client's region when the registry is on
-/// and has live nodes.
+/// two registered relay nodes drawn for the client's region ([`core::select`]) when the
+/// registry is on and has live nodes.
 pub async fn ice_config(env: &Env, req: &Request) -> IceConfig {
     let mut cfg = config::ice(env);
     if config::registry_secret(env).is_none() {

@@ -4,7 +4,7 @@
 //! node's lease. A [`Registry`] is fed heartbeats and sweeps with the current time and
 //! answers with [`RegistryOutput`]s (records to store, nodes that expired, log lines);
 //! [`Registry::select`] picks the nodes a client should use: same region first, then
-//! the least loaded, never a draining or expired one. The Worker's Registry Durable
+//! drawn at random weighted by free capacity, never a draining or expired one. The Worker's Registry Durable
 //! Object is a thin shell around it, the way the Room object wraps [`crate::room`].
 //!
 //! Heartbeats are authenticated with HMAC-SHA256 over the timestamp and the exact body
