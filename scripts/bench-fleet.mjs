@@ -1,17 +1,23 @@
 // The relay fleet benchmark (run by scripts/bench-fleet.sh inside its own network namespace,
 // against a `wrangler dev` with the relay registry on). Three measurements, printed as Markdown:
 //
-// 1. Failover: a real relay node (the release binary, heartbeat every second) is the room's pinned
-//    node; a WebSocket client of the room (caps=relays) waits while the node is killed with
-//    SIGKILL; the time from the kill to the `relays-changed` frame, median and worst of N kills.
+// 1. Failover: a real relay node (the release binary, default heartbeat interval) is the room's
+//    pinned node; a WebSocket client of the room (caps=relays) waits while the node is killed
+//    with SIGKILL; the time from the kill to the `relays-changed` frame, median and worst of N
+//    kills, with the Worker's default lease.
 // 2. Heartbeats: signed heartbeats of HB_NODES nodes posted by HB_CONCURRENCY workers for
 //    HB_SECS seconds; accepted heartbeats/s and latency, next to GET /healthz (the router alone,
-//    no Durable Object) with the same workers in the same run as the baseline.
+//    no Durable Object) with the same workers in the same run as the baseline. Both straight to
+//    the workerd that runs the Worker (INNER_URL), then both through wrangler's proxy.
 // 3. Spread: CLIENTS clients ask for ICE servers at SPREAD_RATE/s while 3 simulated nodes of
 //    unequal base load report their load (CPU share, allocations = clients sent to them so far)
-//    every second; how many clients each node got, next to the best split of the same clients
-//    (every client to the node least loaded at that moment, with perfect knowledge).
+//    every 2 s (the default interval); how many clients each node got, next to the expected
+//    split of the selection (each client to a node with a chance in proportion to its free
+//    capacity at that moment, with perfect knowledge of the load). Then a burst: BURST clients
+//    at once, between two heartbeats, over 3 nodes of equal load; how many each node got (a
+//    least-loaded-first selection would send them all to one).
 import { spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { createHmac } from "node:crypto";
 import { createRequire } from "node:module";
 import { join } from "node:path";
@@ -25,13 +31,30 @@ const SECRET = process.env.REGISTRY_SECRET;
 const ADMIN = process.env.ADMIN_TOKEN;
 const TURN_SECRET = process.env.TURN_SECRET;
 const RELAY_BIN = process.env.RELAY_BIN;
-const LEASE_MS = Number(process.env.LEASE_MS);
+const INNER = process.env.INNER_URL ?? BASE;
+const ONLY = process.env.ONLY ?? "";
+const INNER_PID = process.env.INNER_PID;
+/** Seconds of CPU profile of the Worker (its inspector) during the first heartbeat run; 0: none. */
+const PROFILE = Number(process.env.PROFILE ?? 0);
+const INSPECTOR_PORT = process.env.INSPECTOR_PORT;
+
+/** CPU seconds (user + system) the workerd that runs the Worker has used so far. */
+function workerdCpu() {
+  if (!INNER_PID) return NaN;
+  const stat = readFileSync(`/proc/${INNER_PID}/stat`, "utf8");
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  // utime and stime are fields 14 and 15 of /proc/PID/stat; `fields` starts at field 3.
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+/** The Worker's default RELAY_LEASE_MS (proto::registry::DEFAULT_LEASE_MS), for deadlines only. */
+const LEASE_MS = 5000;
 const KILLS = Number(process.env.KILLS ?? 10);
 const HB_NODES = Number(process.env.HB_NODES ?? 200);
 const HB_CONCURRENCY = Number(process.env.HB_CONCURRENCY ?? 16);
 const HB_SECS = Number(process.env.HB_SECS ?? 10);
 const CLIENTS = Number(process.env.CLIENTS ?? 1000);
 const SPREAD_RATE = Number(process.env.SPREAD_RATE ?? 100);
+const BURST = Number(process.env.BURST ?? 100);
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const quantile = (sorted, q) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
@@ -44,7 +67,7 @@ function signed(body, node) {
   return `t=${t},v1=${mac}`;
 }
 
-async function beat(node, region, load, draining = false, urls = undefined) {
+async function beat(node, region, load, draining = false, urls = undefined, base = BASE) {
   const body = JSON.stringify({
     node_id: node,
     region,
@@ -52,7 +75,7 @@ async function beat(node, region, load, draining = false, urls = undefined) {
     load,
     draining,
   });
-  const response = await fetch(`${BASE}/v1/relays/heartbeat`, {
+  const response = await fetch(`${base}/v1/relays/heartbeat`, {
     method: "POST",
     headers: { "content-type": "application/json", "x-switchboard-signature": signed(body, node) },
     body,
@@ -80,7 +103,7 @@ function startRelay(ip, id, portRange) {
     RELAY_BIN,
     [
       "--listen", `${ip}:3478`, "--allow-loopback-peers", "--realm", "bench", "--port-range", portRange, "--threads", "1",
-      "--drain-timeout", "0", "--worker-url", BASE, "--node-id", id, "--region", "fo", "--heartbeat-interval", "1",
+      "--drain-timeout", "0", "--worker-url", BASE, "--node-id", id, "--region", "fo",
       "--public-url", `turn:${ip}:3478?transport=udp`,
     ],
     { detached: true, stdio: "ignore", env: { ...process.env, RELAY_SECRET: TURN_SECRET, RELAY_REGISTRY_SECRET: SECRET } },
@@ -159,6 +182,7 @@ async function failover() {
 
 async function hammer(secs, concurrency, request) {
   const latencies = [];
+  const cpuBefore = workerdCpu();
   let ok = 0;
   let refused = 0;
   const end = performance.now() + secs * 1000;
@@ -176,20 +200,47 @@ async function hammer(secs, concurrency, request) {
     }),
   );
   const sorted = latencies.sort((a, b) => a - b);
-  return { perSecond: Math.round(ok / secs), refused, p50Ms: +quantile(sorted, 0.5).toFixed(1), p99Ms: +quantile(sorted, 0.99).toFixed(1) };
+  // The Worker's own CPU per request: unlike requests/s, it does not move with the load of
+  // other processes on the machine (the load generator included).
+  const cpuUs = Math.round(((workerdCpu() - cpuBefore) * 1e6) / Math.max(1, latencies.length));
+  return { perSecond: Math.round(ok / secs), cpuUs, refused, p50Ms: +quantile(sorted, 0.5).toFixed(1), p99Ms: +quantile(sorted, 0.99).toFixed(1) };
 }
 
 async function heartbeats() {
-  const load = { cpu_percent: 10, cores: 1 };
-  const registry = await hammer(HB_SECS, HB_CONCURRENCY, (i) => beat(`hb-${i % HB_NODES}`, "hb", load));
-  const baseline = await hammer(HB_SECS, HB_CONCURRENCY, async () => {
-    const response = await fetch(`${BASE}/healthz`);
-    await response.arrayBuffer();
-    return response.status;
-  });
+  // Each node's load moves a little from beat to beat, as a real node's does.
+  const load = (i) => ({ cpu_percent: 10 + (i % 3), cores: 1, allocations: i % 7, max_allocations: 1000 });
+  const rows = [];
+  for (const [via, base] of [["workerd", INNER], ["wrangler proxy", BASE]]) {
+    // The profile (stderr) shows where a heartbeat's CPU goes: scripts/profile-worker.mjs.
+    const profiling = PROFILE > 0 && via === "workerd" && INSPECTOR_PORT
+      ? new Promise((resolve) => {
+          const p = spawn("node", [join(ROOT, "scripts/profile-worker.mjs"), INSPECTOR_PORT, String(Math.min(PROFILE, HB_SECS))], { stdio: ["ignore", "pipe", "inherit"] });
+          let text = "";
+          p.stdout.on("data", (d) => (text += d));
+          p.once("exit", () => resolve(text));
+        })
+      : null;
+    const registry = await hammer(HB_SECS, HB_CONCURRENCY, (i) => beat(`hb-${i % HB_NODES}`, "hb", load(i), false, undefined, base));
+    const baseline = await hammer(HB_SECS, HB_CONCURRENCY, async () => {
+      const response = await fetch(`${base}/healthz`);
+      await response.arrayBuffer();
+      return response.status;
+    });
+    if (profiling) console.error(`--- CPU profile, heartbeats straight to workerd ---\n${await profiling}`);
+    rows.push({ via, registry, baseline });
+  }
   // The bench's nodes leave the fleet.
-  for (let i = 0; i < HB_NODES; i++) await beat(`hb-${i}`, "hb", load, true);
-  return { registry, baseline };
+  for (let i = 0; i < HB_NODES; i++) await beat(`hb-${i}`, "hb", load(0), true);
+  return rows;
+}
+
+/** Asks for ICE servers as a client of `region`; the node named first, if one of `nodes`. */
+async function firstNode(nodes, region, c) {
+  const ip = `2001:db8:5::${(c + 1).toString(16)}`;
+  const response = await fetch(`${BASE}/v1/ice-servers`, { headers: { "x-switchboard-region": region, "cf-connecting-ip": ip } });
+  const body = await response.json();
+  const first = (body.iceServers ?? []).flatMap((s) => (s.username ? s.urls : []))[0] ?? "";
+  return { node: nodes.find((n) => first.includes(`${n.id}.bench`)), status: response.status };
 }
 
 async function spread() {
@@ -201,54 +252,78 @@ async function spread() {
   const MAX_ALLOC = 1000;
   const report = () =>
     Promise.all(nodes.map((n) => beat(n.id, "sp", { cpu_percent: n.cpu, cores: 1, allocations: n.clients, max_allocations: MAX_ALLOC })));
-  const score = (n, clients) => Math.max(n.cpu * 10, Math.floor((clients * 1000) / MAX_ALLOC));
+  const score = (n, clients) => Math.min(1000, Math.max(n.cpu * 10, Math.floor((clients * 1000) / MAX_ALLOC)));
   await report();
   let reporting = true;
   const reporter = (async () => {
     while (reporting) {
-      await sleep(1000);
+      await sleep(2000);
       await report();
     }
   })();
   await sleep(3500); // past the router's 3 s copy
-  const best = nodes.map(() => 0);
+  /** The expected split: each client's chance of each node, from the true load at that moment. */
+  const expected = nodes.map(() => 0);
   /** Clients whose answer named none of the three nodes, by HTTP status. */
   const unplaced = new Map();
   for (let c = 0; c < CLIENTS; c++) {
     const started = performance.now();
-    const ip = `2001:db8:5::${(c + 1).toString(16)}`;
-    const response = await fetch(`${BASE}/v1/ice-servers`, { headers: { "x-switchboard-region": "sp", "cf-connecting-ip": ip } });
-    const body = await response.json();
-    const first = (body.iceServers ?? []).flatMap((s) => (s.username ? s.urls : []))[0] ?? "";
-    const node = nodes.find((n) => first.includes(`${n.id}.bench`));
+    const free = nodes.map((n, i) => 1000 - score(n, expected[i]));
+    const total = free.reduce((a, b) => a + b, 0);
+    free.forEach((f, i) => (expected[i] += total > 0 ? f / total : 1 / nodes.length));
+    const { node, status } = await firstNode(nodes, "sp", c);
     if (node) node.clients += 1;
-    else unplaced.set(response.status, (unplaced.get(response.status) ?? 0) + 1);
-    // The same client with perfect, instant knowledge of the load.
-    let j = 0;
-    for (let k = 1; k < nodes.length; k++) if (score(nodes[k], best[k]) < score(nodes[j], best[j])) j = k;
-    best[j] += 1;
+    else unplaced.set(status, (unplaced.get(status) ?? 0) + 1);
     await sleep(Math.max(0, 1000 / SPREAD_RATE - (performance.now() - started)));
   }
   reporting = false;
   await reporter;
   for (const n of nodes) await beat(n.id, "sp", { cpu_percent: n.cpu, cores: 1 }, true);
+
+  // The burst: equal nodes, one heartbeat each, then BURST clients at once.
+  const equal = [{ id: "bu-1" }, { id: "bu-2" }, { id: "bu-3" }].map((n) => ({ ...n, clients: 0 }));
+  await Promise.all(equal.map((n) => beat(n.id, "bu", { cpu_percent: 20, cores: 1 })));
+  await sleep(3500); // past the router's 3 s copy
+  const burst = await Promise.all(Array.from({ length: BURST }, (_, c) => firstNode(equal, "bu", CLIENTS + c)));
+  for (const { node } of burst) if (node) node.clients += 1;
+  for (const n of equal) await beat(n.id, "bu", { cpu_percent: 20, cores: 1 }, true);
   return {
-    rows: nodes.map((n, i) => ({ node: n.id, baseCpu: n.cpu, clients: n.clients, best: best[i] })),
+    rows: nodes.map((n, i) => ({ node: n.id, baseCpu: n.cpu, clients: n.clients, expected: Math.round(expected[i]) })),
+    burst: equal.map((n) => ({ node: n.id, clients: n.clients })),
     unplaced: [...unplaced].map(([status, n]) => `${n} × HTTP ${status}`).join(", ") || "none",
   };
 }
 
-const fail = await failover();
-const hb = await heartbeats();
-const sp = await spread();
-const out = [];
-out.push(`Lease ${LEASE_MS} ms, relay heartbeat every 1 s.`, "");
-out.push("| Failover (kill -9 of the pinned node → relays-changed at the client) | value |", "| --- | --- |");
-out.push(`| kills | ${fail.kills} |`, `| median | ${fail.medianMs} ms |`, `| worst | ${fail.worstMs} ms |`, `| all (ms) | ${fail.all.join(", ")} |`, "");
-out.push(`| Requests, ${HB_CONCURRENCY} workers, ${HB_SECS} s | accepted/s | p50 | p99 | refused |`, "| --- | --- | --- | --- | --- |");
-out.push(`| signed heartbeats of ${HB_NODES} nodes (Registry object) | ${hb.registry.perSecond} | ${hb.registry.p50Ms} ms | ${hb.registry.p99Ms} ms | ${hb.registry.refused} |`);
-out.push(`| baseline: GET /healthz (router only) | ${hb.baseline.perSecond} | ${hb.baseline.p50Ms} ms | ${hb.baseline.p99Ms} ms | ${hb.baseline.refused} |`, "");
-out.push(`| Spread of ${CLIENTS} clients at ${SPREAD_RATE}/s | base CPU | clients | best split |`, "| --- | --- | --- | --- |");
-for (const r of sp.rows) out.push(`| ${r.node} | ${r.baseCpu} % | ${r.clients} | ${r.best} |`);
-out.push("", `Clients given none of the three nodes: ${sp.unplaced}.`);
+function spreadTable(sp) {
+  const out = [`| Spread of ${CLIENTS} clients at ${SPREAD_RATE}/s | base CPU | clients | expected (by free capacity) |`, "| --- | --- | --- | --- |"];
+  for (const r of sp.rows) out.push(`| ${r.node} | ${r.baseCpu} % | ${r.clients} | ${r.expected} |`);
+  out.push("", `Clients given none of the three nodes: ${sp.unplaced}.`, "");
+  out.push(`| Burst of ${BURST} clients at once, 3 nodes at 20 % CPU | clients |`, "| --- | --- |");
+  for (const r of sp.burst) out.push(`| ${r.node} | ${r.clients} |`);
+  return out;
+}
+
+
+const want = (part) => ONLY === "" || ONLY === part;
+const out = [`Defaults: lease ${LEASE_MS} ms (RELAY_LEASE_MS unset), relay heartbeat every 2 s (--heartbeat-interval unset).`, ""];
+if (want("failover")) {
+  const fail = await failover();
+  out.push("| Failover (kill -9 of the pinned node → relays-changed at the client) | value |", "| --- | --- |");
+  out.push(`| kills | ${fail.kills} |`, `| median | ${fail.medianMs} ms |`, `| worst | ${fail.worstMs} ms |`, `| all (ms) | ${fail.all.join(", ")} |`, "");
+}
+if (want("heartbeats")) {
+  const hb = await heartbeats();
+  out.push(`| Requests, ${HB_CONCURRENCY} workers, ${HB_SECS} s | via | accepted/s | workerd CPU/request | p50 | p99 | refused |`, "| --- | --- | --- | --- | --- | --- | --- |");
+  for (const row of hb) {
+    const r = row.registry;
+    const b = row.baseline;
+    out.push(`| signed heartbeats of ${HB_NODES} nodes (Registry object) | ${row.via} | ${r.perSecond} | ${r.cpuUs} µs | ${r.p50Ms} ms | ${r.p99Ms} ms | ${r.refused} |`);
+    out.push(`| baseline: GET /healthz (router only) | ${row.via} | ${b.perSecond} | ${b.cpuUs} µs | ${b.p50Ms} ms | ${b.p99Ms} ms | ${b.refused} |`);
+  }
+  out.push("");
+}
+if (want("spread")) {
+  const sp = await spread();
+  out.push(...spreadTable(sp));
+}
 console.log(out.join("\n"));

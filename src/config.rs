@@ -122,9 +122,15 @@ pub fn registry_secret(env: &Env) -> Option<String> {
     string(env, "REGISTRY_SECRET")
 }
 
-/// `RELAY_LEASE_MS`: how long one heartbeat keeps a relay node listed (default 15000).
+/// `RELAY_LEASE_MS`: how long one heartbeat keeps a relay node listed (default
+/// [`DEFAULT_LEASE_MS`](switchboard_proto::registry::DEFAULT_LEASE_MS), 5000).
 pub fn relay_lease_ms(env: &Env) -> u64 {
-    number(env, "RELAY_LEASE_MS", 15_000u64).max(1_000)
+    number(
+        env,
+        "RELAY_LEASE_MS",
+        switchboard_proto::registry::DEFAULT_LEASE_MS,
+    )
+    .max(1_000)
 }
 
 /// `TRUST_REGION_HEADER`: take the client's region from `X-Switchboard-Region` (local

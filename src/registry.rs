@@ -12,7 +12,8 @@ use std::cell::{Cell, RefCell};
 use serde::Deserialize;
 use switchboard_proto::ice::IceConfig;
 use switchboard_proto::registry::{
-    self as core, Heartbeat, NodeRecord, Region, Registry as Core, RegistryConfig, RegistryOutput,
+    self as core, Dice, Heartbeat, NodeId, NodeRecord, Region, Registry as Core, RegistryConfig,
+    RegistryOutput,
 };
 use switchboard_proto::{ErrorCode, Millis, relays};
 use worker::{
@@ -35,6 +36,8 @@ CREATE TABLE IF NOT EXISTS pins (node_id TEXT NOT NULL, room TEXT NOT NULL,
                                  PRIMARY KEY (node_id, room));
 CREATE INDEX IF NOT EXISTS pins_by_room ON pins (room);
 CREATE TABLE IF NOT EXISTS moving (node_id TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS retries (room TEXT PRIMARY KEY, attempt INTEGER NOT NULL,
+                                    due INTEGER NOT NULL);
 ";
 
 /// Rooms told per batch when a pinned node dies or drains; the alarm runs the next batch at once.
@@ -112,9 +115,8 @@ impl DurableObject for Registry {
                     Ok(p) => p,
                     Err(_) => return http::error(ErrorCode::BadRequest, "bad pin"),
                 };
-                if self.pin(&pin, t)? {
-                    crate::alarm::wake_by(&self.state, &self.alarm_at, Some(now())).await?;
-                }
+                self.pin(&pin, t)?;
+                self.after_event().await?;
                 json(200, r#"{"ok":true}"#)
             }
             (Method::Get, "/nodes") => {
@@ -141,6 +143,7 @@ impl DurableObject for Registry {
         }
         self.after_event().await?;
         self.notify_batch().await?;
+        self.retry_batch().await?;
         Response::ok("swept")
     }
 }
@@ -218,7 +221,9 @@ impl Registry {
                         vec![SqlStorageValue::from(id.as_str().to_owned())],
                     )?;
                 }
-                RegistryOutput::Expired(id) | RegistryOutput::Draining(id) => {
+                RegistryOutput::Expired(id)
+                | RegistryOutput::Draining(id)
+                | RegistryOutput::PinStale(id) => {
                     mark_moving(&sql, &id)?;
                     moving = true;
                 }
@@ -231,37 +236,35 @@ impl Registry {
             }
         }
         // Rooms to tell wait for no lease: the alarm fires at once.
-        let wake_at = if moving { Some(now()) } else { wake_at };
+        let wake_at = if moving { Some(at_once()) } else { wake_at };
         crate::alarm::wake_by(&self.state, &self.alarm_at, wake_at).await
     }
 
     /// A room's pin: `POST /pin {room, nodes}` replaces the room's rows (none: unpinned).
     /// A pin that names a node which is no longer live (its lease ended or it drains while
-    /// the pin was on its way) marks that node moving, so the room is told at once; returns
-    /// whether it did (the caller then wakes the alarm).
-    fn pin(&self, pin: &PinBody, now: Millis) -> Result<bool> {
+    /// the pin was on its way) gets the core's [`RegistryOutput::PinStale`]: the caller's
+    /// [`Registry::after_event`] marks that node moving and wakes the alarm at once, so the
+    /// room is called back.
+    fn pin(&self, pin: &PinBody, now: Millis) -> Result<()> {
         let sql = self.state.storage().sql();
         let room = || SqlStorageValue::from(pin.room.clone());
         sql.exec("DELETE FROM pins WHERE room = ?", vec![room()])?;
-        let mut stale = false;
+        let mut ids = Vec::new();
         for node in pin.nodes.iter().take(relays::ROOM_NODES) {
+            // Rooms pin ids they took from the registry; anything else names no node.
+            let Some(id) = NodeId::parse(node) else {
+                continue;
+            };
             sql.exec(
                 "INSERT OR IGNORE INTO pins (node_id, room) VALUES (?, ?)",
                 vec![SqlStorageValue::from(node.clone()), room()],
             )?;
-            let live = self.core.borrow().as_ref().is_some_and(|c| {
-                c.nodes()
-                    .any(|r| r.node_id().as_str() == node.as_str() && r.selectable(now))
-            });
-            if !live {
-                sql.exec(
-                    "INSERT OR IGNORE INTO moving (node_id) VALUES (?)",
-                    vec![SqlStorageValue::from(node.clone())],
-                )?;
-                stale = true;
-            }
+            ids.push(id);
         }
-        Ok(stale)
+        if let Some(core) = self.core.borrow_mut().as_mut() {
+            core.handle_pin(&ids, now);
+        }
+        Ok(())
     }
 
     /// Tells up to [`NOTIFY_BATCH`] rooms pinned to a dead or draining node to look at the
@@ -289,16 +292,7 @@ impl Registry {
         let results = futures_util::future::join_all(calls).await;
         for (row, result) in rows.iter().zip(results) {
             if let Err(e) = result {
-                // The room moves anyway when its peers next join; a failure is not retried.
-                worker::console_error!(
-                    "{}",
-                    http::log_line(
-                        "room_notify_failed",
-                        Some(&row.room),
-                        None,
-                        Some(&e.to_string())
-                    )
-                );
+                self.notify_failed(&sql, &row.room, 0, &e)?;
             }
             sql.exec(
                 "DELETE FROM pins WHERE node_id = ? AND room = ?",
@@ -315,8 +309,109 @@ impl Registry {
             )?;
             return Ok(());
         }
-        crate::alarm::wake_by(&self.state, &self.alarm_at, Some(now())).await
+        crate::alarm::wake_by(&self.state, &self.alarm_at, Some(at_once())).await
     }
+}
+
+/// The alarm time for "at once": one millisecond after now. Inside the alarm handler `now()`
+/// (`Date.now()`, which stands still between I/O) can equal the time of the alarm being
+/// handled, and the runtime deletes an alarm still set to that time when the handler returns:
+/// the next batch (and every later lease end, the object believing an alarm was set) would
+/// never fire.
+fn at_once() -> Millis {
+    now().plus(1)
+}
+
+impl Registry {
+    /// A call to `room` failed after `attempt` earlier retries: schedules the next retry
+    /// ([`core::notify_retry_delay`]) or, past [`core::NOTIFY_RETRIES`], gives up (the room then
+    /// moves at its next join).
+    fn notify_failed(
+        &self,
+        sql: &worker::SqlStorage,
+        room: &str,
+        attempt: u32,
+        e: &worker::Error,
+    ) -> Result<()> {
+        let next = attempt.saturating_add(1);
+        let room_v = || SqlStorageValue::from(room.to_owned());
+        match core::notify_retry_delay(next) {
+            Some(delay) => {
+                let due = now().plus(delay).0;
+                sql.exec(
+                    "INSERT OR REPLACE INTO retries (room, attempt, due) VALUES (?, ?, ?)",
+                    vec![
+                        room_v(),
+                        SqlStorageValue::from(i64::from(next)),
+                        SqlStorageValue::from(i64::try_from(due).unwrap_or(i64::MAX)),
+                    ],
+                )?;
+            }
+            None => {
+                sql.exec("DELETE FROM retries WHERE room = ?", vec![room_v()])?;
+            }
+        }
+        let event = if next > core::NOTIFY_RETRIES {
+            "room_notify_gave_up"
+        } else {
+            "room_notify_failed"
+        };
+        worker::console_error!(
+            "{}",
+            http::log_line(event, Some(room), None, Some(&e.to_string()))
+        );
+        Ok(())
+    }
+
+    /// Calls again, up to [`NOTIFY_BATCH`] at a time, the rooms whose call failed and whose
+    /// retry is due, then keeps the alarm at the next retry due.
+    async fn retry_batch(&self) -> Result<()> {
+        let sql = self.state.storage().sql();
+        let t = i64::try_from(now().0).unwrap_or(i64::MAX);
+        let rows: Vec<RetryRow> = sql
+            .exec(
+                &format!(
+                    "SELECT room, attempt FROM retries WHERE due <= ? ORDER BY due LIMIT {NOTIFY_BATCH}"
+                ),
+                vec![SqlStorageValue::from(t)],
+            )?
+            .to_array()?;
+        let calls = rows.iter().map(|r| notify_room(&self.env, &r.room));
+        let results = futures_util::future::join_all(calls).await;
+        for (row, result) in rows.iter().zip(results) {
+            match result {
+                Ok(()) => {
+                    sql.exec(
+                        "DELETE FROM retries WHERE room = ?",
+                        vec![SqlStorageValue::from(row.room.clone())],
+                    )?;
+                }
+                Err(e) => {
+                    let attempt = u32::try_from(row.attempt).unwrap_or(u32::MAX);
+                    self.notify_failed(&sql, &row.room, attempt, &e)?;
+                }
+            }
+        }
+        let next: Option<i64> = sql
+            .exec("SELECT MIN(due) AS due FROM retries", None)?
+            .to_array::<DueRow>()?
+            .into_iter()
+            .next()
+            .and_then(|r| r.due);
+        let next = next.and_then(|d| u64::try_from(d).ok()).map(Millis);
+        crate::alarm::wake_by(&self.state, &self.alarm_at, next).await
+    }
+}
+
+#[derive(Deserialize)]
+struct RetryRow {
+    room: String,
+    attempt: i64,
+}
+
+#[derive(Deserialize)]
+struct DueRow {
+    due: Option<i64>,
 }
 
 /// Rooms pinned to `id` must move: the alarm tells them ([`Registry::notify_batch`]).
@@ -456,8 +551,8 @@ async fn fetch_nodes(env: &Env) -> Result<Vec<NodeRecord>> {
 }
 
 /// The ICE configuration for a client: `STUN_URLS`/`TURN_URLS` as configured, replaced by
-/// the two best registered relay nodes for the client's region when the registry is on
-/// and has live nodes.
+/// two registered relay nodes drawn for the client's region ([`core::select`]) when the
+/// registry is on and has live nodes.
 pub async fn ice_config(env: &Env, req: &Request) -> IceConfig {
     let mut cfg = config::ice(env);
     if config::registry_secret(env).is_none() {
@@ -465,7 +560,7 @@ pub async fn ice_config(env: &Env, req: &Request) -> IceConfig {
     }
     let list = nodes(env, false).await;
     let region = client_region(env, req);
-    let chosen = core::select(&list, region.as_ref(), 2, now());
+    let chosen = core::select(&list, region.as_ref(), 2, now(), &mut dice());
     if chosen.is_empty() {
         return cfg;
     }
@@ -478,6 +573,12 @@ pub async fn ice_config(env: &Env, req: &Request) -> IceConfig {
     cfg.stun_urls = stun;
     cfg.turn_urls = turn;
     cfg
+}
+
+/// Fresh randomness for [`core::select`] (getrandom; a fixed seed only if that fails, which
+/// costs the spread of one answer, never the answer).
+pub fn dice() -> Dice {
+    Dice::new(http::random::<8>().map_or(0, u64::from_le_bytes))
 }
 
 /// The client's region: `X-Switchboard-Region` when trusted (local development), else

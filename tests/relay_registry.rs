@@ -13,131 +13,22 @@
     clippy::panic
 )] // tests fail loudly on purpose
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use switchboard_proto::Millis;
-use switchboard_proto::registry::{SIGNATURE_HEADER, sign_heartbeat};
-use switchboard_tests::{HttpResponse, http_get, http_post, unique_room};
-
-struct Fleet {
-    base: String,
-    secret: String,
-    admin: String,
-    lease_ms: u64,
-}
-
-fn fleet() -> Fleet {
-    let var = |n: &str| {
-        std::env::var(n).unwrap_or_else(|_| panic!("{n} is not set: run through scripts/e2e.sh"))
-    };
-    Fleet {
-        base: var("SWITCHBOARD_FLEET_URL"),
-        secret: var("SWITCHBOARD_REGISTRY_SECRET"),
-        admin: var("SWITCHBOARD_ADMIN_TOKEN"),
-        lease_ms: var("SWITCHBOARD_RELAY_LEASE_MS").parse().unwrap(),
-    }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
-/// Strictly increasing signing times, as a relay's clock gives them.
-fn next_ts() -> Millis {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static LAST: AtomicU64 = AtomicU64::new(0);
-    let t = now_ms();
-    let step = |last: u64| Some(last.max(t - 1) + 1);
-    let prev = LAST
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, step)
-        .unwrap();
-    Millis(prev.max(t - 1) + 1)
-}
+use switchboard_proto::registry::sign_heartbeat;
+use switchboard_tests::fleet::{
+    Fleet, beat_signed, fleet, heartbeat_body, next_ts, now_ms, post_heartbeat, turn_url,
+};
+use switchboard_tests::{http_get, unique_room};
 
 fn body(node: &str, region: &str, cpu: u32, draining: bool) -> Vec<u8> {
-    serde_json::to_vec(&json!({
-        "node_id": node,
-        "region": region,
-        "urls": {
-            "stun": [format!("stun:{node}.test:3478")],
-            "turn": [format!("turn:{node}.test:3478?transport=udp")],
-        },
-        "load": {"cpu_percent": cpu, "cores": 1, "allocations": 3},
-        "draining": draining,
-    }))
-    .unwrap()
+    heartbeat_body(node, region, cpu, 3, draining, false)
 }
 
-impl Fleet {
-    fn post(&self, body: &[u8], signature: Option<&str>) -> HttpResponse {
-        let mut headers = vec![("content-type", "application/json")];
-        if let Some(s) = signature {
-            headers.push((SIGNATURE_HEADER, s));
-        }
-        http_post(
-            &format!("{}/v1/relays/heartbeat", self.base),
-            &headers,
-            body,
-        )
-    }
-
-    fn beat(&self, node: &str, region: &str, cpu: u32, draining: bool) {
-        let b = body(node, region, cpu, draining);
-        let sig = sign_heartbeat(self.secret.as_bytes(), next_ts(), &b);
-        let r = self.post(&b, Some(&sig));
-        assert_eq!(r.status, 200, "{}", r.body);
-    }
-
-    fn relays(&self) -> Vec<Value> {
-        let auth = format!("Bearer {}", self.admin);
-        let r = http_get(
-            &format!("{}/v1/relays", self.base),
-            &[("authorization", &auth)],
-        );
-        assert_eq!(r.status, 200, "{}", r.body);
-        r.json()["relays"].as_array().unwrap().clone()
-    }
-
-    /// The TURN URLs handed to a client in `region`.
-    fn turn_urls(&self, region: &str) -> Vec<String> {
-        // A client address per call: the mint rate limit (per client) must not meet the polling.
-        static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let ip = format!("2001:db8::{:x}:{:x}", n >> 16, n & 0xffff);
-        let r = http_get(
-            &format!("{}/v1/ice-servers", self.base),
-            &[("x-switchboard-region", region), ("cf-connecting-ip", &ip)],
-        );
-        assert_eq!(r.status, 200, "{}", r.body);
-        r.json()["iceServers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|s| s.get("username").is_some())
-            .flat_map(|s| s["urls"].as_array().unwrap().clone())
-            .map(|u| u.as_str().unwrap().to_owned())
-            .collect()
-    }
-
-    /// Polls `f` until it holds: the router caches the node list for a few seconds.
-    fn eventually(&self, what: &str, mut f: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_millis(self.lease_ms * 3 + 10_000);
-        while Instant::now() < deadline {
-            if f() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        panic!("timed out waiting for: {what}");
-    }
-}
-
-fn turn_url(node: &str) -> String {
-    format!("turn:{node}.test:3478?transport=udp")
+fn beat(f: &Fleet, node: &str, region: &str, cpu: u32, draining: bool) {
+    beat_signed(f, &body(node, region, cpu, draining));
 }
 
 #[test]
@@ -149,7 +40,7 @@ fn forged_stale_replayed_and_unsigned_heartbeats_are_refused() {
     let sig = sign_heartbeat(f.secret.as_bytes(), ts, &good);
 
     let forged = body(&node, "eu", 1, true);
-    let r = f.post(&forged, Some(&sig));
+    let r = post_heartbeat(&f, &forged, Some(&sig));
     assert_eq!(
         (r.status, r.error_code().as_str()),
         (401, "unauthorized"),
@@ -157,25 +48,25 @@ fn forged_stale_replayed_and_unsigned_heartbeats_are_refused() {
         r.body
     );
     let wrong_key = sign_heartbeat(b"not-the-secret", ts, &good);
-    assert_eq!(f.post(&good, Some(&wrong_key)).status, 401);
-    assert_eq!(f.post(&good, None).status, 401);
-    assert_eq!(f.post(&good, Some("t=1,v1=zz")).status, 401);
+    assert_eq!(post_heartbeat(&f, &good, Some(&wrong_key)).status, 401);
+    assert_eq!(post_heartbeat(&f, &good, None).status, 401);
+    assert_eq!(post_heartbeat(&f, &good, Some("t=1,v1=zz")).status, 401);
     let stale = sign_heartbeat(f.secret.as_bytes(), Millis(now_ms() - 31_000), &good);
-    assert_eq!(f.post(&good, Some(&stale)).status, 401);
+    assert_eq!(post_heartbeat(&f, &good, Some(&stale)).status, 401);
     assert!(f.relays().iter().all(|n| n["node_id"] != node.as_str()));
 
-    assert_eq!(f.post(&good, Some(&sig)).status, 200);
-    let replay = f.post(&good, Some(&sig));
+    assert_eq!(post_heartbeat(&f, &good, Some(&sig)).status, 200);
+    let replay = post_heartbeat(&f, &good, Some(&sig));
     assert_eq!(replay.status, 401, "a replayed heartbeat must be refused");
     assert!(replay.body.contains("not newer"), "{}", replay.body);
     assert!(!replay.body.contains(&f.secret));
 
     let big = vec![b' '; 9 * 1024];
     let big_sig = sign_heartbeat(f.secret.as_bytes(), next_ts(), &big);
-    assert_eq!(f.post(&big, Some(&big_sig)).status, 413);
+    assert_eq!(post_heartbeat(&f, &big, Some(&big_sig)).status, 413);
     let garbage = b"{not json";
     let g_sig = sign_heartbeat(f.secret.as_bytes(), next_ts(), garbage);
-    let r = f.post(garbage, Some(&g_sig));
+    let r = post_heartbeat(&f, garbage, Some(&g_sig));
     assert_eq!((r.status, r.error_code().as_str()), (400, "bad_request"));
     let get = http_get(&format!("{}/v1/relays/heartbeat", f.base), &[]);
     assert_eq!(get.status, 405);
@@ -211,9 +102,10 @@ fn ice_servers_follow_region_then_load_and_skip_draining_nodes() {
     let busy = unique_room("busy");
     let idle = unique_room("idle");
     let remote = unique_room("remote");
-    f.beat(&busy, &region, 80, false);
-    f.beat(&idle, &region, 5, false);
-    f.beat(&remote, &far, 0, false);
+    // A full node (100 % CPU) ranks after every node with free capacity, whatever the draw.
+    beat(&f, &busy, &region, 100, false);
+    beat(&f, &idle, &region, 5, false);
+    beat(&f, &remote, &far, 0, false);
     f.eventually("the region's nodes, least loaded first", || {
         f.turn_urls(&region) == [turn_url(&idle), turn_url(&busy)]
     });
@@ -225,13 +117,13 @@ fn ice_servers_follow_region_then_load_and_skip_draining_nodes() {
         },
     );
     // Load changes reorder the list.
-    f.beat(&busy, &region, 1, false);
-    f.beat(&idle, &region, 90, false);
+    beat(&f, &busy, &region, 1, false);
+    beat(&f, &idle, &region, 100, false);
     f.eventually("the new least loaded node first", || {
         f.turn_urls(&region) == [turn_url(&busy), turn_url(&idle)]
     });
     // A draining node gets no new clients.
-    f.beat(&busy, &region, 1, true);
+    beat(&f, &busy, &region, 1, true);
     f.eventually("the draining node gone from ICE servers", || {
         let urls = f.turn_urls(&region);
         urls.first() == Some(&turn_url(&idle)) && !urls.contains(&turn_url(&busy))
@@ -253,9 +145,10 @@ fn a_node_that_stops_beating_disappears_after_its_lease() {
     let region = unique_room("k").to_ascii_lowercase();
     let dead = unique_room("dead");
     let alive = unique_room("alive");
-    f.beat(&dead, &region, 0, false);
+    beat(&f, &dead, &region, 0, false);
     let last_beat = Instant::now();
-    f.beat(&alive, &region, 50, false);
+    // `alive` is full (100 % CPU): it ranks after `dead` whatever the draw.
+    beat(&f, &alive, &region, 100, false);
     f.eventually("both nodes handed out", || {
         f.turn_urls(&region) == [turn_url(&dead), turn_url(&alive)]
     });
@@ -263,7 +156,7 @@ fn a_node_that_stops_beating_disappears_after_its_lease() {
     let start = Instant::now();
     let mut gone = false;
     while start.elapsed() < Duration::from_millis(f.lease_ms * 3 + 10_000) {
-        f.beat(&alive, &region, 50, false);
+        beat(&f, &alive, &region, 100, false);
         let listed = f.relays();
         if listed.iter().all(|n| n["node_id"] != dead.as_str()) {
             gone = true;
@@ -280,6 +173,38 @@ fn a_node_that_stops_beating_disappears_after_its_lease() {
         let urls = f.turn_urls(&region);
         urls.first() == Some(&turn_url(&alive)) && !urls.contains(&turn_url(&dead))
     });
+}
+
+#[test]
+fn clients_spread_over_equally_loaded_nodes_between_heartbeats() {
+    let f = fleet();
+    let region = unique_room("s").to_ascii_lowercase();
+    let one = unique_room("eq1");
+    let two = unique_room("eq2");
+    beat(&f, &one, &region, 30, false);
+    beat(&f, &two, &region, 30, false);
+    f.eventually("both nodes handed out", || f.turn_urls(&region).len() == 2);
+    // No heartbeat in between: the registry's view of the load stands still, yet the first
+    // place goes to both nodes (a draw by free capacity, not "the least loaded" every time).
+    let mut first_one = 0;
+    let mut first_two = 0;
+    for _ in 0..40 {
+        let urls = f.turn_urls(&region);
+        assert_eq!(urls.len(), 2, "two distinct nodes: {urls:?}");
+        assert_ne!(urls[0], urls[1]);
+        if urls[0] == turn_url(&one) {
+            first_one += 1;
+        } else if urls[0] == turn_url(&two) {
+            first_two += 1;
+        }
+    }
+    // Each is first with probability 1/2: "both at least 5 of 40" fails once in ~5 million runs.
+    assert!(
+        first_one >= 5 && first_two >= 5,
+        "{first_one} / {first_two} first places"
+    );
+    beat(&f, &one, &region, 30, true);
+    beat(&f, &two, &region, 30, true);
 }
 
 /// A relay process (the release binary), in its own process group.

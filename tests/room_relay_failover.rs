@@ -13,109 +13,26 @@
     clippy::panic
 )] // tests fail loudly on purpose
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use switchboard_proto::Millis;
-use switchboard_proto::registry::{SIGNATURE_HEADER, sign_heartbeat};
-use switchboard_proto::sfu_token;
-use switchboard_tests::{Client, WorkerProcess, http_get, http_post, unique_room};
+use switchboard_proto::{Millis, sfu_token};
+use switchboard_tests::fleet::{Fleet, beat_signed, fleet, heartbeat_body, sfu_base, turn_url};
+use switchboard_tests::{Client, WorkerProcess, http_get, unique_room};
 
-struct Fleet {
-    base: String,
-    secret: String,
-    lease_ms: u64,
-    turn_secret: String,
+/// A heartbeat of `node` with an SFU endpoint.
+fn beat(f: &Fleet, node: &str, region: &str, cpu: u32, draining: bool) {
+    beat_signed(f, &heartbeat_body(node, region, cpu, 0, draining, true));
 }
 
-fn fleet() -> Fleet {
-    let var = |n: &str| {
-        std::env::var(n).unwrap_or_else(|_| panic!("{n} is not set: run through scripts/e2e.sh"))
-    };
-    Fleet {
-        base: var("SWITCHBOARD_FLEET_URL"),
-        secret: var("SWITCHBOARD_REGISTRY_SECRET"),
-        lease_ms: var("SWITCHBOARD_RELAY_LEASE_MS").parse().unwrap(),
-        turn_secret: var("SWITCHBOARD_TURN_SECRET"),
-    }
-}
-
-fn next_ts() -> Millis {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static LAST: AtomicU64 = AtomicU64::new(0);
-    let t = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    let step = |last: u64| Some(last.max(t - 1) + 1);
-    let prev = LAST
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, step)
-        .unwrap();
-    Millis(prev.max(t - 1) + 1)
-}
-
-fn turn_url(node: &str) -> String {
-    format!("turn:{node}.test:3478?transport=udp")
-}
-
-fn sfu_base(node: &str) -> String {
-    format!("http://{node}.test:3480")
-}
-
-impl Fleet {
-    fn beat(&self, node: &str, region: &str, cpu: u32, draining: bool) {
-        let body = serde_json::to_vec(&json!({
-            "node_id": node,
-            "region": region,
-            "urls": {
-                "stun": [format!("stun:{node}.test:3478")],
-                "turn": [turn_url(node)],
-                "sfu": sfu_base(node),
-            },
-            "load": {"cpu_percent": cpu, "cores": 1},
-            "draining": draining,
-        }))
-        .unwrap();
-        let sig = sign_heartbeat(self.secret.as_bytes(), next_ts(), &body);
-        let r = http_post(
-            &format!("{}/v1/relays/heartbeat", self.base),
-            &[
-                ("content-type", "application/json"),
-                (SIGNATURE_HEADER, &sig),
-            ],
-            &body,
-        );
-        assert_eq!(r.status, 200, "{}", r.body);
-    }
-
-    /// Waits until the router's copy of the node list (a few seconds old at most) lists
-    /// `nodes` first for `region`, so a join sees them too.
-    fn wait_listed(&self, region: &str, nodes: &[&str]) {
-        let want: Vec<String> = nodes.iter().map(|n| turn_url(n)).collect();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut n = 0u32;
-        while Instant::now() < deadline {
-            n += 1;
-            let ip = format!("2001:db8::7:{n:x}");
-            let r = http_get(
-                &format!("{}/v1/ice-servers", self.base),
-                &[("x-switchboard-region", region), ("cf-connecting-ip", &ip)],
-            );
-            let urls: Vec<String> = r.json()["iceServers"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|s| s.get("username").is_some())
-                .flat_map(|s| s["urls"].as_array().unwrap().clone())
-                .map(|u| u.as_str().unwrap().to_owned())
-                .collect();
-            if urls == want {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        panic!("the registry never listed {nodes:?} for {region}");
-    }
+/// Waits until the router's copy of the node list (a few seconds old at most) lists `nodes`
+/// first for `region`, so a join sees them too.
+fn wait_listed(f: &Fleet, region: &str, nodes: &[&str]) {
+    let want: Vec<String> = nodes.iter().map(|n| turn_url(n)).collect();
+    f.eventually(
+        &format!("the registry listing {nodes:?} for {region}"),
+        || f.turn_urls(region) == want,
+    );
 }
 
 async fn join(f: &Fleet, room: &str, region: &str, caps: bool) -> Client {
@@ -167,7 +84,7 @@ impl Drop for Beating {
         // they cannot meet the rooms of the tests that run after it on this instance.
         let f = fleet();
         for (node, region, cpu) in &self.nodes {
-            f.beat(node, region, *cpu, true);
+            beat(&f, node, region, *cpu, true);
         }
     }
 }
@@ -184,7 +101,7 @@ fn keep_beating(nodes: Vec<(String, String, u32)>) -> Beating {
         while !s.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
             *sent.lock().unwrap() = Some(Instant::now());
             for (node, region, cpu) in &beats {
-                f.beat(node, region, *cpu, false);
+                beat(&f, node, region, *cpu, false);
             }
             std::thread::sleep(Duration::from_millis(300));
         }
@@ -205,12 +122,13 @@ async fn a_rooms_welcome_lists_its_registry_nodes_and_every_peer_meets_on_one_sf
     let a = unique_room("a");
     let b = unique_room("b");
     let far = unique_room("far");
+    // b is full (100 % CPU): it ranks after a, whatever the draw.
     let _beats = keep_beating(vec![
         (a.clone(), region.clone(), 5),
-        (b.clone(), region.clone(), 40),
+        (b.clone(), region.clone(), 100),
         (far.clone(), other.clone(), 0),
     ]);
-    f.wait_listed(&region, &[&a, &b]);
+    wait_listed(&f, &region, &[&a, &b]);
     let room = unique_room("pin");
     let first = join(&f, &room, &region, false).await;
     let w = &first.welcome;
@@ -254,16 +172,18 @@ async fn a_pinned_node_whose_lease_ends_is_pushed_to_connected_peers() {
     let dying = unique_room("dying");
     let survivor = unique_room("surv");
     let spare = unique_room("spare");
+    // The survivor is full (100 % CPU): the room pins [dying, survivor] whatever the draw.
     let beats = keep_beating(vec![
         (dying.clone(), region.clone(), 0),
-        (survivor.clone(), region.clone(), 20),
+        (survivor.clone(), region.clone(), 100),
     ]);
-    let _spare = keep_beating(vec![(spare.clone(), region.clone(), 60)]);
-    f.wait_listed(&region, &[&dying, &survivor]);
+    wait_listed(&f, &region, &[&dying, &survivor]);
     let room = unique_room("fail");
     let mut one = join(&f, &room, &region, true).await;
     let mut two = join(&f, &room, &region, true).await;
     let mut old = join(&f, &room, &region, false).await;
+    // The spare joins the fleet once the room is pinned: the node that fills the pin later.
+    let _spare = keep_beating(vec![(spare.clone(), region.clone(), 60)]);
     assert_eq!(
         one.welcome["sfu"]["url"],
         format!("{}/v1/sessions", sfu_base(&dying)).as_str()
@@ -274,7 +194,7 @@ async fn a_pinned_node_whose_lease_ends_is_pushed_to_connected_peers() {
 
     // `dying` is killed: it sends no more heartbeats, the others go on.
     let killed = beats.kill();
-    let survivors = keep_beating(vec![(survivor.clone(), region.clone(), 20)]);
+    let survivors = keep_beating(vec![(survivor.clone(), region.clone(), 100)]);
     let lease = Duration::from_millis(f.lease_ms);
     let mut first_push = None;
     for c in [&mut one, &mut two] {
@@ -332,18 +252,19 @@ async fn a_draining_sfu_node_moves_the_room() {
     let region = unique_room("d").to_ascii_lowercase();
     let drains = unique_room("drains");
     let stays = unique_room("stays");
+    // `stays` is full (100 % CPU): the room's SFU node is `drains` whatever the draw.
     let beats = keep_beating(vec![
         (drains.clone(), region.clone(), 0),
-        (stays.clone(), region.clone(), 30),
+        (stays.clone(), region.clone(), 100),
     ]);
-    f.wait_listed(&region, &[&drains, &stays]);
+    wait_listed(&f, &region, &[&drains, &stays]);
     let room = unique_room("drain");
     let mut peer = join(&f, &room, &region, true).await;
     assert_eq!(peer.welcome["sfu"]["url"], one_sfu(&drains));
     beats.kill();
     // SIGTERM on the relay: its heartbeats say draining from now on.
-    f.beat(&drains, &region, 0, true);
-    let _beats = keep_beating(vec![(stays.clone(), region.clone(), 30)]);
+    beat(&f, &drains, &region, 0, true);
+    let _beats = keep_beating(vec![(stays.clone(), region.clone(), 100)]);
     let frame = peer.next_within(Duration::from_secs(20)).await;
     assert_eq!(frame["type"], "relays-changed", "{frame}");
     assert_eq!(frame["reason"], "node_draining");
@@ -369,9 +290,10 @@ async fn the_pin_survives_a_restart_of_the_worker() {
         ..fleet()
     };
     let region = "restart";
-    f.beat("pinned", region, 10, false);
-    f.beat("other", region, 20, false);
-    f.wait_listed(region, &["pinned", "other"]);
+    // `other` is full (100 % CPU): the room pins [pinned, other] whatever the draw.
+    beat(&f, "pinned", region, 10, false);
+    beat(&f, "other", region, 100, false);
+    wait_listed(&f, region, &["pinned", "other"]);
     let room = unique_room("pin-restart");
     let first = join(&f, &room, region, true).await;
     assert_eq!(first.welcome["sfu"]["url"], one_sfu("pinned"));
@@ -380,9 +302,12 @@ async fn the_pin_survives_a_restart_of_the_worker() {
     drop(first);
 
     let worker = WorkerProcess::start(18795, 19295, &dir, &vars).await;
-    // A better node appears: a fresh room takes it, the restarted room keeps its stored pin.
-    f.beat("better", region, 0, false);
-    f.wait_listed(region, &["better", "pinned"]);
+    // A better node appears and `pinned` fills up: a fresh room takes `better`, the
+    // restarted room keeps its stored pin.
+    beat(&f, "better", region, 0, false);
+    beat(&f, "pinned", region, 100, false);
+    beat(&f, "other", region, 100, false);
+    wait_listed(&f, region, &["better", "other"]);
     let fresh = join(&f, &unique_room("pin-fresh"), region, true).await;
     assert_eq!(fresh.welcome["sfu"]["url"], one_sfu("better"));
     let again = join(&f, &room, region, true).await;

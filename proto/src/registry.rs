@@ -4,7 +4,7 @@
 //! node's lease. A [`Registry`] is fed heartbeats and sweeps with the current time and
 //! answers with [`RegistryOutput`]s (records to store, nodes that expired, log lines);
 //! [`Registry::select`] picks the nodes a client should use: same region first, then
-//! the least loaded, never a draining or expired one. The Worker's Registry Durable
+//! drawn at random weighted by free capacity, never a draining or expired one. The Worker's Registry Durable
 //! Object is a thin shell around it, the way the Room object wraps [`crate::room`].
 //!
 //! Heartbeats are authenticated with HMAC-SHA256 over the timestamp and the exact body
@@ -332,6 +332,11 @@ impl NodeRecord {
     }
 }
 
+/// The default lease (`RELAY_LEASE_MS`): two and a half of the relay's default 2 s heartbeat
+/// intervals, so a node survives one lost heartbeat, and a dead node's rooms are told about
+/// 5 s after its last heartbeat (docs/OPERATIONS.md, "Failover time").
+pub const DEFAULT_LEASE_MS: u64 = 5_000;
+
 /// How a registry is configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RegistryConfig {
@@ -344,7 +349,7 @@ pub struct RegistryConfig {
 impl Default for RegistryConfig {
     fn default() -> Self {
         RegistryConfig {
-            lease_ms: 15_000,
+            lease_ms: DEFAULT_LEASE_MS,
             max_nodes: 1024,
         }
     }
@@ -361,6 +366,8 @@ pub enum RegistryOutput {
     Expired(NodeId),
     /// A node started draining; rooms pinned to it must move too.
     Draining(NodeId),
+    /// A room pinned a node that is no longer selectable; rooms pinned to it must move now.
+    PinStale(NodeId),
     /// A structured log line: event name, node, detail.
     Log(&'static str, NodeId, Option<&'static str>),
 }
@@ -476,31 +483,133 @@ impl Registry {
         self.nodes.get(id).filter(|r| r.lease_until > now)
     }
 
-    /// Up to `n` nodes for a client in `region`: nodes of that region first, then the
-    /// others; within each group the least loaded first (ties by id, so the answer is
-    /// stable). Draining nodes and nodes whose lease ended are never chosen.
-    pub fn select(&self, region: Option<&Region>, n: usize, now: Millis) -> Vec<&NodeRecord> {
-        select(self.nodes.values(), region, n, now)
+    /// A room pinned `nodes` at `now`. A pinned node that is no longer selectable (its lease
+    /// ended, it was removed, or it drains, while the pin was on its way) gets a
+    /// [`RegistryOutput::PinStale`], so the room is called back at once rather than never:
+    /// the expiry or drain that would have told it has already happened.
+    pub fn handle_pin(&mut self, nodes: &[NodeId], now: Millis) {
+        for id in nodes {
+            let selectable = self.nodes.get(id).is_some_and(|r| r.selectable(now));
+            if !selectable {
+                self.out.push(RegistryOutput::PinStale(id.clone()));
+            }
+        }
+    }
+
+    /// Up to `n` distinct nodes for a client in `region` ([`select`]).
+    pub fn select(
+        &self,
+        region: Option<&Region>,
+        n: usize,
+        now: Millis,
+        dice: &mut Dice,
+    ) -> Vec<&NodeRecord> {
+        select(self.nodes.values(), region, n, now, dice)
     }
 }
 
-/// [`Registry::select`] over any list of records (e.g. a cached copy in the Worker).
+/// How many times the Registry calls a room again after its call to move the room failed.
+pub const NOTIFY_RETRIES: u32 = 5;
+
+/// The wait before retry `attempt` (1-based) of a failed Registry-to-room call, in ms:
+/// 250 ms doubling up to 4 s (250, 500, 1000, 2000, 4000: the last try about 7.75 s after
+/// the first failure); `None` after [`NOTIFY_RETRIES`] (the room then moves at its next
+/// join).
+pub fn notify_retry_delay(attempt: u32) -> Option<u64> {
+    if attempt == 0 || attempt > NOTIFY_RETRIES {
+        return None;
+    }
+    Some(250u64 << (attempt - 1).min(4))
+}
+
+/// The randomness selection draws on: a small PRNG (SplitMix64) the shell seeds from
+/// `getrandom` and unit tests seed with a constant, so the core reads no entropy itself.
+#[derive(Debug, Clone)]
+pub struct Dice(u64);
+
+impl Dice {
+    /// A generator starting from `seed`.
+    pub fn new(seed: u64) -> Dice {
+        Dice(seed)
+    }
+
+    fn next(&mut self) -> u64 {
+        // SplitMix64 (Steele, Lea, Flood 2014).
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (`n` > 0; the modulo bias is below 2^-40 for the totals used here).
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// A node's free capacity in thousandths: its selection weight.
+fn free(rec: &NodeRecord) -> u64 {
+    1000 - rec.heartbeat.load.score()
+}
+
+/// Up to `n` distinct nodes for a client in `region`: nodes of that region first, then the
+/// others. Within each group the nodes are drawn at random, each with a chance in
+/// proportion to its free capacity (1000 minus [`NodeLoad::score`]), without replacement; a
+/// node with no free capacity comes only after every node with some (by id, so the order is
+/// stable). Draining nodes and nodes whose lease ended are never chosen.
+///
+/// Random rather than least-loaded first: between two heartbeats the loads the registry
+/// knows do not move, so a burst of new rooms would otherwise all land on one node.
 pub fn select<'a>(
     records: impl IntoIterator<Item = &'a NodeRecord>,
     region: Option<&Region>,
     n: usize,
     now: Millis,
+    dice: &mut Dice,
 ) -> Vec<&'a NodeRecord> {
-    let mut live: Vec<&NodeRecord> = records.into_iter().filter(|r| r.selectable(now)).collect();
-    live.sort_by(|a, b| {
-        let far = |r: &NodeRecord| Some(&r.heartbeat.region) != region;
-        far(a)
-            .cmp(&far(b))
-            .then(a.heartbeat.load.score().cmp(&b.heartbeat.load.score()))
-            .then(a.node_id().cmp(b.node_id()))
-    });
-    live.truncate(n);
-    live
+    let (mut near, mut far): (Vec<&NodeRecord>, Vec<&NodeRecord>) = records
+        .into_iter()
+        .filter(|r| r.selectable(now))
+        .partition(|r| Some(&r.heartbeat.region) == region);
+    let mut out = Vec::with_capacity(n.min(near.len() + far.len()));
+    draw(&mut near, n, dice, &mut out);
+    draw(&mut far, n, dice, &mut out);
+    out
+}
+
+/// Moves nodes of `group` to `out` until `out` holds `n`: weighted by free capacity, then the
+/// full ones by id.
+fn draw<'a>(
+    group: &mut Vec<&'a NodeRecord>,
+    n: usize,
+    dice: &mut Dice,
+    out: &mut Vec<&'a NodeRecord>,
+) {
+    while out.len() < n && !group.is_empty() {
+        let total: u64 = group.iter().map(|r| free(r)).sum();
+        let pick = if total == 0 {
+            // Only full nodes left: the one with the smallest id.
+            group
+                .iter()
+                .enumerate()
+                .min_by(|a, b| a.1.node_id().cmp(b.1.node_id()))
+                .map_or(0, |(i, _)| i)
+        } else {
+            let mut ticket = dice.below(total);
+            let mut chosen = 0;
+            for (i, r) in group.iter().enumerate() {
+                let w = free(r);
+                if ticket < w {
+                    chosen = i;
+                    break;
+                }
+                ticket -= w;
+            }
+            chosen
+        };
+        out.push(group.swap_remove(pick));
+    }
 }
 
 #[cfg(test)]
@@ -612,7 +721,10 @@ mod tests {
             back.handle_heartbeat(hb("n1", "eu", 10, false), t, t.plus(1)),
             Err(HeartbeatError::Replayed)
         );
-        assert_eq!(ids(&back.select(None, 5, t.plus(1))), ["n1"]);
+        assert_eq!(
+            ids(&back.select(None, 5, t.plus(1), &mut Dice::new(1))),
+            ["n1"]
+        );
     }
 
     #[test]
@@ -633,7 +745,10 @@ mod tests {
             .unwrap();
         r.drain_outputs();
         // Before the sweep runs, a lapsed lease already keeps the node out of answers.
-        assert_eq!(ids(&r.select(None, 5, Millis(10_000))), ["b"]);
+        assert_eq!(
+            ids(&r.select(None, 5, Millis(10_000), &mut Dice::new(1))),
+            ["b"]
+        );
         r.handle_sweep(Millis(10_000));
         let out = r.drain_outputs();
         let a = NodeId::parse("a").unwrap();
@@ -663,10 +778,10 @@ mod tests {
     }
 
     #[test]
-    fn selection_prefers_the_region_then_the_least_loaded() {
+    fn selection_prefers_the_region_and_never_draining_or_full_before_free() {
         let mut r = Registry::new(RegistryConfig::default());
         let t = Millis(1);
-        r.handle_heartbeat(hb("eu-busy", "eu", 90, false), t, t)
+        r.handle_heartbeat(hb("eu-full", "eu", 100, false), t, t)
             .unwrap();
         r.handle_heartbeat(hb("eu-idle", "eu", 5, false), t, t)
             .unwrap();
@@ -676,13 +791,133 @@ mod tests {
             .unwrap();
         let eu = Region::parse("eu").unwrap();
         let us = Region::parse("US").unwrap();
-        assert_eq!(ids(&r.select(Some(&eu), 2, t)), ["eu-idle", "eu-busy"]);
+        for seed in 0..50 {
+            let d = &mut Dice::new(seed);
+            // A full node (no free capacity) comes after every node with some.
+            assert_eq!(ids(&r.select(Some(&eu), 2, t, d)), ["eu-idle", "eu-full"]);
+            assert_eq!(
+                ids(&r.select(Some(&eu), 5, t, d)),
+                ["eu-idle", "eu-full", "us-idle"]
+            );
+            assert_eq!(ids(&r.select(Some(&us), 2, t, d)), ["us-idle", "eu-idle"]);
+            let any = ids(&r.select(None, 3, t, d));
+            assert_eq!(any.len(), 3);
+            assert!(!any.contains(&"eu-drain".to_owned()));
+            assert_eq!(any[2], "eu-full");
+        }
+    }
+
+    #[test]
+    fn selection_draws_in_proportion_to_free_capacity() {
+        let mut r = Registry::new(RegistryConfig::default());
+        let t = Millis(1);
+        // Free capacity 900, 600 and 300 thousandths: 1/2, 1/3 and 1/6 of the first places.
+        for (id, cpu) in [("a", 10), ("b", 40), ("c", 70)] {
+            r.handle_heartbeat(hb(id, "eu", cpu, false), t, t).unwrap();
+        }
+        let eu = Region::parse("eu").unwrap();
+        let mut first = BTreeMap::new();
+        let mut dice = Dice::new(0x5eed);
+        for _ in 0..6000 {
+            let two = r.select(Some(&eu), 2, t, &mut dice);
+            assert_eq!(two.len(), 2);
+            assert_ne!(two[0].node_id(), two[1].node_id(), "two distinct nodes");
+            *first.entry(two[0].node_id().to_string()).or_insert(0u32) += 1;
+        }
+        // Expected 3000, 2000, 1000; a fixed seed keeps the test deterministic, the margins
+        // would hold for any seed with overwhelming probability.
+        assert!((2800..3200).contains(&first["a"]), "{first:?}");
+        assert!((1800..2200).contains(&first["b"]), "{first:?}");
+        assert!((850..1150).contains(&first["c"]), "{first:?}");
+    }
+
+    #[test]
+    fn a_burst_between_heartbeats_spreads_over_equal_nodes() {
+        let mut r = Registry::new(RegistryConfig::default());
+        let t = Millis(1);
+        for id in ["a", "b", "c"] {
+            r.handle_heartbeat(hb(id, "eu", 30, false), t, t).unwrap();
+        }
+        let eu = Region::parse("eu").unwrap();
+        let mut first = BTreeMap::new();
+        let mut dice = Dice::new(99);
+        // 100 rooms in a row, no heartbeat in between: the loads the registry knows stand still.
+        for _ in 0..100 {
+            let one = r.select(Some(&eu), 1, t, &mut dice);
+            *first.entry(one[0].node_id().to_string()).or_insert(0u32) += 1;
+        }
+        assert_eq!(first.len(), 3, "{first:?}");
+        assert!(first.values().all(|&n| n >= 15), "{first:?}");
+    }
+
+    #[test]
+    fn dice_are_deterministic_for_a_seed() {
+        let mut a = Dice::new(3);
+        let mut b = Dice::new(3);
+        let xs: Vec<u64> = (0..5).map(|_| a.below(1000)).collect();
+        let ys: Vec<u64> = (0..5).map(|_| b.below(1000)).collect();
+        assert_eq!(xs, ys);
+        assert!(xs.iter().all(|&x| x < 1000));
+        assert_ne!(xs[0], Dice::new(4).below(1000));
+    }
+
+    #[test]
+    fn a_pin_that_names_a_node_no_longer_live_is_called_back_at_once() {
+        let cfg = RegistryConfig {
+            lease_ms: 1000,
+            max_nodes: 8,
+        };
+        let mut r = Registry::new(cfg);
+        r.handle_heartbeat(hb("live", "eu", 1, false), Millis(0), Millis(0))
+            .unwrap();
+        r.handle_heartbeat(hb("lapsed", "eu", 1, false), Millis(0), Millis(0))
+            .unwrap();
+        r.handle_heartbeat(hb("drains", "eu", 1, true), Millis(0), Millis(0))
+            .unwrap();
+        r.handle_heartbeat(hb("live", "eu", 1, false), Millis(900), Millis(900))
+            .unwrap();
+        r.handle_heartbeat(hb("drains", "eu", 1, true), Millis(900), Millis(900))
+            .unwrap();
+        r.drain_outputs();
+        let id = |s: &str| NodeId::parse(s).unwrap();
+        // The room chose from a copy of the list taken before `lapsed` expired; its pin
+        // arrives after the lease ended, before the sweep ran: the expiry's call to the
+        // rooms pinned to it went out (or goes out) without this room.
+        r.handle_pin(&[id("live"), id("lapsed")], Millis(1_000));
+        assert_eq!(r.drain_outputs(), [RegistryOutput::PinStale(id("lapsed"))]);
+        // After the sweep the node is gone altogether; a draining node counts too.
+        r.handle_sweep(Millis(1_000));
+        r.drain_outputs();
+        r.handle_pin(&[id("lapsed"), id("drains"), id("live")], Millis(1_001));
         assert_eq!(
-            ids(&r.select(Some(&eu), 5, t)),
-            ["eu-idle", "eu-busy", "us-idle"]
+            r.drain_outputs(),
+            [
+                RegistryOutput::PinStale(id("lapsed")),
+                RegistryOutput::PinStale(id("drains"))
+            ]
         );
-        assert_eq!(ids(&r.select(Some(&us), 2, t)), ["us-idle", "eu-idle"]);
-        assert_eq!(ids(&r.select(None, 1, t)), ["us-idle"]);
+        r.handle_pin(&[id("live")], Millis(1_001));
+        assert!(r.drain_outputs().is_empty());
+    }
+
+    #[test]
+    fn failed_room_calls_are_retried_with_backoff_a_bounded_number_of_times() {
+        let delays: Vec<Option<u64>> = (0..=NOTIFY_RETRIES + 1).map(notify_retry_delay).collect();
+        assert_eq!(
+            delays,
+            [
+                None,
+                Some(250),
+                Some(500),
+                Some(1_000),
+                Some(2_000),
+                Some(4_000),
+                None
+            ]
+        );
+        let total: u64 = delays.iter().flatten().sum();
+        assert_eq!(total, 7_750);
+        assert_eq!(notify_retry_delay(u32::MAX), None);
     }
 
     #[test]

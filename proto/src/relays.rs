@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ice::IceConfig;
-use crate::registry::{self, NodeId, NodeRecord, NodeUrls, Region};
+use crate::registry::{self, Dice, NodeId, NodeRecord, NodeUrls, Region};
 use crate::sfu_token::SfuConfig;
 use crate::types::Millis;
 
@@ -131,10 +131,12 @@ impl RoomRelays {
 
 /// Decides the room's relays at `now` from the registry's `records`.
 ///
-/// - No pin yet: the best [`ROOM_NODES`] selectable nodes for `region` ([`registry::select`]),
-///   the SFU node the first of them with an SFU URL. No selectable node: no pin.
+/// - No pin yet: [`ROOM_NODES`] selectable nodes for `region` drawn by [`registry::select`]
+///   (same region first, weighted by free capacity), the SFU node the first of them with an
+///   SFU URL. No selectable node: no pin.
 /// - A pin whose nodes are all selectable: kept.
-/// - A pinned node that lapsed or drains: the surviving nodes stay, the best others fill up;
+/// - A pinned node that lapsed or drains: the surviving nodes stay, others drawn the same way
+///   fill up;
 ///   the SFU node stays if it survived, else the first node of the new pin with an SFU URL.
 /// - No selectable node at all: the pin is dropped (the room falls back to its static
 ///   configuration).
@@ -143,6 +145,7 @@ pub fn repin(
     records: &[NodeRecord],
     region: Option<&Region>,
     now: Millis,
+    dice: &mut Dice,
 ) -> Repin {
     let selectable = |id: &NodeId| {
         records
@@ -150,7 +153,8 @@ pub fn repin(
             .any(|r| r.node_id() == id && r.selectable(now))
     };
     let region = current.map_or(region, |c| c.region.as_ref());
-    let ranked = registry::select(records, region, records.len(), now);
+    // Enough candidates to fill a pin whatever survives of it.
+    let ranked = registry::select(records, region, 2 * ROOM_NODES, now, dice);
     let Some(current) = current else {
         if ranked.is_empty() {
             return Repin::Keep;
@@ -194,7 +198,7 @@ pub fn repin(
     )
 }
 
-/// A pin of `kept` filled up from `ranked`, the SFU node `sfu` or the first with an SFU URL.
+/// A pin of `kept` filled up from `ranked` (in its order), the SFU node `sfu` or the first with an SFU URL.
 fn pin_from(
     region: Option<Region>,
     kept: Vec<PinnedNode>,
@@ -218,16 +222,6 @@ fn pin_from(
     });
     RoomRelays { region, nodes, sfu }
 }
-
-/// Whether a room that pinned nodes should look at the registry again at `now`, having last
-/// looked at `checked` (the room's relay check, [`CHECK_EVERY_MS`] apart while peers are
-/// connected).
-pub fn check_due(checked: Option<Millis>, every_ms: u64, now: Millis) -> bool {
-    checked.is_none_or(|t| now.since(t) >= every_ms)
-}
-
-/// Default period of a room's relay check while it has connected peers (`RELAY_CHECK_MS`).
-pub const CHECK_EVERY_MS: u64 = 2_000;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
@@ -263,18 +257,23 @@ mod tests {
         r.nodes.iter().map(|n| n.node_id.as_str()).collect()
     }
 
+    fn d() -> Dice {
+        Dice::new(7)
+    }
+
     fn eu() -> Region {
         Region::parse("eu").unwrap()
     }
 
     #[test]
-    fn a_first_pin_takes_the_two_best_nodes_of_the_region_and_the_first_sfu() {
+    fn a_first_pin_takes_two_nodes_of_the_region_and_the_first_sfu() {
+        // eu-full has no free capacity: it comes after every node with some.
         let records = vec![
-            rec("eu-busy", "eu", 80, true, false, 10_000),
+            rec("eu-busy", "eu", 100, true, false, 10_000),
             rec("eu-idle", "eu", 5, false, false, 10_000),
             rec("us-idle", "us", 0, true, false, 10_000),
         ];
-        let Repin::First(pin) = repin(None, &records, Some(&eu()), Millis(1)) else {
+        let Repin::First(pin) = repin(None, &records, Some(&eu()), Millis(1), &mut d()) else {
             panic!("no first pin");
         };
         assert_eq!(ids(&pin), ["eu-idle", "eu-busy"]);
@@ -298,8 +297,11 @@ mod tests {
             rec("gone", "eu", 0, true, false, 5),
             rec("drain", "eu", 0, true, true, 10_000),
         ];
-        assert_eq!(repin(None, &records, Some(&eu()), Millis(5)), Repin::Keep);
-        assert_eq!(repin(None, &[], None, Millis(5)), Repin::Keep);
+        assert_eq!(
+            repin(None, &records, Some(&eu()), Millis(5), &mut d()),
+            Repin::Keep
+        );
+        assert_eq!(repin(None, &[], None, Millis(5), &mut d()), Repin::Keep);
     }
 
     #[test]
@@ -308,11 +310,14 @@ mod tests {
             rec("a", "eu", 50, true, false, 10_000),
             rec("b", "eu", 50, true, false, 10_000),
         ];
-        let Repin::First(pin) = repin(None, &records, Some(&eu()), Millis(1)) else {
+        let Repin::First(pin) = repin(None, &records, Some(&eu()), Millis(1), &mut d()) else {
             panic!();
         };
         records.push(rec("c", "eu", 0, true, false, 10_000));
-        assert_eq!(repin(Some(&pin), &records, None, Millis(2)), Repin::Keep);
+        assert_eq!(
+            repin(Some(&pin), &records, None, Millis(2), &mut d()),
+            Repin::Keep
+        );
     }
 
     #[test]
@@ -323,20 +328,51 @@ mod tests {
             rec("c", "eu", 20, true, false, 10_000),
             rec("far", "us", 0, true, false, 10_000),
         ];
-        let Repin::First(pin) = repin(None, &records, Some(&eu()), Millis(1)) else {
-            panic!();
+        let pin = RoomRelays {
+            region: Some(eu()),
+            nodes: vec![PinnedNode::of(&records[0]), PinnedNode::of(&records[1])],
+            sfu: Some(NodeId::parse("a").unwrap()),
         };
-        assert_eq!(ids(&pin), ["a", "b"]);
         assert_eq!(pin.sfu_url(), Some("http://a:3480"));
-        // The region of the pin holds even when the check itself carries none.
-        let Repin::Moved(Some(moved), why) = repin(Some(&pin), &records, None, Millis(1_000))
-        else {
-            panic!("did not move");
-        };
-        assert_eq!(why, MoveReason::NodeLost);
-        assert_eq!(ids(&moved), ["b", "c"]);
-        assert_eq!(moved.sfu.as_ref().map(NodeId::as_str), Some("b"));
-        assert_eq!(moved.region, Some(eu()));
+        for seed in 0..50 {
+            // The region of the pin holds even when the check itself carries none: c (the
+            // region's only other node) fills up, never the idler far node.
+            let Repin::Moved(Some(moved), why) = repin(
+                Some(&pin),
+                &records,
+                None,
+                Millis(1_000),
+                &mut Dice::new(seed),
+            ) else {
+                panic!("did not move");
+            };
+            assert_eq!(why, MoveReason::NodeLost);
+            assert_eq!(ids(&moved), ["b", "c"]);
+            assert_eq!(moved.sfu.as_ref().map(NodeId::as_str), Some("b"));
+            assert_eq!(moved.region, Some(eu()));
+        }
+    }
+
+    #[test]
+    fn first_pins_spread_over_equally_loaded_nodes() {
+        let records = vec![
+            rec("a", "eu", 20, true, false, 10_000),
+            rec("b", "eu", 20, true, false, 10_000),
+            rec("c", "eu", 20, true, false, 10_000),
+        ];
+        let mut sfu_on = std::collections::BTreeMap::new();
+        let mut dice = Dice::new(42);
+        for _ in 0..300 {
+            let Repin::First(pin) = repin(None, &records, Some(&eu()), Millis(1), &mut dice) else {
+                panic!();
+            };
+            assert_eq!(pin.nodes.len(), 2);
+            assert_ne!(pin.nodes[0].node_id, pin.nodes[1].node_id);
+            *sfu_on.entry(pin.sfu.unwrap().to_string()).or_insert(0) += 1;
+        }
+        // 100 each expected; every node takes a fair share of the rooms' SFU sessions.
+        assert_eq!(sfu_on.len(), 3, "{sfu_on:?}");
+        assert!(sfu_on.values().all(|&n| n > 60), "{sfu_on:?}");
     }
 
     #[test]
@@ -351,7 +387,8 @@ mod tests {
             nodes: vec![PinnedNode::of(&records[0]), PinnedNode::of(&records[1])],
             sfu: Some(NodeId::parse("a").unwrap()),
         };
-        let Repin::Moved(Some(moved), why) = repin(Some(&pin), &records, None, Millis(5)) else {
+        let Repin::Moved(Some(moved), why) = repin(Some(&pin), &records, None, Millis(5), &mut d())
+        else {
             panic!();
         };
         assert_eq!(why, MoveReason::NodeDraining);
@@ -362,16 +399,16 @@ mod tests {
     #[test]
     fn a_removed_record_counts_as_lost_and_no_nodes_drops_the_pin() {
         let records = vec![rec("a", "eu", 0, true, false, 10_000)];
-        let Repin::First(pin) = repin(None, &records, Some(&eu()), Millis(1)) else {
+        let Repin::First(pin) = repin(None, &records, Some(&eu()), Millis(1), &mut d()) else {
             panic!();
         };
         assert_eq!(
-            repin(Some(&pin), &[], None, Millis(2)),
+            repin(Some(&pin), &[], None, Millis(2), &mut d()),
             Repin::Moved(None, MoveReason::NoNodes)
         );
         let other = vec![rec("z", "us", 0, false, false, 10_000)];
         let Repin::Moved(Some(moved), MoveReason::NodeLost) =
-            repin(Some(&pin), &other, None, Millis(2))
+            repin(Some(&pin), &other, None, Millis(2), &mut d())
         else {
             panic!();
         };
@@ -384,18 +421,11 @@ mod tests {
     #[test]
     fn the_pin_survives_a_round_trip_through_storage() {
         let records = vec![rec("a", "eu", 0, true, false, 10_000)];
-        let Repin::First(pin) = repin(None, &records, Some(&eu()), Millis(1)) else {
+        let Repin::First(pin) = repin(None, &records, Some(&eu()), Millis(1), &mut d()) else {
             panic!();
         };
         let text = serde_json::to_string(&pin).unwrap();
         let back: RoomRelays = serde_json::from_str(&text).unwrap();
         assert_eq!(back, pin);
-    }
-
-    #[test]
-    fn checks_are_due_after_the_period() {
-        assert!(check_due(None, 2_000, Millis(0)));
-        assert!(!check_due(Some(Millis(1_000)), 2_000, Millis(2_999)));
-        assert!(check_due(Some(Millis(1_000)), 2_000, Millis(3_000)));
     }
 }

@@ -177,8 +177,8 @@ pub struct Args {
     /// it is never sent. Prefer the environment or the config file.
     #[arg(long, env = "RELAY_REGISTRY_SECRET", hide_env_values = true)]
     pub registry_secret: Option<String>,
-    /// Seconds between heartbeats [default: 5]; keep it well under the Worker's lease
-    /// (`RELAY_LEASE_MS`, 15 s).
+    /// Seconds between heartbeats [default: 2]; keep it under half the Worker's lease
+    /// (`RELAY_LEASE_MS`, 5 s), so one lost heartbeat does not end the lease.
     #[arg(long, env = "RELAY_HEARTBEAT_INTERVAL", value_name = "SECONDS")]
     pub heartbeat_interval: Option<u64>,
 }
@@ -560,7 +560,7 @@ impl Config {
                 let interval = args
                     .heartbeat_interval
                     .or(file.heartbeat_interval)
-                    .unwrap_or(5);
+                    .unwrap_or(crate::fleet::DEFAULT_INTERVAL_S);
                 if interval == 0 || interval > 300 {
                     return Err(err("--heartbeat-interval takes 1 to 300 seconds"));
                 }

@@ -9,6 +9,12 @@
 //! The sender runs on its own thread with a blocking HTTP client: it never touches the
 //! packet path, and a Worker that cannot be reached only delays the next try (backoff
 //! with full jitter, capped), while the relay keeps serving what it has.
+//!
+//! Heartbeats go out at a fixed rate (every `--heartbeat-interval` counted from the start of
+//! the previous accepted one, so a slow answer does not stretch the period), and each request gives up
+//! after [`request_timeout`] (three quarters of the interval): with the defaults (2 s beats,
+//! the Worker's 5 s lease) a lost or hung heartbeat is followed by another try well before the
+//! lease ends.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -33,6 +39,16 @@ impl SfuMetrics {
     fn sessions(&self) -> u64 {
         match *self {}
     }
+}
+
+/// Default seconds between heartbeats (`--heartbeat-interval`): under half the Worker's default
+/// lease (`RELAY_LEASE_MS`, 5 s), so a node survives one lost heartbeat.
+pub const DEFAULT_INTERVAL_S: u64 = 2;
+
+/// How long one heartbeat request may take: three quarters of the interval (at least 500 ms,
+/// at most 5 s), so a hung request leaves time for a retry within the same lease.
+pub fn request_timeout(interval: Duration) -> Duration {
+    (interval * 3 / 4).clamp(Duration::from_millis(500), Duration::from_secs(5))
 }
 
 /// What the node says about itself, from the `--worker-url`/`--node-id`/… flags.
@@ -148,7 +164,7 @@ impl Sender {
     fn new(cfg: &FleetConfig, metrics: &Metrics) -> Sender {
         Sender {
             agent: ureq::Agent::config_builder()
-                .timeout_global(Some(Duration::from_secs(5)))
+                .timeout_global(Some(request_timeout(cfg.interval)))
                 .http_status_as_error(false)
                 .build()
                 .into(),
@@ -203,6 +219,7 @@ fn run(cfg: &FleetConfig, metrics: &Metrics, sfu: Option<&SfuMetrics>) {
     let mut failures = 0u32;
     let mut announced = false;
     loop {
+        let started = std::time::Instant::now();
         match sender.send(cfg, metrics, sfu, false) {
             Ok(()) => {
                 if !announced || failures > 0 {
@@ -221,7 +238,13 @@ fn run(cfg: &FleetConfig, metrics: &Metrics, sfu: Option<&SfuMetrics>) {
             Ok(()) => f64::from(u32::from_le_bytes(r)) / (f64::from(u32::MAX) + 1.0),
             Err(_) => 0.5,
         };
-        std::thread::sleep(next_delay(cfg.interval, failures, rand01));
+        let mut wait = next_delay(cfg.interval, failures, rand01);
+        if failures == 0 {
+            // Fixed rate: the time the request took counts towards the wait. A retry's backoff
+            // counts from the failure, so the jitter keeps a fleet's retries apart.
+            wait = wait.saturating_sub(started.elapsed());
+        }
+        std::thread::sleep(wait);
     }
 }
 
@@ -275,6 +298,26 @@ mod tests {
             Duration::from_secs(16)
         );
         assert_eq!(next_delay(i, 4, 0.0), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_hung_heartbeat_leaves_time_for_a_retry_within_the_default_lease() {
+        let interval = Duration::from_secs(DEFAULT_INTERVAL_S);
+        let lease = Duration::from_millis(switchboard_proto::registry::DEFAULT_LEASE_MS);
+        // Beat at 0 renews the lease to `lease`; the beat at `interval` hangs until the
+        // timeout; the retry after it waits at most the first backoff step.
+        let retry_by = interval + request_timeout(interval) + next_delay(interval, 1, 0.999_999);
+        assert!(retry_by < lease, "{retry_by:?} >= {lease:?}");
+        // Without the retry, the next regular beat still lands inside the lease.
+        assert!(interval * 2 < lease);
+        assert_eq!(
+            request_timeout(Duration::from_secs(60)),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            request_timeout(Duration::from_millis(100)),
+            Duration::from_millis(500)
+        );
     }
 
     #[test]

@@ -118,11 +118,24 @@ impl Inner {
             return Ok(());
         }
         let mut records = registry::nodes(&this.env, fresh).await;
-        let mut decision = relays::repin(current.as_ref(), &records, region.as_ref(), now());
+        let mut dice = registry::dice();
+        let mut decision = relays::repin(
+            current.as_ref(),
+            &records,
+            region.as_ref(),
+            now(),
+            &mut dice,
+        );
         if matches!(decision, Repin::Moved(..)) && !fresh {
             // The isolate's copy may be a few seconds old: confirm with the Registry first.
             records = registry::nodes(&this.env, true).await;
-            decision = relays::repin(current.as_ref(), &records, region.as_ref(), now());
+            decision = relays::repin(
+                current.as_ref(),
+                &records,
+                region.as_ref(),
+                now(),
+                &mut dice,
+            );
         }
         let t = now();
         let (pin, reason) = match decision {

@@ -20,6 +20,8 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+pub mod fleet;
+
 /// How long any single expected event may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(15);
 
@@ -42,7 +44,7 @@ pub struct Env {
     pub resume_window_ms: u64,
 }
 
-fn var(name: &str) -> String {
+pub(crate) fn var(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
         panic!("{name} is not set: run the end-to-end tests through scripts/test.sh, which starts wrangler dev")
     })
