@@ -14,6 +14,9 @@ pub async fn wake_by(state: &State, known: &KnownAlarm, want: Option<Millis>) ->
     let Some(want) = want else {
         return Ok(());
     };
+    // Never at or before now: `Date.now()` stands still between I/O, and an alarm
+    // set for the time of the alarm being handled is deleted when its handler returns.
+    let want = Millis(want.0.max(crate::http::now().0.saturating_add(1)));
     let current = match known.get() {
         Some(k) => k,
         None => {
