@@ -55,6 +55,9 @@ bash scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
 step "end-to-end tests against wrangler dev"
 bash scripts/e2e.sh
 
+step "relay fleet benchmark, smoke size (kill -9 → relays-changed, heartbeats, spread; full run: scripts/bench-fleet.sh)"
+BENCH_KILLS=2 BENCH_HB_NODES=20 BENCH_HB_SECS=2 BENCH_CLIENTS=100 BENCH_BURST=20 bash scripts/bench-fleet.sh
+
 step "loadgen smoke against wrangler dev (correctness only: all joined, all delivered once, no errors)"
 bash scripts/loadgen-smoke.sh
 
