@@ -231,11 +231,23 @@ impl SfuHandle {
     }
 }
 
-/// Binds the SFU socket; done before anything else starts so a bad address fails early.
-pub fn bind(addr: SocketAddr) -> std::io::Result<StdUdpSocket> {
-    let s = StdUdpSocket::bind(addr)?;
-    s.set_nonblocking(true)?;
-    Ok(s)
+/// Binds the SFU socket with `buffer` bytes of SO_RCVBUF/SO_SNDBUF (the relay's
+/// `--socket-buffer`; 0 keeps the kernel default); done before anything else starts so a bad
+/// address fails early. The kernel's default (about 200 KiB, some 90 full-size datagrams) is
+/// what a DataChannel burst overflows whenever this thread waits for a CPU: every datagram lost
+/// there costs an SCTP retransmission and a congestion-window cut on that hop.
+pub fn bind(addr: SocketAddr, buffer: usize) -> std::io::Result<StdUdpSocket> {
+    let (socket, granted) = crate::net::bind::udp_socket(addr, buffer)?;
+    if granted.recv < buffer || granted.send < buffer {
+        warn!(
+            requested = buffer,
+            recv = granted.recv,
+            send = granted.send,
+            "the kernel capped the SFU socket's buffers; raise net.core.rmem_max and \
+             net.core.wmem_max (see docs/OPERATIONS.md)"
+        );
+    }
+    Ok(socket)
 }
 
 /// Binds the ICE-TCP listener (RFC 6544 passive candidates) on the UDP socket's address.
@@ -490,9 +502,13 @@ async fn flush(sfu: &mut Sfu, io: &Io) -> Option<Instant> {
     }
 }
 
-/// Binds the SFU socket from the configuration and starts the SFU thread.
-pub fn start(settings: &crate::config::SfuSettings) -> std::io::Result<SfuHandle> {
-    let socket = bind(settings.listen)?;
+/// Binds the SFU socket from the configuration (`socket_buffer`: the relay's
+/// `--socket-buffer`) and starts the SFU thread.
+pub fn start(
+    settings: &crate::config::SfuSettings,
+    socket_buffer: usize,
+) -> std::io::Result<SfuHandle> {
+    let socket = bind(settings.listen, socket_buffer)?;
     let port = socket.local_addr()?.port();
     let tcp = if settings.ice_tcp {
         Some(bind_tcp(SocketAddr::new(settings.listen.ip(), port))?)
