@@ -19,7 +19,7 @@ export type { Path, Rung, RtcMode, Target } from "./ladder.js";
 export { PATHS, RUNGS, availablePaths, rtcConfiguration, startTarget, lowerRung, upgradeTarget } from "./ladder.js";
 export type { LinkState, LadderOptions } from "./peer.js";
 export type { SfuGrant, SfuState } from "./sfu.js";
-export { defaultSimulcastLayers, simulcastEncodings } from "./simulcast.js";
+export { defaultLayersFor, defaultSimulcastLayers, simulcastEncodings } from "./simulcast.js";
 export type { Simulcast, SimulcastLayer } from "./simulcast.js";
 export type { IceServer, PeerLeftReason } from "./protocol.js";
 export { SignalingConnection, backoffDelay } from "./signaling.js";
@@ -60,7 +60,8 @@ export interface JoinOptions {
   /**
    * Simulcast of video tracks on the `sfu` rung, for every `addTrack` that does not say
    * otherwise: `true` sends `defaultSimulcastLayers` (rids `q`/`h`/`f` at 1/4, 1/2 and full
-   * resolution, capped at 150 kbit/s, 500 kbit/s and 1.5 Mbit/s), an array sends those layers,
+   * resolution, capped at 150 kbit/s, 500 kbit/s and 1.5 Mbit/s; `h`/`f` only from a source
+   * below 960×540, one encoding below 480×270: `defaultLayersFor`), an array sends those layers,
    * `false` (the default) one encoding. The relay forwards each subscriber one layer, picked from
    * that subscriber's bandwidth estimate. Pair connections (`p2p`/`turn`) always send one encoding.
    */
@@ -345,7 +346,9 @@ export class Room {
   addTrack(track: MediaStreamTrack, ...rest: Array<MediaStream | TrackOptions>): void {
     const options = trackOptions(rest);
     const streams = options ? (options.streams ?? []) : (rest as MediaStream[]);
-    const sendEncodings = simulcastEncodings(track.kind, options?.simulcast ?? this.options.simulcast ?? false);
+    // The source's size picks the default layers; `getSettings` is what a camera track reports.
+    const size = typeof track.getSettings === "function" ? track.getSettings() : {};
+    const sendEncodings = simulcastEncodings(track.kind, options?.simulcast ?? this.options.simulcast ?? false, size);
     this.tracks.push({ track, streams, sendEncodings });
     this.sfuSession?.addTrack(track, streams, sendEncodings);
     for (const link of this.links.values()) link.addTrack(track, streams);

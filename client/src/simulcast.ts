@@ -27,8 +27,9 @@ export interface SimulcastLayer {
 export type Simulcast = boolean | readonly SimulcastLayer[];
 
 /**
- * The layers `simulcast: true` sends, lowest first, as LiveKit's client names them: quarter,
- * half and full resolution (160×120, 320×240, 640×480 from a VGA camera).
+ * The layers `simulcast: true` sends from a source of 960×540 or more (or of unknown size),
+ * lowest first, as LiveKit's client names them: quarter, half and full resolution (320×180,
+ * 640×360, 1280×720 from a 720p camera). Smaller sources get fewer: see `defaultLayersFor`.
  */
 export const defaultSimulcastLayers: readonly SimulcastLayer[] = Object.freeze([
   Object.freeze({ rid: "q", scaleResolutionDownBy: 4, maxBitrate: 150_000 }),
@@ -39,12 +40,31 @@ export const defaultSimulcastLayers: readonly SimulcastLayer[] = Object.freeze([
 const RID = /^[A-Za-z0-9_-]{1,16}$/;
 
 /**
- * The `sendEncodings` of a track sent to the relay, or `undefined` for one encoding: audio
- * tracks, `simulcast` off, or fewer than two layers. Invalid layers are an `invalid_data` error.
+ * The default layers for a source of `width`×`height` (unknown: all three). Browsers send only
+ * as many layers as a resolution supports and leave the rest inactive (Chromium sends `q` and
+ * `h` of the three from a 640×480 camera and never `f`), so a smaller source gets the top layers
+ * that it can send: from 480×270 `h` and `f`, below that one encoding.
  */
-export function simulcastEncodings(kind: string, simulcast: Simulcast): RTCRtpEncodingParameters[] | undefined {
+export function defaultLayersFor(width?: number, height?: number): readonly SimulcastLayer[] {
+  if (!(width && height && width > 0 && height > 0)) return defaultSimulcastLayers;
+  const pixels = width * height;
+  if (pixels >= 960 * 540) return defaultSimulcastLayers;
+  if (pixels >= 480 * 270) return defaultSimulcastLayers.slice(1);
+  return defaultSimulcastLayers.slice(2);
+}
+
+/**
+ * The `sendEncodings` of a track sent to the relay, or `undefined` for one encoding: audio
+ * tracks, `simulcast` off, or fewer than two layers. `simulcast: true` picks the default layers
+ * for the source's size (`defaultLayersFor`). Invalid layers are an `invalid_data` error.
+ */
+export function simulcastEncodings(
+  kind: string,
+  simulcast: Simulcast,
+  size: { width?: number; height?: number } = {},
+): RTCRtpEncodingParameters[] | undefined {
   if (kind !== "video" || simulcast === false) return undefined;
-  const layers = simulcast === true ? defaultSimulcastLayers : simulcast;
+  const layers = simulcast === true ? defaultLayersFor(size.width, size.height) : simulcast;
   if (!Array.isArray(layers)) throw new SwitchboardError("invalid_data", "simulcast must be a boolean or an array of layers");
   if (layers.length < 2) return undefined;
   const seen = new Set<string>();

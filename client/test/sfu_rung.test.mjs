@@ -526,6 +526,29 @@ test("simulcast: true sends a video track to the relay as the q/h/f layers; audi
   assert.deepEqual(init(second).streams, []);
 });
 
+test("simulcast: true picks the default layers a source of that size can send", async () => {
+  seq = 0;
+  const { server, room, pcs } = await joinWithSfu("p9", { forcePath: "sfu", simulcast: true });
+  fromPeer(server, hello);
+  const pc = await openSfu(pcs);
+  const camera = (id, width, height) => ({ kind: "video", id, getSettings: () => ({ width, height }) });
+  const rids = (track) => pc.getTransceivers().find((t) => t.sender.track === track).init.sendEncodings?.map((e) => e.rid);
+  const hd = camera("hd", 1280, 720);
+  const vga = camera("vga", 640, 480);
+  const small = camera("small", 320, 240);
+  const unknown = camera("unknown", undefined, undefined);
+  for (const track of [hd, vga, small, unknown]) room.addTrack(track, { id: "stream" });
+  assert.deepEqual(rids(hd), ["q", "h", "f"]);
+  assert.deepEqual(rids(vga), ["h", "f"], "a VGA camera gets the top two: browsers send two layers at that size");
+  assert.equal(rids(small), undefined, "too small for layers: one encoding");
+  assert.deepEqual(rids(unknown), ["q", "h", "f"]);
+  const h = pc.getTransceivers().find((t) => t.sender.track === vga).init.sendEncodings;
+  assert.deepEqual(h, [
+    { rid: "h", scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+    { rid: "f", scaleResolutionDownBy: 1, maxBitrate: 1_500_000 },
+  ]);
+});
+
 test("simulcast is off by default; invalid layers are an invalid_data error and the track is not added", async () => {
   seq = 0;
   const { server, room, pcs } = await joinWithSfu("p9", { forcePath: "sfu" });
