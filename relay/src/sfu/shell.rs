@@ -534,3 +534,30 @@ pub fn start(
     };
     spawn(socket, tcp, config)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "a test: failures should be loud")]
+
+    use rustix::net::sockopt;
+
+    /// The kernel's default (about 200 KiB) overflowed during DataChannel bursts whenever the
+    /// SFU thread waited for a CPU; the socket gets `--socket-buffer` like the TURN sockets.
+    #[test]
+    fn the_sfu_socket_gets_the_configured_buffer_sizes() {
+        let want = 1 << 20;
+        // Linux caps the request at net.core.rmem_max/wmem_max.
+        let cap = |name: &str| {
+            std::fs::read_to_string(format!("/proc/sys/net/core/{name}"))
+                .ok()
+                .and_then(|s| s.trim().parse::<usize>().ok())
+                .unwrap_or(want)
+        };
+        let socket = super::bind("127.0.0.1:0".parse().unwrap(), want).unwrap();
+        // getsockopt reports twice the usable size.
+        let recv = sockopt::socket_recv_buffer_size(&socket).unwrap() / 2;
+        let send = sockopt::socket_send_buffer_size(&socket).unwrap() / 2;
+        assert_eq!(recv, want.min(cap("rmem_max")));
+        assert_eq!(send, want.min(cap("wmem_max")));
+    }
+}
