@@ -60,8 +60,9 @@ export interface JoinOptions {
   /**
    * Simulcast of video tracks on the `sfu` rung, for every `addTrack` that does not say
    * otherwise: `true` sends `defaultSimulcastLayers` (rids `q`/`h`/`f` at 1/4, 1/2 and full
-   * resolution, capped at 150 kbit/s, 500 kbit/s and 1.5 Mbit/s; `h`/`f` only from a source
-   * below 960×540, one encoding below 480×270: `defaultLayersFor`), an array sends those layers,
+   * resolution, capped at 150 kbit/s, 500 kbit/s and 1.5 Mbit/s from a 720p source; `h`/`f`
+   * only from a source below 960×540, one encoding below 480×270, caps by each layer's size:
+   * `defaultLayersFor`), an array sends those layers,
    * `false` (the default) one encoding. The relay forwards each subscriber one layer, picked from
    * that subscriber's bandwidth estimate. Pair connections (`p2p`/`turn`) always send one encoding.
    */

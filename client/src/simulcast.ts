@@ -39,18 +39,31 @@ export const defaultSimulcastLayers: readonly SimulcastLayer[] = Object.freeze([
 
 const RID = /^[A-Za-z0-9_-]{1,16}$/;
 
+/** A layer's bitrate cap by its own size: the caps of `defaultSimulcastLayers` at 720p, 3 Mbit/s above. */
+function capFor(pixels: number): number {
+  if (pixels <= 320 * 240) return 150_000;
+  if (pixels <= 640 * 480) return 500_000;
+  if (pixels <= 1280 * 720) return 1_500_000;
+  return 3_000_000;
+}
+
 /**
- * The default layers for a source of `width`×`height` (unknown: all three). Browsers send only
- * as many layers as a resolution supports and leave the rest inactive (Chromium sends `q` and
- * `h` of the three from a 640×480 camera and never `f`), so a smaller source gets the top layers
- * that it can send: from 480×270 `h` and `f`, below that one encoding.
+ * The default layers for a source of `width`×`height` (unknown: `defaultSimulcastLayers`).
+ * Browsers send only as many layers as a resolution supports and leave the rest inactive
+ * (Chromium sends `q` and `h` of the three from a 640×480 camera and never `f`), so a smaller
+ * source gets the top layers it can send: from 960×540 `q`/`h`/`f`, from 480×270 `h`/`f`, below
+ * that one encoding. Each layer's cap follows its own size: up to 320×240 150 kbit/s, up to
+ * 640×480 500 kbit/s, up to 1280×720 1.5 Mbit/s, above 3 Mbit/s.
  */
 export function defaultLayersFor(width?: number, height?: number): readonly SimulcastLayer[] {
   if (!(width && height && width > 0 && height > 0)) return defaultSimulcastLayers;
   const pixels = width * height;
-  if (pixels >= 960 * 540) return defaultSimulcastLayers;
-  if (pixels >= 480 * 270) return defaultSimulcastLayers.slice(1);
-  return defaultSimulcastLayers.slice(2);
+  const layers = pixels >= 960 * 540 ? defaultSimulcastLayers : pixels >= 480 * 270 ? defaultSimulcastLayers.slice(1) : [];
+  return layers.map(({ rid, scaleResolutionDownBy }) => ({
+    rid,
+    scaleResolutionDownBy,
+    maxBitrate: capFor(pixels / (scaleResolutionDownBy * scaleResolutionDownBy)),
+  }));
 }
 
 /**

@@ -544,9 +544,14 @@ test("simulcast: true picks the default layers a source of that size can send", 
   assert.deepEqual(rids(unknown), ["q", "h", "f"]);
   const h = pc.getTransceivers().find((t) => t.sender.track === vga).init.sendEncodings;
   assert.deepEqual(h, [
-    { rid: "h", scaleResolutionDownBy: 2, maxBitrate: 500_000 },
-    { rid: "f", scaleResolutionDownBy: 1, maxBitrate: 1_500_000 },
-  ]);
+    { rid: "h", scaleResolutionDownBy: 2, maxBitrate: 150_000 },
+    { rid: "f", scaleResolutionDownBy: 1, maxBitrate: 500_000 },
+  ], "each layer capped by its own size: 320×240 and 640×480");
+  const caps = (track) => pc.getTransceivers().find((t) => t.sender.track === track).init.sendEncodings.map((e) => e.maxBitrate);
+  assert.deepEqual(caps(hd), [150_000, 500_000, 1_500_000], "720p: 320×180, 640×360, 1280×720");
+  const fhd = camera("fhd", 1920, 1080);
+  room.addTrack(fhd, { id: "stream" });
+  assert.deepEqual(caps(fhd), [500_000, 1_500_000, 3_000_000], "1080p: 480×270, 960×540, 1920×1080");
 });
 
 test("simulcast is off by default; invalid layers are an invalid_data error and the track is not added", async () => {

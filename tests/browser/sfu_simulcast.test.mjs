@@ -17,8 +17,8 @@ const env = workerAndBrowser({
 
 /** The SDK's default layers for a 640×480 source. */
 const LAYERS = [
-  { rid: "h", scaleResolutionDownBy: 2, maxBitrate: 500_000 },
-  { rid: "f", scaleResolutionDownBy: 1, maxBitrate: 1_500_000 },
+  { rid: "h", scaleResolutionDownBy: 2, maxBitrate: 150_000 },
+  { rid: "f", scaleResolutionDownBy: 1, maxBitrate: 500_000 },
 ];
 
 /** In page A: the camera, published with the SDK's simulcast option; the encodings its sender has. */
