@@ -3,10 +3,11 @@
 //! - DataChannel over loopback UDP: two str0m peers busy-polled by the bench thread, connected
 //!   directly, then through the relay's SFU thread (`sfu::shell`, its own socket and event loop,
 //!   as the binary runs it). One-way wall-time latency p50/p99 of single 200-byte messages, and
-//!   messages/s for a burst. The difference is the latency the relay adds. The relay's socket
-//!   has the binary's default `--socket-buffer` (4 MiB), the clients' the kernel default; the
-//!   datagrams the kernel dropped at full receive buffers during each burst are printed too
-//!   (this is what limits the burst rate; docs/BENCHMARKS.md, "Relay SFU").
+//!   messages/s for a burst. The difference is the latency the relay adds. Every socket (the
+//!   relay's, with the binary's default `--socket-buffer`, and the clients') has 4 MiB of buffer;
+//!   the datagrams the kernel still dropped at full receive buffers during each burst are
+//!   printed (each costs an SCTP retransmission, at worst a 1 s timeout: they decide burst rates;
+//!   docs/BENCHMARKS.md, "Relay SFU").
 //! - DataChannel in process (no sockets): the same, with the `Sfu` core on an in-memory network;
 //!   this isolates the CPU cost of forwarding from the kernel and thread wake-ups (latency only;
 //!   throughput in virtual time would measure the bench's clock steps).
@@ -520,6 +521,9 @@ fn memory(n: usize) {
     );
 }
 
+/// SO_RCVBUF/SO_SNDBUF of the bench's client sockets, as the relay's default `--socket-buffer`.
+const CLIENT_SOCKET_BUFFER: usize = 4 << 20;
+
 /// A str0m peer on a real loopback UDP socket, pumped by the bench thread (busy polling).
 struct UdpPeer {
     c: Client,
@@ -530,6 +534,11 @@ impl UdpPeer {
     fn new(video: bool) -> (UdpPeer, String, str0m::change::SdpPendingOffer) {
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         socket.set_nonblocking(true).unwrap();
+        // One thread polls both peers: while it serves one, the other's socket must hold what
+        // arrives (a browser reads on its own network thread). With the kernel's default buffer
+        // the datagrams lost there, each an SCTP retransmission, decided the burst rates.
+        rustix::net::sockopt::set_socket_recv_buffer_size(&socket, CLIENT_SOCKET_BUFFER).unwrap();
+        rustix::net::sockopt::set_socket_send_buffer_size(&socket, CLIENT_SOCKET_BUFFER).unwrap();
         let addr = socket.local_addr().unwrap();
         let now = Instant::now();
         let mut rtc = Rtc::builder()
@@ -665,7 +674,7 @@ fn datachannel_loopback(samples: usize, burst: usize) {
     let (direct, direct_rate, direct_dropped) = measure(&mut a, &mut b, samples, burst);
 
     // Through the relay's SFU thread (its own socket and event loop, as in the binary).
-    // With the binary's default --socket-buffer (4 MiB): the clients keep the kernel default.
+    // With the binary's default --socket-buffer (4 MiB), as the clients' sockets.
     let socket = shell::bind("127.0.0.1:0".parse().unwrap(), 4 << 20).unwrap();
     let addr = socket.local_addr().unwrap();
     let handle = shell::spawn(
