@@ -6,7 +6,8 @@
  * Set-up, WHIP-style: the SDK creates an offer with the data channel
  * `switchboard` (`protocol: "switchboard-envelope"`, ordered, reliable), the
  * control channel `switchboard-control` and a send-only transceiver per local
- * track, waits for ICE gathering (bounded by `gatherTimeoutMs`; the relay is
+ * track (with one encoding per simulcast layer when the room asks for them:
+ * simulcast.ts), waits for ICE gathering (bounded by `gatherTimeoutMs`; the relay is
  * ICE-lite and answers with all of its candidates), and POSTs it to
  * `welcome.sfu.url` with `Authorization: Bearer <token>`. The answer's
  * `Location` is the session; `DELETE` on it ends the session on `close()`.
@@ -36,7 +37,10 @@
  * credentials, `PATCH`es its `a=ice-ufrag`/`a=ice-pwd` to the session and
  * answers itself with the relay's last description under the relay's new
  * credentials from the `200` fragment. Channels, their unacknowledged data and
- * tracks stay; one restart is tried per outage.
+ * tracks stay; one restart is tried per outage. A track added during the
+ * outage (or one whose control offer was still out when it began) is attached
+ * and offered once ICE is connected again: the restart offer may only hold
+ * m-sections the relay already has.
  */
 import { Clock, Timer } from "./clock.js";
 import { SwitchboardError } from "./errors.js";
