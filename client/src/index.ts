@@ -9,7 +9,8 @@ import { SwitchboardError } from "./errors.js";
 import { isPath, type Path } from "./ladder.js";
 import { PeerLink, defaultLadderOptions, isInternalPayload, type LadderOptions, type LinkState, type PeerLinkHost } from "./peer.js";
 import type { IceServer, PeerLeftReason, RelaysChangedFrame, SequencedFrame, WelcomeFrame } from "./protocol.js";
-import { SfuSession, defaultSfuOptions, isSfuGrant, type SfuGrant, type SfuState } from "./sfu.js";
+import { SfuSession, defaultSfuOptions, isSfuGrant, type LocalTrack, type SfuGrant, type SfuState } from "./sfu.js";
+import { simulcastEncodings, type Simulcast } from "./simulcast.js";
 import { SignalingConnection, type SignalingDiagnostics, type SignalingOptions, type SignalingState, type TokenSource } from "./signaling.js";
 
 export { SwitchboardError } from "./errors.js";
@@ -18,6 +19,8 @@ export type { Path, Rung, RtcMode, Target } from "./ladder.js";
 export { PATHS, RUNGS, availablePaths, rtcConfiguration, startTarget, lowerRung, upgradeTarget } from "./ladder.js";
 export type { LinkState, LadderOptions } from "./peer.js";
 export type { SfuGrant, SfuState } from "./sfu.js";
+export { defaultLayersFor, defaultSimulcastLayers, simulcastEncodings } from "./simulcast.js";
+export type { Simulcast, SimulcastLayer } from "./simulcast.js";
 export type { IceServer, PeerLeftReason } from "./protocol.js";
 export { SignalingConnection, backoffDelay } from "./signaling.js";
 export type {
@@ -54,10 +57,28 @@ export interface JoinOptions {
    * resume window. Default `true`; a reloaded page joins as a new peer.
    */
   leaveOnPageHide?: boolean;
+  /**
+   * Simulcast of video tracks on the `sfu` rung, for every `addTrack` that does not say
+   * otherwise: `true` sends `defaultSimulcastLayers` (rids `q`/`h`/`f` at 1/4, 1/2 and full
+   * resolution, capped at 150 kbit/s, 500 kbit/s and 1.5 Mbit/s from a 720p source; `h`/`f`
+   * only from a source below 960×540, one encoding below 480×270, caps by each layer's size:
+   * `defaultLayersFor`), an array sends those layers,
+   * `false` (the default) one encoding. The relay forwards each subscriber one layer, picked from
+   * that subscriber's bandwidth estimate. Pair connections (`p2p`/`turn`) always send one encoding.
+   */
+  simulcast?: Simulcast;
   /** Creates the RTCPeerConnection for a rung (defaults to `new RTCPeerConnection(config)`). */
   createPeerConnection?: (config: RTCConfiguration) => RTCPeerConnection;
   /** Used to refresh TURN credentials from `/v1/ice-servers`. */
   fetch?: typeof fetch;
+}
+
+/** The second argument of `room.addTrack(track, options)`. */
+export interface TrackOptions {
+  /** The streams the track belongs to (what the remote `track` event's `streams` are made from). */
+  streams?: MediaStream[];
+  /** Simulcast of this track on the `sfu` rung; default: the room's `simulcast` option. */
+  simulcast?: Simulcast;
 }
 
 export interface RoomDiagnostics {
@@ -134,7 +155,7 @@ export class Room {
   private readonly events: Emitter<RoomEvents>;
   private readonly signaling: SignalingConnection;
   private readonly links = new Map<string, PeerLink>();
-  private readonly tracks: Array<{ track: MediaStreamTrack; streams: MediaStream[] }> = [];
+  private readonly tracks: LocalTrack[] = [];
   private readonly clock: Clock;
   private readonly ladder: LadderOptions;
   private readonly iceRefreshTimer: Timer;
@@ -315,10 +336,22 @@ export class Room {
       : this.signaling.send({ type: "signal", to, payload });
   }
 
-  /** Sends a local track to every peer, now and later, on every RTC rung. */
-  addTrack(track: MediaStreamTrack, ...streams: MediaStream[]): void {
-    this.tracks.push({ track, streams });
-    this.sfuSession?.addTrack(track, streams);
+  /**
+   * Sends a local track to every peer, now and later, on every RTC rung: `addTrack(track,
+   * ...streams)`, or `addTrack(track, { streams, simulcast })` to choose simulcast for this track
+   * (on the `sfu` rung; see `JoinOptions.simulcast`). Invalid simulcast layers throw
+   * `invalid_data` and the track is not added.
+   */
+  addTrack(track: MediaStreamTrack, ...streams: MediaStream[]): void;
+  addTrack(track: MediaStreamTrack, options: TrackOptions): void;
+  addTrack(track: MediaStreamTrack, ...rest: Array<MediaStream | TrackOptions>): void {
+    const options = trackOptions(rest);
+    const streams = options ? (options.streams ?? []) : (rest as MediaStream[]);
+    // The source's size picks the default layers; `getSettings` is what a camera track reports.
+    const size = typeof track.getSettings === "function" ? track.getSettings() : {};
+    const sendEncodings = simulcastEncodings(track.kind, options?.simulcast ?? this.options.simulcast ?? false, size);
+    this.tracks.push({ track, streams, sendEncodings });
+    this.sfuSession?.addTrack(track, streams, sendEncodings);
     for (const link of this.links.values()) link.addTrack(track, streams);
   }
 
@@ -649,3 +682,10 @@ async function join(url: string, roomName: string, options: JoinOptions = {}): P
 
 export const Switchboard = { join };
 export default Switchboard;
+
+/** `addTrack`'s options object, when that is what it was given (a `MediaStream` always has a string `id`). */
+function trackOptions(rest: ReadonlyArray<MediaStream | TrackOptions>): TrackOptions | null {
+  const [first] = rest;
+  if (rest.length !== 1 || typeof first !== "object" || first === null) return null;
+  return typeof (first as { id?: unknown }).id === "string" ? null : (first as TrackOptions);
+}

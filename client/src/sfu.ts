@@ -6,7 +6,8 @@
  * Set-up, WHIP-style: the SDK creates an offer with the data channel
  * `switchboard` (`protocol: "switchboard-envelope"`, ordered, reliable), the
  * control channel `switchboard-control` and a send-only transceiver per local
- * track, waits for ICE gathering (bounded by `gatherTimeoutMs`; the relay is
+ * track (with one encoding per simulcast layer when the room asks for them:
+ * simulcast.ts), waits for ICE gathering (bounded by `gatherTimeoutMs`; the relay is
  * ICE-lite and answers with all of its candidates), and POSTs it to
  * `welcome.sfu.url` with `Authorization: Bearer <token>`. The answer's
  * `Location` is the session; `DELETE` on it ends the session on `close()`.
@@ -36,7 +37,10 @@
  * credentials, `PATCH`es its `a=ice-ufrag`/`a=ice-pwd` to the session and
  * answers itself with the relay's last description under the relay's new
  * credentials from the `200` fragment. Channels, their unacknowledged data and
- * tracks stay; one restart is tried per outage.
+ * tracks stay; one restart is tried per outage. A track added during the
+ * outage (or one whose control offer was still out when it began) is attached
+ * and offered once ICE is connected again: the restart offer may only hold
+ * m-sections the relay already has.
  */
 import { Clock, Timer } from "./clock.js";
 import { SwitchboardError } from "./errors.js";
@@ -59,12 +63,20 @@ export function isSfuGrant(value: unknown): value is SfuGrant {
 
 export type SfuState = "idle" | "connecting" | "open" | "failed" | "closed";
 
+/** A local track as the page publishes it. */
+export interface LocalTrack {
+  track: MediaStreamTrack;
+  streams: MediaStream[];
+  /** Simulcast layers on the relay session (`undefined`: one encoding). */
+  sendEncodings?: RTCRtpEncodingParameters[];
+}
+
 export interface SfuHost {
   readonly clock: Clock;
   createPeerConnection(config: RTCConfiguration): RTCPeerConnection;
   fetch: typeof fetch;
   grant(): SfuGrant | null;
-  localTracks(): ReadonlyArray<{ track: MediaStreamTrack; streams: MediaStream[] }>;
+  localTracks(): ReadonlyArray<LocalTrack>;
   /** A message from `from` (parsed JSON). */
   onMessage(from: string, message: unknown): void;
   onTrack(from: string, track: MediaStreamTrack, streams: readonly MediaStream[]): void;
@@ -158,7 +170,15 @@ export class SfuSession {
   private makingOffer = false;
   /** A track was added while the session was being set up: offer it once the control channel is open. */
   private renegotiate = false;
-  private readonly attached = new Set<MediaStreamTrack>();
+  /** The local tracks given to this connection. */
+  private readonly attached = new Map<MediaStreamTrack, LocalTrack>();
+  /**
+   * From the moment ICE is found lost with a restart to come until ICE is connected again: a
+   * track added then is kept in `deferred`, because the restart's offer (answered by the SDK
+   * itself from the relay's last description) may only hold m-sections the relay already has.
+   */
+  private outage = false;
+  private readonly deferred: LocalTrack[] = [];
   private readonly pending: RTCIceCandidateInit[] = [];
   private readonly gatherTimer: Timer;
   /** Our offer over the control channel is unanswered when this fires. */
@@ -226,16 +246,35 @@ export class SfuSession {
     }
   }
 
-  /** A local track: sent on the session (renegotiated over the control channel once open). */
-  addTrack(track: MediaStreamTrack, streams: MediaStream[]): void {
+  /**
+   * A local track: sent on the session (renegotiated over the control channel once open), with
+   * one encoding per simulcast layer when `sendEncodings` is given. During an ICE restart it waits
+   * until the connection is back: the restart offer must describe only what the relay knows.
+   */
+  addTrack(track: MediaStreamTrack, streams: MediaStream[], sendEncodings?: RTCRtpEncodingParameters[]): void {
     const pc = this.pc;
     if (!pc || this.attached.has(track) || this.stateValue === "closed") return;
-    this.attached.add(track);
+    const local: LocalTrack = { track, streams, sendEncodings };
+    this.attached.set(track, local);
+    if (this.outage) this.deferred.push(local);
+    else this.attach(pc, local);
+  }
+
+  private attach(pc: RTCPeerConnection, { track, streams, sendEncodings }: LocalTrack): void {
     try {
-      pc.addTransceiver(track, { direction: "sendonly", streams });
+      pc.addTransceiver(track, sendEncodings ? { direction: "sendonly", streams, sendEncodings } : { direction: "sendonly", streams });
     } catch (error) {
       this.reportError("could not send a track to the relay", error);
     }
+  }
+
+  /** The connection is back after an outage: the tracks added meanwhile are attached (and offered). */
+  private endOutage(pc: RTCPeerConnection): void {
+    this.outage = false;
+    for (const local of this.deferred.splice(0)) this.attach(pc, local);
+    // A control offer withdrawn for the restart (or a track attached just now) is offered now.
+    const control = this.control;
+    if (this.renegotiate && control) this.serialized(() => this.offerOverControl(pc, control));
   }
 
   /** Ends the session (`DELETE`) for good. */
@@ -296,7 +335,7 @@ export class SfuSession {
     pc.onconnectionstatechange = () => {
       if (this.pc !== pc) return;
       if (pc.connectionState === "closed") this.fail("the relay connection is closed", undefined);
-      else if (pc.connectionState === "failed") this.onIceLost(pc, control, true);
+      else if (pc.connectionState === "failed") this.onIceLost(pc, true);
     };
     pc.oniceconnectionstatechange = () => {
       if (this.pc !== pc) return;
@@ -305,8 +344,10 @@ export class SfuSession {
         this.restartTimer.clear();
         this.restartDeadline.clear();
         this.restartTried = false;
+        // While the restart is still being made, its end attaches the waiting tracks.
+        if (this.outage && !this.restarting) this.endOutage(pc);
       } else if (ice === "disconnected" || ice === "failed") {
-        this.onIceLost(pc, control, ice === "failed");
+        this.onIceLost(pc, ice === "failed");
       }
     };
     pc.onicecandidate = ({ candidate }) => {
@@ -320,7 +361,7 @@ export class SfuSession {
       this.renegotiate = true;
       if (this.stateValue === "open") this.serialized(() => this.offerOverControl(pc, control));
     };
-    for (const { track, streams } of this.host.localTracks()) this.addTrack(track, streams);
+    for (const { track, streams, sendEncodings } of this.host.localTracks()) this.addTrack(track, streams, sendEncodings);
     try {
       await pc.setLocalDescription(await pc.createOffer());
       // Everything attached so far is in this offer.
@@ -368,23 +409,24 @@ export class SfuSession {
   }
 
   /** ICE lost the relay (`failed` at once, `disconnected` after `restartDelayMs`): restart it once, else fail. */
-  private onIceLost(pc: RTCPeerConnection, control: RTCDataChannel, failed: boolean): void {
+  private onIceLost(pc: RTCPeerConnection, failed: boolean): void {
     // While a restart is made or awaited, its own deadline decides.
     if (this.restarting || this.restartDeadline.armed) return;
     if (this.stateValue !== "open" || this.location === null || this.restartTried) {
       if (failed) this.fail("the relay connection failed", undefined);
       return;
     }
+    this.outage = true;
     if (failed) {
       this.restartTimer.clear();
-      this.serialized(() => this.restartIce(pc, control));
+      this.serialized(() => this.restartIce(pc));
     } else if (!this.restartTimer.armed) {
-      this.restartTimer.set(this.options.restartDelayMs, () => this.serialized(() => this.restartIce(pc, control)));
+      this.restartTimer.set(this.options.restartDelayMs, () => this.serialized(() => this.restartIce(pc)));
     }
   }
 
   /** ICE restart over `PATCH` (RFC 9725 §4.3.2), keeping the session, its channels and tracks. */
-  private async restartIce(pc: RTCPeerConnection, control: RTCDataChannel): Promise<void> {
+  private async restartIce(pc: RTCPeerConnection): Promise<void> {
     const location = this.location;
     const ice = pc.iceConnectionState;
     if (this.pc !== pc || this.restarting || this.restartTried || !location) return;
@@ -398,6 +440,15 @@ export class SfuSession {
         this.makingOffer = false;
         this.controlTimer.clear();
         this.renegotiate = true;
+      }
+      // Tracks added since the last answer have no m-section yet (or lost it in the rollback):
+      // the relay does not know them, so they wait for the connection to be back, on new
+      // transceivers (a stopped transceiver without a mid is left out of every offer).
+      for (const transceiver of pc.getTransceivers()) {
+        const local = transceiver.sender.track ? this.attached.get(transceiver.sender.track) : undefined;
+        if (transceiver.mid !== null || transceiver.currentDirection === "stopped" || !local) continue;
+        transceiver.stop();
+        this.deferred.push(local);
       }
       const remote = pc.remoteDescription?.sdp;
       if (pc.signalingState !== "stable" || !remote) throw new Error(`signaling state ${pc.signalingState}`);
@@ -419,13 +470,13 @@ export class SfuSession {
       await pc.setRemoteDescription({ type: "answer", sdp: restartAnswer(remote, relayUfrag, relayPwd) });
       if (this.pc !== pc) return;
       const back = pc.iceConnectionState === "connected" || pc.iceConnectionState === "completed";
-      if (!back) {
+      if (back) this.endOutage(pc);
+      else {
         const ms = this.options.restartTimeoutMs;
         this.restartDeadline.set(ms, () => {
           if (this.pc === pc) this.fail(`the relay connection did not come back within ${ms} ms of an ICE restart`, undefined);
         });
       }
-      if (this.renegotiate) this.serialized(() => this.offerOverControl(pc, control));
     } catch (error) {
       if (this.pc === pc) this.fail("ICE restart with the relay failed", error);
     } finally {
@@ -540,6 +591,8 @@ export class SfuSession {
     this.restartDeadline.clear();
     this.restarting = false;
     this.restartTried = false;
+    this.outage = false;
+    this.deferred.length = 0;
     const pc = this.pc;
     this.pc = null;
     this.makingOffer = false;

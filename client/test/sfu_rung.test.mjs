@@ -340,8 +340,8 @@ test("an answered control offer does not fail the session later", async () => {
   room.addTrack({ kind: "video", id: "cam" }, { id: "stream" });
   pc.onnegotiationneeded?.();
   await settle();
-  pc.signalingState = "have-local-offer";
-  pc.channel("switchboard-control").receive(JSON.stringify({ type: "answer", sdp: "v=0 relay answer" }));
+  assert.equal(pc.signalingState, "have-local-offer");
+  pc.channel("switchboard-control").receive(JSON.stringify({ type: "answer", sdp: "v=0 relay answer\r\nm=video 9 UDP/TLS/RTP/SAVPF 96" }));
   await settle();
   mock.timers.tick(5000);
   await settle();
@@ -484,4 +484,195 @@ test("restartAnswer: the relay's last description under its new credentials, as 
   assert.equal(sdpAttribute(answer, "setup"), "passive");
   assert.equal(sdpAttribute(answer, "ice-lite"), null);
   assert.match(answer, /a=ice-lite\r\n/);
+});
+
+test("simulcast: true sends a video track to the relay as the q/h/f layers; audio and simulcast: false as one encoding", async () => {
+  seq = 0;
+  const { server, room, pcs } = await joinWithSfu(
+    "p9",
+    { forcePath: "sfu", simulcast: true },
+    { answer: "v=0 answer\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n" },
+  );
+  // Added before the session exists: the session's first offer carries the layers.
+  const camera = { kind: "video", id: "cam" };
+  room.addTrack(camera, { id: "stream" });
+  fromPeer(server, hello);
+  const pc = await openSfu(pcs);
+  const video = pc.getTransceivers().find((t) => t.sender.track === camera);
+  assert.equal(video.init.direction, "sendonly");
+  assert.deepEqual(video.init.streams, [{ id: "stream" }]);
+  assert.deepEqual(video.init.sendEncodings, [
+    { rid: "q", scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+    { rid: "h", scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+    { rid: "f", scaleResolutionDownBy: 1, maxBitrate: 1_500_000 },
+  ]);
+  assert.equal(room.sfuState, "open");
+  // Later tracks: audio has one encoding; a video track can opt out, or name its own layers.
+  const mic = { kind: "audio", id: "mic" };
+  room.addTrack(mic, { id: "stream" });
+  const screen = { kind: "video", id: "screen" };
+  room.addTrack(screen, { streams: [{ id: "screen-stream" }], simulcast: false });
+  const second = { kind: "video", id: "cam2" };
+  const layers = [
+    { rid: "lo", scaleResolutionDownBy: 2, maxBitrate: 200_000, maxFramerate: 15 },
+    { rid: "hi", scaleResolutionDownBy: 1, maxBitrate: 1_000_000 },
+  ];
+  room.addTrack(second, { simulcast: layers });
+  const init = (track) => pc.getTransceivers().find((t) => t.sender.track === track).init;
+  assert.equal(init(mic).sendEncodings, undefined);
+  assert.equal(init(screen).sendEncodings, undefined);
+  assert.deepEqual(init(screen).streams, [{ id: "screen-stream" }]);
+  assert.deepEqual(init(second).sendEncodings, layers);
+  assert.deepEqual(init(second).streams, []);
+});
+
+test("simulcast: true picks the default layers a source of that size can send", async () => {
+  seq = 0;
+  const { server, room, pcs } = await joinWithSfu("p9", { forcePath: "sfu", simulcast: true });
+  fromPeer(server, hello);
+  const pc = await openSfu(pcs);
+  const camera = (id, width, height) => ({ kind: "video", id, getSettings: () => ({ width, height }) });
+  const rids = (track) => pc.getTransceivers().find((t) => t.sender.track === track).init.sendEncodings?.map((e) => e.rid);
+  const hd = camera("hd", 1280, 720);
+  const vga = camera("vga", 640, 480);
+  const small = camera("small", 320, 240);
+  const unknown = camera("unknown", undefined, undefined);
+  for (const track of [hd, vga, small, unknown]) room.addTrack(track, { id: "stream" });
+  assert.deepEqual(rids(hd), ["q", "h", "f"]);
+  assert.deepEqual(rids(vga), ["h", "f"], "a VGA camera gets the top two: browsers send two layers at that size");
+  assert.equal(rids(small), undefined, "too small for layers: one encoding");
+  assert.deepEqual(rids(unknown), ["q", "h", "f"]);
+  const h = pc.getTransceivers().find((t) => t.sender.track === vga).init.sendEncodings;
+  assert.deepEqual(h, [
+    { rid: "h", scaleResolutionDownBy: 2, maxBitrate: 150_000 },
+    { rid: "f", scaleResolutionDownBy: 1, maxBitrate: 500_000 },
+  ], "each layer capped by its own size: 320×240 and 640×480");
+  const caps = (track) => pc.getTransceivers().find((t) => t.sender.track === track).init.sendEncodings.map((e) => e.maxBitrate);
+  assert.deepEqual(caps(hd), [150_000, 500_000, 1_500_000], "720p: 320×180, 640×360, 1280×720");
+  const fhd = camera("fhd", 1920, 1080);
+  room.addTrack(fhd, { id: "stream" });
+  assert.deepEqual(caps(fhd), [500_000, 1_500_000, 3_000_000], "1080p: 480×270, 960×540, 1920×1080");
+});
+
+test("simulcast is off by default; invalid layers are an invalid_data error and the track is not added", async () => {
+  seq = 0;
+  const { server, room, pcs } = await joinWithSfu("p9", { forcePath: "sfu" });
+  fromPeer(server, hello);
+  const pc = await openSfu(pcs);
+  const camera = { kind: "video", id: "cam" };
+  room.addTrack(camera, { id: "stream" });
+  assert.equal(pc.getTransceivers().find((t) => t.sender.track === camera).init.sendEncodings, undefined);
+  const bad = [
+    [{ rid: "a", scaleResolutionDownBy: 2, maxBitrate: 1 }, { rid: "a", scaleResolutionDownBy: 1, maxBitrate: 2 }],
+    [{ rid: "has space", scaleResolutionDownBy: 2, maxBitrate: 1 }, { rid: "b", scaleResolutionDownBy: 1, maxBitrate: 2 }],
+    [{ rid: "a", scaleResolutionDownBy: 0.5, maxBitrate: 1 }, { rid: "b", scaleResolutionDownBy: 1, maxBitrate: 2 }],
+    [{ rid: "a", scaleResolutionDownBy: 2, maxBitrate: 0 }, { rid: "b", scaleResolutionDownBy: 1, maxBitrate: 2 }],
+  ];
+  for (const simulcast of bad) {
+    const track = { kind: "video", id: `bad-${bad.indexOf(simulcast)}` };
+    assert.throws(() => room.addTrack(track, { simulcast }), (error) => error.code === "invalid_data");
+    assert.equal(pc.getTransceivers().find((t) => t.sender.track === track), undefined);
+  }
+  // One layer is one encoding.
+  const single = { kind: "video", id: "single" };
+  room.addTrack(single, { simulcast: [{ rid: "f", scaleResolutionDownBy: 1, maxBitrate: 500_000 }] });
+  assert.equal(pc.getTransceivers().find((t) => t.sender.track === single).init.sendEncodings, undefined);
+});
+
+/** A relay whose ICE-restart PATCH answers new credentials; its answers to control offers echo the m-lines. */
+async function restartableSession() {
+  const patches = [];
+  const session = await joinWithSfu(
+    "p9",
+    { forcePath: "sfu" },
+    {
+      answer: RELAY_ANSWER,
+      patch: async (init) => {
+        patches.push(init.body);
+        return new Response("a=ice-ufrag:relay2\r\na=ice-pwd:relaypassword9876543210\r\n", { status: 200 });
+      },
+    },
+  );
+  fromPeer(session.server, hello);
+  const pc = await openSfu(session.pcs);
+  pc.iceConnectionState = "connected";
+  pc.oniceconnectionstatechange?.();
+  session.pcs.length = 0;
+  session.pcs.push(pc);
+  /** The relay answers the SDK's last control offer with as many m-lines as it has. */
+  const answerControl = async () => {
+    const offer = JSON.parse(pc.channel("switchboard-control").sent.at(-1));
+    assert.equal(offer.type, "offer");
+    const m = offer.sdp.split("\r\n").filter((l) => l.startsWith("m=")).join("\r\n");
+    pc.channel("switchboard-control").receive(JSON.stringify({ type: "answer", sdp: `${RELAY_ANSWER}${m}\r\n` }));
+    await settle();
+  };
+  return { ...session, pc, patches, answerControl };
+}
+
+test("a track added while the relay path is down waits for the ICE restart and is offered once ICE is back", async () => {
+  seq = 0;
+  const { room, pc, patches, errors, answerControl } = await restartableSession();
+  pc.iceConnectionState = "disconnected";
+  pc.oniceconnectionstatechange?.();
+  // The camera starts while the SDK waits iceGraceMs before restarting ICE.
+  const camera = { kind: "video", id: "cam" };
+  room.addTrack(camera, { id: "stream" });
+  if (pc.getTransceivers().length > 0) pc.onnegotiationneeded?.(); // a browser fires it for a new transceiver
+  await settle();
+  mock.timers.tick(300);
+  await settle();
+  assert.equal(patches.length, 1, "the ICE restart was made");
+  assert.equal(pc.localDescription.sdp.includes("m=video"), false, "the restart offer holds only what the relay knows");
+  assert.equal(room.sfuState, "open", "the session is kept");
+  assert.deepEqual(errors.map((e) => e.message), []);
+  assert.equal(pc.getTransceivers().length, 0, "the track waits for the connection");
+  // ICE is back on the new credentials: the track is attached and offered over the control channel.
+  pc.iceConnectionState = "connected";
+  pc.oniceconnectionstatechange?.();
+  pc.onnegotiationneeded?.();
+  await settle();
+  const video = pc.getTransceivers().find((t) => t.sender.track === camera);
+  assert.ok(video, "the track is attached");
+  await answerControl();
+  assert.equal(pc.signalingState, "stable");
+  assert.notEqual(video.mid, null, "the relay has the track's m-section");
+  mock.timers.tick(5000);
+  await settle();
+  assert.equal(room.sfuState, "open");
+  assert.deepEqual(errors.map((e) => e.message), []);
+});
+
+test("a track whose control offer is out when ICE fails is offered again after the restart, not in it", async () => {
+  seq = 0;
+  const { room, pc, patches, errors, answerControl } = await restartableSession();
+  const camera = { kind: "video", id: "cam" };
+  room.addTrack(camera, { id: "stream" });
+  pc.onnegotiationneeded?.();
+  await settle();
+  const control = pc.channel("switchboard-control");
+  assert.deepEqual(control.sent.map((t) => JSON.parse(t).type), ["offer"]);
+  assert.equal(pc.signalingState, "have-local-offer");
+  // The path breaks before the relay's answer arrives: the SDK restarts ICE at once.
+  pc.iceConnectionState = "failed";
+  pc.oniceconnectionstatechange?.();
+  await settle();
+  assert.equal(patches.length, 1);
+  assert.equal(pc.localDescription.sdp.includes("m=video"), false, "the withdrawn track is not in the restart offer");
+  assert.equal(room.sfuState, "open");
+  assert.deepEqual(errors.map((e) => e.message), []);
+  pc.iceConnectionState = "connected";
+  pc.oniceconnectionstatechange?.();
+  pc.onnegotiationneeded?.();
+  await settle();
+  assert.equal(JSON.parse(control.sent.at(-1)).type, "offer");
+  assert.match(JSON.parse(control.sent.at(-1)).sdp, /m=video/, "offered again once the path is back");
+  const live = pc.getTransceivers().filter((t) => t.sender.track === camera && t.currentDirection !== "stopped");
+  assert.equal(live.length, 1, "on one transceiver");
+  await answerControl();
+  assert.notEqual(live[0].mid, null);
+  mock.timers.tick(5000);
+  await settle();
+  assert.equal(room.sfuState, "open");
+  assert.deepEqual(errors.map((e) => e.message), []);
 });

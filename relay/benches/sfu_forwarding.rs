@@ -3,7 +3,11 @@
 //! - DataChannel over loopback UDP: two str0m peers busy-polled by the bench thread, connected
 //!   directly, then through the relay's SFU thread (`sfu::shell`, its own socket and event loop,
 //!   as the binary runs it). One-way wall-time latency p50/p99 of single 200-byte messages, and
-//!   messages/s for a burst. The difference is the latency the relay adds.
+//!   messages/s for a burst. The difference is the latency the relay adds. Every socket (the
+//!   relay's, with the binary's default `--socket-buffer`, and the clients') has 4 MiB of buffer;
+//!   the datagrams the kernel still dropped at full receive buffers during each burst are
+//!   printed (each costs an SCTP retransmission, at worst a 1 s timeout: they decide burst rates;
+//!   docs/BENCHMARKS.md, "Relay SFU").
 //! - DataChannel in process (no sockets): the same, with the `Sfu` core on an in-memory network;
 //!   this isolates the CPU cost of forwarding from the kernel and thread wake-ups (latency only;
 //!   throughput in virtual time would measure the bench's clock steps).
@@ -517,6 +521,9 @@ fn memory(n: usize) {
     );
 }
 
+/// SO_RCVBUF/SO_SNDBUF of the bench's client sockets, as the relay's default `--socket-buffer`.
+const CLIENT_SOCKET_BUFFER: usize = 4 << 20;
+
 /// A str0m peer on a real loopback UDP socket, pumped by the bench thread (busy polling).
 struct UdpPeer {
     c: Client,
@@ -527,6 +534,11 @@ impl UdpPeer {
     fn new(video: bool) -> (UdpPeer, String, str0m::change::SdpPendingOffer) {
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         socket.set_nonblocking(true).unwrap();
+        // One thread polls both peers: while it serves one, the other's socket must hold what
+        // arrives (a browser reads on its own network thread). With the kernel's default buffer
+        // the datagrams lost there, each an SCTP retransmission, decided the burst rates.
+        rustix::net::sockopt::set_socket_recv_buffer_size(&socket, CLIENT_SOCKET_BUFFER).unwrap();
+        rustix::net::sockopt::set_socket_send_buffer_size(&socket, CLIENT_SOCKET_BUFFER).unwrap();
         let addr = socket.local_addr().unwrap();
         let now = Instant::now();
         let mut rtc = Rtc::builder()
@@ -580,8 +592,24 @@ impl UdpPeer {
     }
 }
 
-/// One-way latency and throughput of 200-byte messages a -> b over loopback UDP.
-fn measure(a: &mut UdpPeer, b: &mut UdpPeer, samples: usize, burst: usize) -> (Vec<Duration>, f64) {
+/// UDP datagrams the kernel dropped because a socket's receive buffer was full (`RcvbufErrors`
+/// of /proc/net/snmp, counted per network namespace); `None` where it cannot be read.
+fn rcvbuf_errors() -> Option<u64> {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").ok()?;
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (udp.next()?, udp.next()?);
+    let i = names.split_whitespace().position(|n| n == "RcvbufErrors")?;
+    values.split_whitespace().nth(i)?.parse().ok()
+}
+
+/// One-way latency and throughput of 200-byte messages a -> b over loopback UDP, and the
+/// datagrams lost to full receive buffers during the burst.
+fn measure(
+    a: &mut UdpPeer,
+    b: &mut UdpPeer,
+    samples: usize,
+    burst: usize,
+) -> (Vec<Duration>, f64, Option<u64>) {
     let end = Instant::now() + Duration::from_secs(15);
     while a.c.chat.is_none() || b.c.chat.is_none() {
         assert!(Instant::now() < end, "peers never connected");
@@ -609,6 +637,7 @@ fn measure(a: &mut UdpPeer, b: &mut UdpPeer, samples: usize, burst: usize) -> (V
         }
     }
     let start = b.c.received;
+    let dropped_before = rcvbuf_errors();
     let t0 = Instant::now();
     let mut sent = 0;
     while b.c.received < start + burst {
@@ -623,8 +652,12 @@ fn measure(a: &mut UdpPeer, b: &mut UdpPeer, samples: usize, burst: usize) -> (V
         a.pump();
         b.pump();
     }
+    let rate = burst as f64 / t0.elapsed().as_secs_f64();
+    let dropped = rcvbuf_errors()
+        .zip(dropped_before)
+        .map(|(n, m)| n.saturating_sub(m));
     lat.sort();
-    (lat, burst as f64 / t0.elapsed().as_secs_f64())
+    (lat, rate, dropped)
 }
 
 fn datachannel_loopback(samples: usize, burst: usize) {
@@ -638,10 +671,11 @@ fn datachannel_loopback(samples: usize, burst: usize) {
             .accept_offer(str0m::change::SdpOffer::from_sdp_string(&offer).unwrap())
             .unwrap();
     a.c.rtc.sdp_api().accept_answer(pending, answer).unwrap();
-    let (direct, direct_rate) = measure(&mut a, &mut b, samples, burst);
+    let (direct, direct_rate, direct_dropped) = measure(&mut a, &mut b, samples, burst);
 
     // Through the relay's SFU thread (its own socket and event loop, as in the binary).
-    let socket = shell::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    // With the binary's default --socket-buffer (4 MiB), as the clients' sockets.
+    let socket = shell::bind("127.0.0.1:0".parse().unwrap(), 4 << 20).unwrap();
     let addr = socket.local_addr().unwrap();
     let handle = shell::spawn(
         socket,
@@ -676,7 +710,7 @@ fn datachannel_loopback(samples: usize, burst: usize) {
     };
     let mut a = join("a");
     let mut b = join("b");
-    let (relayed, relay_rate) = measure(&mut a, &mut b, samples, burst);
+    let (relayed, relay_rate, relay_dropped) = measure(&mut a, &mut b, samples, burst);
     println!(
         "DataChannel over loopback UDP, 200-byte messages, one way, wall time ({samples} samples):"
     );
@@ -698,6 +732,13 @@ fn datachannel_loopback(samples: usize, burst: usize) {
         "  added by the relay:          p50 {:>7.1} us   p99 {:>7.1} us",
         us(percentile(&relayed, 0.5)) - us(percentile(&direct, 0.5)),
         us(percentile(&relayed, 0.99)) - us(percentile(&direct, 0.99))
+    );
+    let shown = |d: Option<u64>| d.map_or("?".to_owned(), |n| n.to_string());
+    println!(
+        "  datagrams lost to full socket receive buffers during the burst: direct {}, relayed {} \
+         (each costs an SCTP retransmission and a congestion-window cut)",
+        shown(direct_dropped),
+        shown(relay_dropped)
     );
     // Where the added time goes: the relay's own histogram (a datagram's receipt to the sending
     // of everything it caused, inside the SFU thread) against the wall time above, whose rest is

@@ -75,7 +75,8 @@ async fn run(args: Args, config: Config) -> Result<(), String> {
     let sessions = match &config.sfu {
         None => None,
         Some(s) => Some(http::sessions::SessionApi {
-            sfu: sfu::shell::start(s).map_err(|e| format!("SFU listener {}: {e}", s.listen))?,
+            sfu: sfu::shell::start(s, config.socket_buffer)
+                .map_err(|e| format!("SFU listener {}: {e}", s.listen))?,
             credentials: creds_rx,
         }),
     };

@@ -152,3 +152,73 @@ test("an ICE restart over PATCH keeps the sfu session: messages sent across the 
     throw error;
   }
 });
+
+/** framesDecoded of the video `page` receives on its connection to the relay. */
+const sfuFramesDecoded = (page) =>
+  page.evaluate(async () => {
+    const pc = window.switchboardDemo.room.sfuPeerConnection;
+    let frames = 0;
+    (await pc?.getStats())?.forEach((r) => {
+      if (r.type === "inbound-rtp" && r.kind === "video") frames = Math.max(frames, r.framesDecoded ?? 0);
+    });
+    return frames;
+  });
+
+test("a camera started while the relay path is down waits for the ICE restart and is then published on the same session", async (t) => {
+  assertInTestNamespace();
+  const room = uniqueRoom("sfu-restart-track");
+  const [a, b] = await openPair(t, env.browser, env.dev.url, { room, camera: "0", path: "sfu" });
+  const states = [];
+  try {
+    const [idA, idB] = [await peerIdOf(a), await peerIdOf(b)];
+    await waitForPath(a, idB, "sfu");
+    await waitForPath(b, idA, "sfu");
+    await waitFor(async () => (await sfuPath(a))?.ice === "connected", { message: "A is connected to the relay" });
+    const before = await sfuPath(a);
+    const created = await relayMetric("switchboard_relay_sfu_sessions_created_total");
+    const restarts = await relayMetric("switchboard_relay_sfu_ice_restarts_total");
+    await a.evaluate(() => {
+      window.__sfuPc = window.switchboardDemo.room.sfuPeerConnection;
+      window.__sfuStates = [];
+      window.switchboardDemo.room.on("error", (e) => window.__sfuStates.push(`error: ${e.message}`));
+    });
+    const rules = ["udp", "tcp"].flatMap((proto) => [
+      ["OUTPUT", "-p", proto, "--dport", String(SFU_PORT), "-j", "DROP"],
+      ["OUTPUT", "-p", proto, "--sport", String(SFU_PORT), "-j", "DROP"],
+    ]);
+    for (const rule of rules) run("iptables", ["-A", ...rule]);
+    let lifted = false;
+    const lift = () => {
+      if (lifted) return;
+      lifted = true;
+      for (const rule of rules) run("iptables", ["-D", ...rule]);
+    };
+    t.after(lift);
+    // ICE notices the cut; before the SDK restarts it (iceGraceMs later) A's camera starts.
+    await waitFor(async () => (await sfuPath(a))?.ice === "disconnected", { timeoutMs: 20_000, message: "A's ICE is disconnected" });
+    await a.evaluate(async () => {
+      const stream = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 480 } });
+      window.switchboardDemo.room.addTrack(stream.getVideoTracks()[0], stream);
+    });
+    await waitFor(async () => (await relayMetric("switchboard_relay_sfu_ice_restarts_total")) >= restarts + 1, {
+      timeoutMs: 20_000,
+      message: "the relay answered A's ICE-restart PATCH",
+    });
+    lift();
+    await waitFor(async () => {
+      const p = await sfuPath(a);
+      return p && p.ufrag !== before.ufrag && (p.ice === "connected" || p.ice === "completed");
+    }, { timeoutMs: 20_000, message: "A reconnected to the relay under the relay's new ICE credentials" });
+    await waitFor(async () => (await sfuFramesDecoded(b)) > 0, { timeoutMs: 30_000, message: "B decodes the camera A started during the outage" });
+    states.push(...(await a.evaluate(() => window.__sfuStates)));
+    assert.deepEqual(states, [], "no error on A's session");
+    assert.equal(await a.evaluate(() => window.switchboardDemo.room.sfuPeerConnection === window.__sfuPc), true, "the same connection");
+    assert.equal(await a.evaluate(() => window.switchboardDemo.room.sfuState), "open");
+    assert.equal(await relayMetric("switchboard_relay_sfu_sessions_created_total"), created, "no new session");
+  } catch (error) {
+    error.message += `\nA's errors: ${JSON.stringify(await a.evaluate(() => window.__sfuStates).catch(() => null))}`;
+    error.message += `\npath to the relay: ${JSON.stringify(await sfuPath(a).catch(() => null))}`;
+    error.message += await failureContext([a, b], env);
+    throw error;
+  }
+});

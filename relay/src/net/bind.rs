@@ -52,6 +52,17 @@ fn set_buffers(fd: &OwnedFd, bytes: usize) -> io::Result<Buffers> {
     })
 }
 
+/// A non-blocking UDP socket on `addr` with `buffer` bytes of receive and send buffer (0: the
+/// kernel default), and the buffers granted: the SFU's one socket, read a datagram at a time
+/// (no `UDP_GRO`, no SO_REUSEPORT).
+#[cfg(feature = "sfu")]
+pub fn udp_socket(addr: SocketAddr, buffer: usize) -> io::Result<(std::net::UdpSocket, Buffers)> {
+    let fd = socket(addr, SocketType::DGRAM)?;
+    let buffers = set_buffers(&fd, buffer)?;
+    net::bind(&fd, &addr)?;
+    Ok((std::net::UdpSocket::from(fd), buffers))
+}
+
 /// A non-blocking UDP listener on `addr`, shareable between event loops with SO_REUSEPORT (the
 /// kernel then picks a socket by hashing the 4-tuple, so a client's flow always lands on the
 /// same one). Also returns the buffers granted and whether `UDP_GRO` is on.

@@ -34,8 +34,13 @@ pub const CONTROL_LABEL: &str = "switchboard-control";
 /// Largest DataChannel message a client may send us: 256 KiB of payload plus an envelope header.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 + envelope::MAX_HEADER_BYTES;
 
-/// SCTP send budget per session (str0m's default is 128 KiB).
-pub const SCTP_BUFFER_BYTES: usize = 1024 * 1024;
+/// SCTP send budget per session (str0m's default is 128 KiB): room for two of the largest
+/// messages, and 40 Mbit/s of a channel in flight at 100 ms round trip; beyond it messages wait in
+/// the session's own queue. Not more: str0m's SCTP (sctp-proto 0.10) spends CPU per message that
+/// grows with the data buffered in the association, so a deep buffer makes every forwarded message
+/// dearer (docs/BENCHMARKS.md, "Relay SFU": a 20,000-message burst cost the SFU thread 7.4 s of
+/// CPU with 1 MiB, 1.8 s with 256 KiB).
+pub const SCTP_BUFFER_BYTES: usize = 512 * 1024;
 
 /// A session that has not connected by then is dropped.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);

@@ -231,11 +231,23 @@ impl SfuHandle {
     }
 }
 
-/// Binds the SFU socket; done before anything else starts so a bad address fails early.
-pub fn bind(addr: SocketAddr) -> std::io::Result<StdUdpSocket> {
-    let s = StdUdpSocket::bind(addr)?;
-    s.set_nonblocking(true)?;
-    Ok(s)
+/// Binds the SFU socket with `buffer` bytes of SO_RCVBUF/SO_SNDBUF (the relay's
+/// `--socket-buffer`; 0 keeps the kernel default); done before anything else starts so a bad
+/// address fails early. The kernel's default (about 200 KiB, some 90 full-size datagrams) is
+/// what a DataChannel burst overflows whenever this thread waits for a CPU: every datagram lost
+/// there costs an SCTP retransmission and a congestion-window cut on that hop.
+pub fn bind(addr: SocketAddr, buffer: usize) -> std::io::Result<StdUdpSocket> {
+    let (socket, granted) = crate::net::bind::udp_socket(addr, buffer)?;
+    if granted.recv < buffer || granted.send < buffer {
+        warn!(
+            requested = buffer,
+            recv = granted.recv,
+            send = granted.send,
+            "the kernel capped the SFU socket's buffers; raise net.core.rmem_max and \
+             net.core.wmem_max (see docs/OPERATIONS.md)"
+        );
+    }
+    Ok(socket)
 }
 
 /// Binds the ICE-TCP listener (RFC 6544 passive candidates) on the UDP socket's address.
@@ -490,9 +502,13 @@ async fn flush(sfu: &mut Sfu, io: &Io) -> Option<Instant> {
     }
 }
 
-/// Binds the SFU socket from the configuration and starts the SFU thread.
-pub fn start(settings: &crate::config::SfuSettings) -> std::io::Result<SfuHandle> {
-    let socket = bind(settings.listen)?;
+/// Binds the SFU socket from the configuration (`socket_buffer`: the relay's
+/// `--socket-buffer`) and starts the SFU thread.
+pub fn start(
+    settings: &crate::config::SfuSettings,
+    socket_buffer: usize,
+) -> std::io::Result<SfuHandle> {
+    let socket = bind(settings.listen, socket_buffer)?;
     let port = socket.local_addr()?.port();
     let tcp = if settings.ice_tcp {
         Some(bind_tcp(SocketAddr::new(settings.listen.ip(), port))?)
@@ -517,4 +533,31 @@ pub fn start(settings: &crate::config::SfuSettings) -> std::io::Result<SfuHandle
         max_queue_bytes: settings.queue_bytes,
     };
     spawn(socket, tcp, config)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "a test: failures should be loud")]
+
+    use rustix::net::sockopt;
+
+    /// The kernel's default (about 200 KiB) overflowed during DataChannel bursts whenever the
+    /// SFU thread waited for a CPU; the socket gets `--socket-buffer` like the TURN sockets.
+    #[test]
+    fn the_sfu_socket_gets_the_configured_buffer_sizes() {
+        let want = 1 << 20;
+        // Linux caps the request at net.core.rmem_max/wmem_max.
+        let cap = |name: &str| {
+            std::fs::read_to_string(format!("/proc/sys/net/core/{name}"))
+                .ok()
+                .and_then(|s| s.trim().parse::<usize>().ok())
+                .unwrap_or(want)
+        };
+        let socket = super::bind("127.0.0.1:0".parse().unwrap(), want).unwrap();
+        // getsockopt reports twice the usable size.
+        let recv = sockopt::socket_recv_buffer_size(&socket).unwrap() / 2;
+        let send = sockopt::socket_send_buffer_size(&socket).unwrap() / 2;
+        assert_eq!(recv, want.min(cap("rmem_max")));
+        assert_eq!(send, want.min(cap("wmem_max")));
+    }
 }
