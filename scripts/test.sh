@@ -49,6 +49,9 @@ bash tests/dashboard/run.sh
 step "relay benchmark, smoke size (our relay and coturn side by side; full run: scripts/bench-relay.sh)"
 BENCH_SMOKE=1 unshare -n bash -c 'ip link set lo up && exec bash scripts/bench-relay.sh'
 
+step "relay SFU benchmark, smoke size (DataChannel and media through the SFU next to direct str0m; full run: cargo bench -p switchboard-relay --bench sfu_forwarding)"
+SFU_BENCH_SMOKE=1 unshare -n bash -c 'ip link set lo up && exec cargo bench -p switchboard-relay --bench sfu_forwarding'
+
 step "fuzz: a short run of each parser (libFuzzer)"
 bash scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
 
