@@ -59,22 +59,9 @@ for _ in $(seq 1 180); do
 done
 curl -sf http://127.0.0.1:18950/healthz > /dev/null || { cat "$WORK/wrangler.log" >&2; exit 1; }
 
-# The entry port of the workerd that runs the Worker (the one that answers /healthz like the
-# proxy does, on a port other than the proxy's), as in scripts/bench-scaling.sh: heartbeats/s
-# are measured there, without wrangler's proxy workerd in the way.
-inner_port() {
-  local pgid=$1 proxy=$2 pid port
-  for pid in $(ps -o pid= -g "$pgid"); do
-    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = workerd ] || continue
-    tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q "entry=127.0.0.1:$proxy " && continue
-    for port in $(ss -ltnpH | grep "pid=$pid," | awk '{print $4}' | sed 's/.*://'); do
-      if curl -sf --max-time 2 "http://127.0.0.1:$port/healthz" > /dev/null; then
-        echo "$port $pid"; return 0
-      fi
-    done
-  done
-  return 1
-}
+# Heartbeats/s are measured at the workerd that runs the Worker, without wrangler's proxy
+# workerd in the way (inner_port: bench/inner-port.sh).
+source "$ROOT/bench/inner-port.sh"
 read -r INNER INNER_PID < <(inner_port "$PGID" 18950) || { echo "no inner workerd port" >&2; exit 1; }
 
 ROOT=$ROOT WORKER_URL=http://127.0.0.1:18950 INNER_URL=http://127.0.0.1:$INNER INNER_PID=$INNER_PID RELAY_BIN=$RELAY_BIN \

@@ -15,9 +15,11 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
 use switchboard_proto::{Millis, sfu_token};
-use switchboard_tests::fleet::{Fleet, beat_signed, fleet, heartbeat_body, sfu_base, turn_url};
+use switchboard_tests::fleet::{
+    Fleet, beat_signed, fleet, heartbeat_body, sfu_base, turn_url, turn_urls_of,
+};
 use switchboard_tests::{Client, WorkerProcess, http_get, unique_room};
 
 /// A heartbeat of `node` with an SFU endpoint.
@@ -38,18 +40,6 @@ fn wait_listed(f: &Fleet, region: &str, nodes: &[&str]) {
 async fn join(f: &Fleet, room: &str, region: &str, caps: bool) -> Client {
     let query = if caps { "caps=relays" } else { "" };
     Client::join_with_headers(&f.base, room, query, &[("x-switchboard-region", region)]).await
-}
-
-/// The TURN URLs of an `ice_servers` list (entries with credentials).
-fn turn_urls(ice_servers: &Value) -> Vec<String> {
-    ice_servers
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s.get("username").is_some())
-        .flat_map(|s| s["urls"].as_array().unwrap().clone())
-        .map(|u| u.as_str().unwrap().to_owned())
-        .collect()
 }
 
 /// Beats `nodes` every 300 ms on a thread until the returned guard is dropped or killed.
@@ -132,7 +122,7 @@ async fn a_rooms_welcome_lists_its_registry_nodes_and_every_peer_meets_on_one_sf
     let room = unique_room("pin");
     let first = join(&f, &room, &region, false).await;
     let w = &first.welcome;
-    assert_eq!(turn_urls(&w["ice_servers"]), [turn_url(&a), turn_url(&b)]);
+    assert_eq!(turn_urls_of(&w["ice_servers"]), [turn_url(&a), turn_url(&b)]);
     assert_eq!(
         w["sfu"]["url"],
         format!("{}/v1/sessions", sfu_base(&a)).as_str()
@@ -149,7 +139,7 @@ async fn a_rooms_welcome_lists_its_registry_nodes_and_every_peer_meets_on_one_sf
     let second = join(&f, &room, &other, false).await;
     assert_eq!(second.welcome["sfu"]["url"], w["sfu"]["url"]);
     assert_eq!(
-        turn_urls(&second.welcome["ice_servers"]),
+        turn_urls_of(&second.welcome["ice_servers"]),
         [turn_url(&a), turn_url(&b)]
     );
     // The token refresh names the pinned node too.
@@ -206,7 +196,7 @@ async fn a_pinned_node_whose_lease_ends_is_pushed_to_connected_peers() {
             frame.get("seq").is_none(),
             "relays-changed is not sequenced"
         );
-        let urls = turn_urls(&frame["ice_servers"]);
+        let urls = turn_urls_of(&frame["ice_servers"]);
         assert_eq!(urls, [turn_url(&survivor), turn_url(&spare)], "{frame}");
         assert_eq!(
             frame["sfu"]["url"],
@@ -269,7 +259,7 @@ async fn a_draining_sfu_node_moves_the_room() {
     assert_eq!(frame["type"], "relays-changed", "{frame}");
     assert_eq!(frame["reason"], "node_draining");
     assert_eq!(frame["sfu"]["url"], one_sfu(&stays));
-    assert!(!turn_urls(&frame["ice_servers"]).contains(&turn_url(&drains)));
+    assert!(!turn_urls_of(&frame["ice_servers"]).contains(&turn_url(&drains)));
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -318,7 +308,7 @@ async fn the_pin_survives_a_restart_of_the_worker() {
         worker.log()
     );
     assert_eq!(
-        turn_urls(&again.welcome["ice_servers"]),
+        turn_urls_of(&again.welcome["ice_servers"]),
         [turn_url("pinned"), turn_url("other")]
     );
     worker.stop();

@@ -41,6 +41,24 @@ const sfuPath = (page) =>
     return { port: local?.port ?? null, ufrag, ice: pc.iceConnectionState };
   });
 
+/** Drops the paths to the relay's SFU port (UDP and ICE-TCP, both directions) until the returned
+ * function (also run after the test) lifts the rules; the session endpoint's port stays open. */
+function cutSfuPort(t) {
+  const rules = ["udp", "tcp"].flatMap((proto) => [
+    ["OUTPUT", "-p", proto, "--dport", String(SFU_PORT), "-j", "DROP"],
+    ["OUTPUT", "-p", proto, "--sport", String(SFU_PORT), "-j", "DROP"],
+  ]);
+  for (const rule of rules) run("iptables", ["-A", ...rule]);
+  let lifted = false;
+  const lift = () => {
+    if (lifted) return;
+    lifted = true;
+    for (const rule of rules) run("iptables", ["-D", ...rule]);
+  };
+  t.after(lift);
+  return lift;
+}
+
 test("an ICE restart over PATCH keeps the sfu session: messages sent across the outage arrive exactly once", async (t) => {
   assertInTestNamespace();
   const TOTAL = 800;
@@ -100,18 +118,7 @@ test("an ICE restart over PATCH keeps the sfu session: messages sent across the 
 
     // Cut the paths to the relay's SFU port (UDP and ICE-TCP, both directions); the session
     // endpoint (another port) stays reachable.
-    const rules = ["udp", "tcp"].flatMap((proto) => [
-      ["OUTPUT", "-p", proto, "--dport", String(SFU_PORT), "-j", "DROP"],
-      ["OUTPUT", "-p", proto, "--sport", String(SFU_PORT), "-j", "DROP"],
-    ]);
-    for (const rule of rules) run("iptables", ["-A", ...rule]);
-    let lifted = false;
-    const lift = () => {
-      if (lifted) return;
-      lifted = true;
-      for (const rule of rules) run("iptables", ["-D", ...rule]);
-    };
-    t.after(lift);
+    const lift = cutSfuPort(t);
     // Each page's SDK notices (ICE disconnected for iceGraceMs) and restarts ICE over PATCH.
     await waitFor(async () => (await relayMetric("switchboard_relay_sfu_ice_restarts_total")) >= 2, {
       timeoutMs: 20_000,
@@ -182,18 +189,7 @@ test("a camera started while the relay path is down waits for the ICE restart an
       window.__sfuStates = [];
       window.switchboardDemo.room.on("error", (e) => window.__sfuStates.push(`error: ${e.message}`));
     });
-    const rules = ["udp", "tcp"].flatMap((proto) => [
-      ["OUTPUT", "-p", proto, "--dport", String(SFU_PORT), "-j", "DROP"],
-      ["OUTPUT", "-p", proto, "--sport", String(SFU_PORT), "-j", "DROP"],
-    ]);
-    for (const rule of rules) run("iptables", ["-A", ...rule]);
-    let lifted = false;
-    const lift = () => {
-      if (lifted) return;
-      lifted = true;
-      for (const rule of rules) run("iptables", ["-D", ...rule]);
-    };
-    t.after(lift);
+    const lift = cutSfuPort(t);
     // ICE notices the cut; before the SDK restarts it (iceGraceMs later) A's camera starts.
     await waitFor(async () => (await sfuPath(a))?.ice === "disconnected", { timeoutMs: 20_000, message: "A's ICE is disconnected" });
     await a.evaluate(async () => {

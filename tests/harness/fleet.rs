@@ -55,6 +55,18 @@ pub fn next_ts() -> Millis {
     Millis(prev.max(t - 1) + 1)
 }
 
+/// The TURN URLs of an ICE server list (the entries with credentials), in order.
+pub fn turn_urls_of(ice_servers: &Value) -> Vec<String> {
+    ice_servers
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s.get("username").is_some())
+        .flat_map(|s| s["urls"].as_array().unwrap().clone())
+        .map(|u| u.as_str().unwrap().to_owned())
+        .collect()
+}
+
 /// The TURN URL a test node announces.
 pub fn turn_url(node: &str) -> String {
     format!("turn:{node}.test:3478?transport=udp")
@@ -131,14 +143,7 @@ impl Fleet {
             &[("x-switchboard-region", region), ("cf-connecting-ip", &ip)],
         );
         assert_eq!(r.status, 200, "{}", r.body);
-        r.json()["iceServers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|s| s.get("username").is_some())
-            .flat_map(|s| s["urls"].as_array().unwrap().clone())
-            .map(|u| u.as_str().unwrap().to_owned())
-            .collect()
+        turn_urls_of(&r.json()["iceServers"])
     }
 
     /// Polls `f` until it holds (the router keeps a copy of the node list for a few seconds),
