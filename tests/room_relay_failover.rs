@@ -122,7 +122,10 @@ async fn a_rooms_welcome_lists_its_registry_nodes_and_every_peer_meets_on_one_sf
     let room = unique_room("pin");
     let first = join(&f, &room, &region, false).await;
     let w = &first.welcome;
-    assert_eq!(turn_urls_of(&w["ice_servers"]), [turn_url(&a), turn_url(&b)]);
+    assert_eq!(
+        turn_urls_of(&w["ice_servers"]),
+        [turn_url(&a), turn_url(&b)]
+    );
     assert_eq!(
         w["sfu"]["url"],
         format!("{}/v1/sessions", sfu_base(&a)).as_str()
