@@ -5,6 +5,7 @@
 import { test, mock, beforeEach, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import { Switchboard } from "../dist/index.js";
+import { FakeChannel, settle } from "./fake-rtc.mjs";
 import { FakeServer, welcome } from "./fake-websocket.mjs";
 
 beforeEach(() => mock.timers.enable({ apis: ["setTimeout", "Date"], now: 1_700_000_000_000 }));
@@ -15,28 +16,17 @@ const ICE = [
   { urls: ["turn:127.0.0.1:3478?transport=udp"], username: "1800000000:p", credential: "c" },
 ];
 
-/** Lets pending promise callbacks (e.g. the route lookup through getStats) run. */
-const settle = async () => {
-  for (let i = 0; i < 5; i++) await new Promise((resolve) => setImmediate(resolve));
-};
-
-class FakeDataChannel {
+/** The shared FakeChannel, speaking JSON: `sent` holds parsed messages, `receive` takes one. */
+class FakeDataChannel extends FakeChannel {
   constructor(label = "switchboard") {
-    this.label = label;
-    this.readyState = "connecting";
-    this.bufferedAmount = 0;
-    this.sent = [];
-    this.onopen = this.onmessage = this.onclose = this.onbufferedamountlow = null;
+    super(label);
   }
   send(text) {
-    if (this.readyState !== "open") throw new Error("InvalidStateError");
-    this.sent.push(JSON.parse(text));
-  }
-  close() {
-    this.readyState = "closed";
+    super.send(text);
+    this.sent[this.sent.length - 1] = JSON.parse(text);
   }
   receive(message) {
-    this.onmessage?.({ data: JSON.stringify(message) });
+    super.receive(JSON.stringify(message));
   }
   /** App data (stream envelopes) sent on this channel, in order. */
   data() {
