@@ -189,19 +189,7 @@ fn main() {
     });
     stop.store(true, Ordering::Relaxed);
     micros.sort_unstable();
-    // A round trip is two relayed packets (there and back); client to client, four.
-    let relayed_per_round_trip = if args.c2c { 4.0 } else { 2.0 };
-    let (cpu_s, us_per_packet, per_core) = match cpu {
-        Some(c) if c > 0.0 => (
-            format!("{c:.2}"),
-            format!(
-                "{:.2}",
-                c * 1e6 / (received as f64 * relayed_per_round_trip)
-            ),
-            format!("{:.0}", received as f64 / c),
-        ),
-        _ => ("-".into(), "-".into(), "-".into()),
-    };
+    let (cpu_s, us_per_packet, per_core) = cpu_columns(&args, cpu, received);
     println!(
         "| {} | {} | {} | {:.0} | {:.2} | {} | {} | {} | {} | {} | {} | {} |",
         args.label,
@@ -221,6 +209,24 @@ fn main() {
 
 /// Asks for 4 MiB socket buffers (the kernel caps them at `net.core.rmem_max`/`wmem_max`), as
 /// the servers have, so a burst is not lost in the client's own receive queue.
+/// The table's server CPU columns: seconds, µs per relayed packet, round trips per CPU second
+/// ("-" without a CPU reading or without round trips).
+fn cpu_columns(args: &Args, cpu: Option<f64>, received: u64) -> (String, String, String) {
+    // A round trip is two relayed packets (there and back); client to client, four.
+    let relayed_per_round_trip = if args.c2c { 4.0 } else { 2.0 };
+    match cpu {
+        Some(c) if c > 0.0 && received > 0 => (
+            format!("{c:.2}"),
+            format!(
+                "{:.2}",
+                c * 1e6 / (received as f64 * relayed_per_round_trip)
+            ),
+            format!("{:.0}", received as f64 / c),
+        ),
+        _ => ("-".into(), "-".into(), "-".into()),
+    }
+}
+
 fn big_buffers(socket: &UdpSocket) {
     let _ = rustix::net::sockopt::set_socket_recv_buffer_size(socket, 4 << 20);
     let _ = rustix::net::sockopt::set_socket_send_buffer_size(socket, 4 << 20);
@@ -253,18 +259,7 @@ fn open_loop(args: &Args, sockets: &[UdpSocket], payload: usize) {
         .zip(cpu_before)
         .map(|(after, before)| after - before);
     let busy = busy_threads(args.server_pid, threads_before.as_ref(), elapsed);
-    let relayed_per_round_trip = if args.c2c { 4.0 } else { 2.0 };
-    let (cpu_s, us_per_packet, per_core) = match cpu {
-        Some(c) if c > 0.0 && received > 0 => (
-            format!("{c:.2}"),
-            format!(
-                "{:.2}",
-                c * 1e6 / (received as f64 * relayed_per_round_trip)
-            ),
-            format!("{:.0}", received as f64 / c),
-        ),
-        _ => ("-".into(), "-".into(), "-".into()),
-    };
+    let (cpu_s, us_per_packet, per_core) = cpu_columns(args, cpu, received);
     println!(
         "| {} | {} | {} | {} | {:.0} | {:.0} | {} | {:.3} | {} | {} | {} | {} |",
         args.label,
