@@ -7,7 +7,8 @@
 //
 // --cseq sends protocol v1.1 frames (cseq, acks counted); without it, v1 frames.
 // Received frames are acknowledged (`ack`) every --ack-every frames or `welcome.limits.ack_delay_ms`
-// (500 ms if the room announces none) after the first unacknowledged one, as the SDK does.
+// (500 ms if the room announces none) after the first unacknowledged one, as the SDK does; with
+// --cseq and a v1.2 room, every frame a client sends carries its ack and it joins with `caps=acks`.
 import { createRequire } from "node:module";
 const require = createRequire(import.meta.url);
 const WebSocket = require("ws");
@@ -34,7 +35,8 @@ const now = () => Number(process.hrtime.bigint()) / 1e6;
 
 function join(room) {
   return new Promise((resolve) => {
-    const ws = new WebSocket(`${url}/v1/rooms/${room}`);
+    // v1.1 senders read `acked` (v1.2), as the SDK does.
+    const ws = new WebSocket(`${url}/v1/rooms/${room}${useCseq ? "?caps=acks" : ""}`);
     const c = { ws, id: null, partner: null, cseq: 0, lastSeq: 0, acked: 0, seen: new Set() };
     const timer = setTimeout(() => { failed++; try { ws.terminate(); } catch {} resolve(null); }, 15000);
     ws.on("message", (data) => {
@@ -43,6 +45,7 @@ function join(room) {
       if (f.type === "welcome") {
         c.id = f.peer_id;
         c.ackDelayMs = f.limits?.ack_delay_ms ?? 500;
+        c.acksRide = useCseq && (f.rev ?? 0) >= 2;
         if (f.peers.length) c.partner = f.peers[0].peer_id;
         clearTimeout(timer);
         resolve(c);
@@ -60,6 +63,7 @@ function join(room) {
       } else if (f.type === "error") {
         errors[f.code] = (errors[f.code] ?? 0) + 1;
       }
+      if (typeof f.acked === "number") c.ackedCseq = f.acked;
     });
     ws.on("error", () => {});
     ws.on("close", () => { clearTimeout(timer); });
@@ -90,6 +94,13 @@ await new Promise((resolve) => {
       if (now() >= deadline) return;
       const frame = { type: "signal", to: c.partner, payload: { t: now(), n: n++, pad } };
       if (useCseq) frame.cseq = ++c.cseq;
+      if (c.acksRide && c.lastSeq > 0) {
+        // As the SDK with a v1.2 room: the frame carries the client's ack.
+        frame.ack = c.lastSeq;
+        c.acked = c.lastSeq;
+        clearTimeout(c.ackTimer);
+        c.ackTimer = null;
+      }
       if (c.ws.readyState === WebSocket.OPEN) { c.ws.send(JSON.stringify(frame)); sent++; }
       setTimeout(tick, period);
     };

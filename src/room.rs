@@ -187,8 +187,18 @@ impl DurableObject for Room {
                 });
                 let user = param(Q_USER).as_deref().and_then(UserId::parse);
                 let region = param(Q_REGION).as_deref().and_then(Region::parse);
-                let caps = relays::wants_relays(param(Q_CAPS).as_deref());
-                Inner::join(this, name, meta, resume, user, (region, caps)).await
+                let caps = param(Q_CAPS);
+                let wants = |cap| relays::has_cap(caps.as_deref(), cap);
+                let (relays_cap, reads_acked) = (wants(relays::CAP_RELAYS), wants(wire::CAP_ACKS));
+                Inner::join(
+                    this,
+                    name,
+                    meta,
+                    resume,
+                    user,
+                    (region, relays_cap, reads_acked),
+                )
+                .await
             }
             "/relays" => {
                 // The Registry's call (a pinned node died or drains: `fresh`), or the router's
@@ -295,7 +305,7 @@ impl Inner {
         meta: Meta,
         resume: Option<ResumeRequest>,
         user: Option<UserId>,
-        (region, caps): (Option<Region>, bool),
+        (region, caps, reads_acked): (Option<Region>, bool, bool),
     ) -> Result<Response> {
         this.load(Some(&name), now())?;
         // The welcome below hands out the room's relays: pin them first (or move off a
@@ -335,6 +345,7 @@ impl Inner {
             fresh_token: ResumeToken::from_random(http::random()?),
             fresh_trace: TraceId::from_random(http::random()?),
             user,
+            reads_acked,
         };
         this.with_core(|room| room.handle_join(join, t));
         Inner::after_event(this).await?;

@@ -1,7 +1,8 @@
 //! Protocol v1.1 acked client frames: `cseq` frames are acknowledged
 //! cumulatively, a frame resent after a resume is delivered once, refusals
 //! carry the frame's `cseq` and are part of the resumable stream, and a gap
-//! is answered `out_of_order` with the `cseq` expected.
+//! is answered `out_of_order` with the `cseq` expected; and (v1.2) acks ride
+//! on the frames each way.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -10,13 +11,13 @@
 )] // tests fail loudly on purpose
 
 use serde_json::json;
-use switchboard_tests::{Client, env, joined_pair};
+use switchboard_tests::{Client, env, joined_pair, unique_room};
 
 #[tokio::test]
 async fn acked_then_a_duplicate_after_resume_is_delivered_once() {
     let e = env();
     let (room, mut a, mut b) = joined_pair(&e.open, "acked").await;
-    assert_eq!(a.welcome["rev"], 1);
+    assert_eq!(a.welcome["rev"], 2);
     assert_eq!(a.welcome["cseq"], 0);
     for n in 1..=3 {
         a.signal_cseq(&b.peer_id(), json!({"n": n}), n);
@@ -115,4 +116,45 @@ async fn frames_sent_while_the_recipient_socket_dies_arrive_after_its_resume() {
         let f = b.expect("signal").await;
         assert_eq!(f["cseq"], n, "in order, none lost, none twice");
     }
+}
+
+#[tokio::test]
+async fn acks_ride_on_frames_both_ways_with_caps_acks() {
+    let e = env();
+    let room = unique_room("ride");
+    let mut a = Client::join(&e.open, &room, "caps=acks").await;
+    let mut b = Client::join(&e.open, &room, "caps=relays,acks").await;
+    a.expect("peer-joined").await;
+    a.signal_cseq(&b.peer_id(), json!("offer"), 1);
+    let offer = b.expect("signal").await;
+    assert_eq!(offer["cseq"], 1);
+    // b answers and acknowledges, in the same frame, what it read.
+    b.send(json!({"type":"signal","to":a.peer_id(),"payload":"answer","cseq":1,"ack":b.last_seq}));
+    let answer = a.expect("signal").await;
+    assert_eq!(answer["payload"], "answer");
+    assert_eq!(
+        answer["acked"], 1,
+        "the room's ack of a's offer rode on b's answer: {answer}"
+    );
+    // a acknowledges the answer inside its next frame; b's ack rides on that one.
+    a.send(
+        json!({"type":"signal","to":b.peer_id(),"payload":"candidate","cseq":2,"ack":a.last_seq}),
+    );
+    let candidate = b.expect("signal").await;
+    assert_eq!(candidate["acked"], 1, "{candidate}");
+    // A client without `caps=acks` is sent its acks as frames of their own.
+    let mut c = Client::join(&e.open, &room, "").await;
+    c.signal_cseq(&b.peer_id(), json!("hello"), 1);
+    let hello = loop {
+        let f = b.next().await;
+        if f["type"] == "signal" {
+            break f;
+        }
+    };
+    b.send(json!({"type":"signal","to":c.peer_id(),"payload":"hi","cseq":2,"ack":hello["seq"]}));
+    let seen = c.wait_ack(1).await;
+    assert!(
+        seen.iter().all(|f| f.get("acked").is_none()),
+        "no acked without caps=acks: {seen:?}"
+    );
 }

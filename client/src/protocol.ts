@@ -70,7 +70,8 @@ export interface SignalFrame {
   from: string;
   /** The sender's `cseq` (v1.1), when it used one. */
   cseq?: number;
-  payload: unknown;
+  payload: unknown;  /** The room's `ack` of this client's frames riding on this frame (v1.2, `caps=acks`): applied after the frame. */
+  acked?: number;
 }
 
 export interface RelayFrame {
@@ -79,7 +80,8 @@ export interface RelayFrame {
   from: string;
   /** The sender's `cseq` (v1.1), when it used one. */
   cseq?: number;
-  data: unknown;
+  data: unknown;  /** The room's `ack` of this client's frames riding on this frame (v1.2, `caps=acks`): applied after the frame. */
+  acked?: number;
 }
 
 export interface ErrorFrame {
@@ -94,6 +96,8 @@ export interface ErrorFrame {
   expected?: number;
   /** `rate_limited`: how long until the room accepts frames again. */
   retry_after_ms?: number;
+  /** The room's `ack` riding on this frame (v1.2, `caps=acks`): applied after the frame. */
+  acked?: number;
 }
 
 /** The room accepted every client frame up to `cseq` (v1.1). */
@@ -177,7 +181,7 @@ export function parseServerFrame(text: string): ServerFrame | null {
     case "error": {
       if (typeof value.code !== "string") return null;
       const frame: ErrorFrame = { type: "error", code: value.code, message: typeof value.message === "string" ? value.message : "" };
-      for (const key of ["cseq", "seq", "expected", "retry_after_ms"] as const) {
+      for (const key of ["cseq", "seq", "expected", "retry_after_ms", "acked"] as const) {
         const n = value[key];
         if (typeof n === "number" && Number.isSafeInteger(n) && n >= 0) frame[key] = n;
       }

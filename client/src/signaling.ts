@@ -32,6 +32,7 @@ import {
   type RelaysChangedFrame,
   type RoomLimits,
   type SequencedFrame,
+  type ServerFrame,
   type WelcomeFrame,
 } from "./protocol.js";
 
@@ -153,8 +154,11 @@ const SERVER_CODES: ReadonlySet<string> = new Set<ServerErrorCode>([
   "internal",
 ]);
 
-/** Room of the `cseq` field in a frame (`,"cseq":<up to 16 digits>`), counted when checking the size limit. */
-const CSEQ_OVERHEAD = 24;
+/**
+ * Room of the fields the connection adds to a frame (`,"cseq":<up to 16 digits>` and
+ * `,"ack":<up to 16 digits>`), counted when checking the size limit.
+ */
+const FIELDS_OVERHEAD = 24 + 23;
 
 function byteLength(text: string): number {
   return new TextEncoder().encode(text).length;
@@ -349,7 +353,7 @@ export class SignalingConnection {
       return Promise.reject(this.error("closed", "the room was left"));
     }
     const bytes = byteLength(JSON.stringify(frame));
-    if (bytes + CSEQ_OVERHEAD > this.limits.max_frame_bytes) {
+    if (bytes + FIELDS_OVERHEAD > this.limits.max_frame_bytes) {
       return Promise.reject(
         this.error("payload_too_large", `a ${bytes}-byte frame exceeds the room's ${this.limits.max_frame_bytes}-byte limit`),
       );
@@ -400,8 +404,9 @@ export class SignalingConnection {
     const url = new URL(this.options.url);
     if (this.options.meta !== undefined) url.searchParams.set("meta", JSON.stringify(this.options.meta));
     if (token !== undefined) url.searchParams.set("token", token);
-    // This client handles `relays-changed`: the room pushes relay failover to it.
-    url.searchParams.set("caps", "relays");
+    // This client handles `relays-changed` (the room pushes relay failover to it) and reads
+    // `acked` on the frames it is sent (the room's acks ride on them, v1.2).
+    url.searchParams.set("caps", "relays,acks");
     if (this.resumeTokenValue !== undefined) {
       url.searchParams.set("resume", this.resumeTokenValue);
       url.searchParams.set("last_seq", String(this.lastSeqValue));
@@ -584,6 +589,14 @@ export class SignalingConnection {
       this.emitError(this.error("internal", "the server sent a frame this client does not understand"));
       return;
     }
+    this.onFrame(frame);
+    // The room's ack riding on the frame (v1.2) counts after the frame: a refusal it carries
+    // is read first.
+    const acked = "acked" in frame ? frame.acked : undefined;
+    if (typeof acked === "number" && Number.isSafeInteger(acked) && acked >= 0) this.onAck(acked);
+  }
+
+  private onFrame(frame: ServerFrame): void {
     switch (frame.type) {
       case "welcome":
         this.onWelcome(frame);
@@ -846,7 +859,14 @@ export class SignalingConnection {
       if (!this.canWrite(entry.bytes) || !this.takeToken()) break;
       if (this.rev >= 1) {
         if (entry.cseq === 0) entry.cseq = this.nextCseq++;
-        ws.send(JSON.stringify({ ...entry.frame, cseq: entry.cseq }));
+        const wire: Record<string, unknown> = { ...entry.frame, cseq: entry.cseq };
+        if (this.rev >= 2 && this.lastSeqValue > 0) {
+          // The frame carries this client's ack (v1.2): no `ack` frame of its own is needed.
+          wire.ack = this.lastSeqValue;
+          this.lastAckedSeq = this.lastSeqValue;
+          this.ackTimer.clear();
+        }
+        ws.send(JSON.stringify(wire));
         this.written += 1;
       } else {
         ws.send(JSON.stringify(entry.frame));

@@ -202,3 +202,42 @@ test("a frame delivered again after a Worker restart (same sender and cseq, new 
   server.last.receive({ type: "signal", seq: 5, from: "p2", payload: "v1 sender, no cseq" });
   assert.deepEqual(frames.map((f) => f.payload ?? f.data), ["a", "b", "other sender", "v1 sender, no cseq"]);
 });
+
+test("v1.2: every frame carries the client's ack, so no ack frame of its own goes out", async () => {
+  const { server, conn } = await joined({ ackDelayMs: 400 }, { rev: 2 });
+  const socket = server.last;
+  socket.receive({ type: "signal", seq: 1, from: "p2", cseq: 1, payload: "offer" });
+  socket.receive({ type: "signal", seq: 2, from: "p2", cseq: 2, payload: "candidate" });
+  void conn.send(signal(1));
+  assert.deepEqual(written(socket).map((f) => [f.cseq, f.ack]), [[1, 2]]);
+  mock.timers.tick(5000);
+  assert.deepEqual(socket.frames().filter((f) => f.type === "ack"), [], "the ack rode on the signal");
+  // Something received after the last frame it wrote is acknowledged on its own, after the delay.
+  socket.receive({ type: "signal", seq: 3, from: "p2", cseq: 3, payload: "late" });
+  mock.timers.tick(400);
+  assert.deepEqual(socket.frames().filter((f) => f.type === "ack"), [{ type: "ack", seq: 3 }]);
+});
+
+test("v1.1 rooms get no ack inside frames", async () => {
+  const { server, conn } = await joined();
+  server.last.receive({ type: "signal", seq: 1, from: "p2", cseq: 1, payload: "offer" });
+  void conn.send(signal(1));
+  assert.equal(written(server.last)[0].ack, undefined);
+});
+
+test("v1.2: the room's ack riding on a frame settles sends, after the frame it rides on", async () => {
+  const { server, conn, frames } = await joined({}, { rev: 2 });
+  const socket = server.last;
+  const first = track(conn.send(signal(1)));
+  const second = track(conn.send(signal(2)));
+  socket.receive({ type: "signal", seq: 1, from: "p2", cseq: 1, payload: "answer", acked: 1 });
+  await settle();
+  assert.deepEqual(frames.map((f) => f.payload), ["answer"]);
+  assert.deepEqual([first.state, second.state], ["resolved", "pending"]);
+  // A refusal carrying the ack of the frame it refuses: the refusal counts, not a success.
+  socket.receive({ type: "error", seq: 2, code: "unknown_peer", message: "no such peer", cseq: 2, acked: 2 });
+  await settle();
+  assert.equal(second.state, "rejected");
+  assert.equal(second.error.code, "unknown_peer");
+  assert.equal(conn.queuedFrames, 0);
+});

@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = switchboard_proto::auth::verify_jwt(&text, b"k", Millis(0));
 
     let Some(name) = RoomName::parse("fuzz") else { return };
-    let cfg = RoomConfig { name, limits: Limits::default(), ice: IceConfig::default() };
+    let cfg = RoomConfig { name, limits: Limits::default(), ice: IceConfig::default(), sfu: None };
     let mut room = Room::new(cfg);
     let now = Millis(1_700_000_000_000);
     for id in [1u8, 2] {
@@ -29,6 +29,7 @@ fuzz_target!(|data: &[u8]| {
                 fresh_token: ResumeToken::from_random([id; 16]),
                 fresh_trace: TraceId::from_random([id; 8]),
                 user: None,
+                reads_acked: true,
             },
             now,
         );

@@ -261,6 +261,8 @@ pub struct Client {
     since_ack: u32,
     /// How often a client that is behind sends `ack`: `welcome.limits.ack_delay_ms`, else 1 s.
     ack_period: Duration,
+    /// The room speaks v1.2 (`welcome.rev` >= 2): the client's ack rides on its frames.
+    acks_ride: bool,
     heartbeat: Duration,
     unanswered_pings: u32,
     /// Members known to be present: client index -> peer id (v1), or the plan (echo, PeerJS).
@@ -321,6 +323,7 @@ impl Client {
             acked_seq: 0,
             since_ack: 0,
             ack_period: Duration::from_secs(1),
+            acks_ride: false,
             heartbeat,
             unanswered_pings: 0,
             known,
@@ -336,14 +339,16 @@ impl Client {
         match self.cfg.mode {
             Mode::V1 => {
                 let meta = wire::urlencode(&format!(r#"{{"c":{}}}"#, self.idx));
+                // v1.1 clients read `acked` on the frames they are sent (v1.2, `caps=acks`).
+                let caps = if self.cfg.cseq { "&caps=acks" } else { "" };
                 match (&self.resume_token, resume) {
                     (Some(t), true) => format!(
-                        "/v1/rooms/{}?meta={meta}&resume={}&last_seq={}",
+                        "/v1/rooms/{}?meta={meta}{caps}&resume={}&last_seq={}",
                         self.room,
                         wire::urlencode(t),
                         self.last_seq
                     ),
-                    _ => format!("/v1/rooms/{}?meta={meta}", self.room),
+                    _ => format!("/v1/rooms/{}?meta={meta}{caps}", self.room),
                 }
             }
             Mode::Echo => format!("/v1/rooms/{}", self.room),
@@ -447,6 +452,7 @@ impl Client {
         if let Some(ms) = f.limits.as_ref().and_then(|l| l.ack_delay_ms) {
             self.ack_period = Duration::from_millis(ms.clamp(10, 60_000));
         }
+        self.acks_ride = self.cfg.cseq && f.rev.unwrap_or(0) >= 2;
         self.known.clear();
         for p in f.peers.iter().flatten() {
             if let Some(c) = p.meta.and_then(|m| m.c) {
@@ -857,6 +863,10 @@ impl Client {
             }
             _ => {}
         }
+        // The room's ack riding on a frame (v1.2) counts after the frame.
+        if let Some(cseq) = f.acked {
+            self.confirm(cseq);
+        }
         if self.since_ack >= self.cfg.ack_every
             && let Err(e) = self.ack(ws).await
         {
@@ -947,8 +957,15 @@ impl Client {
         ws.send(Message::text(frame)).await
     }
 
-    /// Closes a v1 frame opened by `head`, adding `cseq` (and keeping it in the outbox) in v1.1 mode.
-    fn v1_frame(&mut self, head: String) -> String {
+    /// Closes a v1 frame opened by `head`, adding `cseq` (and keeping it in the outbox) in v1.1
+    /// mode, and the client's ack when the room speaks v1.2 (a resend after a resume carries the
+    /// ack it was first written with: acks are cumulative, an old one changes nothing).
+    fn v1_frame(&mut self, mut head: String) -> String {
+        if self.acks_ride && self.last_seq > 0 {
+            head.push_str(&format!(r#","ack":{}"#, self.last_seq));
+            self.acked_seq = self.last_seq;
+            self.since_ack = 0;
+        }
         if self.cfg.cseq {
             self.outbox
                 .push(|c| format!(r#"{head},"cseq":{c}}}"#))

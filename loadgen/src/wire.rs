@@ -85,7 +85,7 @@ pub struct Incoming<'a> {
     pub heartbeat_ms: Option<u64>,
     /// `welcome.limits` (v1.1).
     pub limits: Option<WelcomeLimits>,
-    /// `welcome.rev` (1 announces protocol v1.1).
+    /// `welcome.rev` (1 announces protocol v1.1, 2 v1.2).
     pub rev: Option<u64>,
     /// `welcome.cseq`, `ack.cseq`, `error.cseq`.
     pub cseq: Option<u64>,
@@ -95,6 +95,8 @@ pub struct Incoming<'a> {
     pub expected: Option<u64>,
     /// `error.retry_after_ms` of `rate_limited`.
     pub retry_after_ms: Option<u64>,
+    /// The room's ack riding on a `signal`, `relay` or `error` (v1.2).
+    pub acked: Option<u64>,
 }
 
 /// The part of `welcome.limits` loadgen uses.
@@ -159,10 +161,15 @@ mod tests {
             Some(3)
         );
         let s: Incoming = serde_json::from_str(
-            r#"{"type":"signal","seq":4,"from":"b","payload":{"c":3,"n":0,"t":5,"p":""}}"#,
+            r#"{"acked":9,"type":"signal","seq":4,"from":"b","payload":{"c":3,"n":0,"t":5,"p":""}}"#,
         )
         .unwrap();
         assert_eq!(s.seq, Some(4));
+        assert_eq!(
+            s.acked,
+            Some(9),
+            "the room's ack riding on the frame (v1.2)"
+        );
         assert_eq!(
             parse_probe(s.payload.unwrap().get()),
             Some(Probe { c: 3, n: 0, t: 5 })

@@ -26,5 +26,6 @@ pub use wire::ErrorCode;
 /// The protocol version spoken by this crate, sent in `welcome.v`.
 pub const PROTOCOL_VERSION: u32 = 1;
 
-/// The revision of the version's backward-compatible additions, sent in `welcome.rev` (v1.1).
-pub const PROTOCOL_REV: u32 = 1;
+/// The revision of the version's backward-compatible additions, sent in `welcome.rev`: 1 added
+/// acked client frames (v1.1), 2 the `ack` a client frame may carry and `acked` (v1.2).
+pub const PROTOCOL_REV: u32 = 2;

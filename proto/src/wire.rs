@@ -161,10 +161,14 @@ impl LeaveReason {
     }
 }
 
+/// The `caps` name of a client that reads `acked` on the frames it is sent (v1.2): the room's
+/// `ack` to it may ride on a frame it is sent anyway instead of coming as a frame of its own.
+pub const CAP_ACKS: &str = "acks";
+
 /// A frame a client sent, borrowed from the text it came in.
 #[derive(Debug)]
 pub enum ClientFrame<'a> {
-    /// `{"type":"signal","to":…,"payload":…,"cseq":n?}`: to one peer.
+    /// `{"type":"signal","to":…,"payload":…,"cseq":n?,"ack":s?}`: to one peer.
     Signal {
         /// The addressee.
         to: PeerId,
@@ -172,15 +176,19 @@ pub enum ClientFrame<'a> {
         payload: &'a RawValue,
         /// The client's sequence number (v1.1), if it sent one.
         cseq: Option<u64>,
+        /// An `ack` carried by the frame (v1.2), if it carried one.
+        ack: Option<Seq>,
     },
-    /// `{"type":"broadcast","payload":…,"cseq":n?}`: to every other peer, as `signal`.
+    /// `{"type":"broadcast","payload":…,"cseq":n?,"ack":s?}`: to every other peer, as `signal`.
     Broadcast {
         /// Passed through untouched.
         payload: &'a RawValue,
         /// The client's sequence number (v1.1), if it sent one.
         cseq: Option<u64>,
+        /// An `ack` carried by the frame (v1.2), if it carried one.
+        ack: Option<Seq>,
     },
-    /// `{"type":"relay","to":…,"data":…,"cseq":n?}`: data over the WebSocket, the last rung.
+    /// `{"type":"relay","to":…,"data":…,"cseq":n?,"ack":s?}`: data over the WebSocket, the last rung.
     Relay {
         /// The addressee.
         to: PeerId,
@@ -188,6 +196,8 @@ pub enum ClientFrame<'a> {
         data: &'a RawValue,
         /// The client's sequence number (v1.1), if it sent one.
         cseq: Option<u64>,
+        /// An `ack` carried by the frame (v1.2), if it carried one.
+        ack: Option<Seq>,
     },
     /// `{"type":"ack","seq":n}`: frames up to `seq` were processed.
     Ack {
@@ -242,6 +252,8 @@ struct RawFrame<'a> {
     seq: Option<&'a RawValue>,
     #[serde(borrow)]
     cseq: Option<&'a RawValue>,
+    #[serde(borrow)]
+    ack: Option<&'a RawValue>,
 }
 
 /// Parses one client text frame. Size and rate limits are checked by the caller first.
@@ -269,15 +281,21 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame<'_>, FrameError> {
                     to: peer_field(raw.to)?,
                     payload: required(raw.payload, "`signal` needs a non-null `payload`")?,
                     cseq,
+                    ack: ack_field(raw.ack)?,
                 })
             };
             frame().map_err(|e: FrameError| e.with_cseq(cseq))
         }
         "broadcast" => {
             let cseq = cseq_field(raw.cseq)?;
-            let payload = required(raw.payload, "`broadcast` needs a non-null `payload`")
-                .map_err(|e| e.with_cseq(cseq))?;
-            Ok(ClientFrame::Broadcast { payload, cseq })
+            let frame = || {
+                Ok(ClientFrame::Broadcast {
+                    payload: required(raw.payload, "`broadcast` needs a non-null `payload`")?,
+                    cseq,
+                    ack: ack_field(raw.ack)?,
+                })
+            };
+            frame().map_err(|e: FrameError| e.with_cseq(cseq))
         }
         "relay" => {
             let cseq = cseq_field(raw.cseq)?;
@@ -286,6 +304,7 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame<'_>, FrameError> {
                     to: peer_field(raw.to)?,
                     data: required(raw.data, "`relay` needs a non-null `data`")?,
                     cseq,
+                    ack: ack_field(raw.ack)?,
                 })
             };
             frame().map_err(|e: FrameError| e.with_cseq(cseq))
@@ -318,6 +337,14 @@ fn cseq_field(v: Option<&RawValue>) -> Result<Option<u64>, FrameError> {
             "`cseq` must be an integer >= 1",
         )),
     }
+}
+
+/// `ack` carried by a frame (v1.2): absent (or `null`), or an integer >= 0.
+fn ack_field(v: Option<&RawValue>) -> Result<Option<Seq>, FrameError> {
+    let Some(v) = v else { return Ok(None) };
+    serde_json::from_str::<u64>(v.get())
+        .map(|n| Some(Seq(n)))
+        .map_err(|_| FrameError::new(ErrorCode::InvalidFrame, "`ack` must be an integer >= 0"))
 }
 
 fn required<'a>(v: Option<&'a RawValue>, why: &'static str) -> Result<&'a RawValue, FrameError> {
@@ -642,8 +669,14 @@ mod tests {
         match parse_client_frame(r#"{"type":"signal","to":"ab12","payload":{"sdp":"v=0"}}"#)
             .unwrap()
         {
-            ClientFrame::Signal { to, payload, cseq } => {
+            ClientFrame::Signal {
+                to,
+                payload,
+                cseq,
+                ack,
+            } => {
                 assert_eq!(cseq, None);
+                assert_eq!(ack, None);
                 assert_eq!(to.as_str(), "ab12");
                 assert_eq!(payload.get(), r#"{"sdp":"v=0"}"#);
             }
@@ -653,9 +686,17 @@ mod tests {
             ClientFrame::Broadcast { payload, .. } => assert_eq!(payload.get(), "[1, 2]"),
             other => panic!("{other:?}"),
         }
-        match parse_client_frame(r#"{"type":"relay","to":"x","data":"hi","cseq":7}"#).unwrap() {
-            ClientFrame::Relay { to, data, cseq } => {
+        match parse_client_frame(r#"{"type":"relay","to":"x","data":"hi","cseq":7,"ack":0}"#)
+            .unwrap()
+        {
+            ClientFrame::Relay {
+                to,
+                data,
+                cseq,
+                ack,
+            } => {
                 assert_eq!(cseq, Some(7));
+                assert_eq!(ack, Some(Seq(0)));
                 assert_eq!(to.as_str(), "x");
                 assert_eq!(data.get(), r#""hi""#);
             }

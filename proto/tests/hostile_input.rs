@@ -106,6 +106,7 @@ fn garbage_never_panics_and_the_room_keeps_routing() {
                 fresh_token: ResumeToken::from_random([id; 16]),
                 fresh_trace: TraceId::from_random([id; 8]),
                 user: None,
+                reads_acked: true,
             },
             now,
         );

@@ -36,6 +36,8 @@ struct Harness {
     ops: Vec<String>,
     logs: Vec<(&'static str, Option<&'static str>)>,
     limits: Limits,
+    /// Whether the clients joining from now on say `caps=acks` (v1.2).
+    reads_acked: bool,
 }
 
 struct Client {
@@ -93,6 +95,7 @@ impl Harness {
             ops: Vec::new(),
             logs: Vec::new(),
             limits,
+            reads_acked: false,
         }
     }
 
@@ -194,6 +197,7 @@ impl Harness {
                 fresh_token,
                 fresh_trace: TraceId::from_random([n; 8]),
                 user: None,
+                reads_acked: self.reads_acked,
             },
             now,
         );
@@ -330,7 +334,7 @@ fn join_presence_and_welcome() {
             .unwrap()
             .ends_with(&format!(":{user}"))
     );
-    assert_eq!(w["rev"], 1);
+    assert_eq!(w["rev"], 2);
     assert_eq!(w["cseq"], 0);
     assert_eq!(
         w["limits"],
@@ -1394,4 +1398,124 @@ fn after_a_restart_a_sender_continues_after_its_last_ack_once() {
     let errs = h.take(a2.conn);
     assert_eq!(errs[0]["code"], "out_of_order", "{errs:?}");
     assert_eq!(errs[0]["expected"], 5);
+}
+
+/// A pair whose clients joined with `caps=acks` (v1.2).
+fn pair_reading_acked() -> (Harness, Client, Client) {
+    let mut h = Harness::new();
+    h.reads_acked = true;
+    let a = h.join(T0);
+    let b = h.join(T0);
+    h.take(a.conn);
+    (h, a, b)
+}
+
+#[test]
+fn an_ack_carried_by_a_frame_settles_and_the_room_s_ack_rides_on_the_reply() {
+    let (mut h, a, b) = pair_reading_acked();
+    h.checkpoint(T0.plus(1));
+    h.send(&a, cseq_signal(&b.peer, json!("offer"), 1), T0.plus(10));
+    let got = h.take(b.conn);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(h.take(a.conn).is_empty(), "not settled before b's ack");
+    // b answers and, in the same frame, acknowledges what it read.
+    let mut answer = cseq_signal(&a.peer, json!("answer"), 1);
+    answer["ack"] = got[0]["seq"].clone();
+    h.ops.clear();
+    let frames_out = h.room.stats().frames_out;
+    h.send(&b, answer, T0.plus(20));
+    // One frame to a: b's signal, carrying the room's ack of a's cseq 1.
+    let to_a = h.take(a.conn);
+    assert_eq!(to_a.len(), 1, "the ack rode on the signal: {to_a:?}");
+    assert_eq!(to_a[0]["type"], "signal");
+    assert_eq!(to_a[0]["payload"], "answer");
+    assert_eq!(to_a[0]["acked"], 1);
+    assert!(
+        !h.ops.iter().any(|o| o == "store"),
+        "nothing written: {:?}",
+        h.ops
+    );
+    assert_eq!(
+        h.room.stats().frames_out,
+        frames_out + 1,
+        "one frame went out"
+    );
+}
+
+#[test]
+fn without_caps_acks_the_room_s_ack_is_a_frame_of_its_own() {
+    let (mut h, a, b) = Harness::pair();
+    h.send(&a, cseq_signal(&b.peer, json!("offer"), 1), T0.plus(10));
+    let got = h.take(b.conn);
+    let mut answer = cseq_signal(&a.peer, json!("answer"), 1);
+    answer["ack"] = got[0]["seq"].clone();
+    h.send(&b, answer, T0.plus(20));
+    let to_a = h.take(a.conn);
+    assert_eq!(to_a.len(), 2, "{to_a:?}");
+    assert!(to_a.iter().all(|f| f.get("acked").is_none()), "{to_a:?}");
+    assert!(to_a.contains(&json!({"type":"ack","cseq":1})), "{to_a:?}");
+}
+
+#[test]
+fn a_carried_ack_counts_even_when_its_frame_is_refused() {
+    let (mut h, a, b) = pair_reading_acked();
+    h.send(&a, cseq_signal(&b.peer, json!(1), 1), T0.plus(10));
+    let got = h.take(b.conn);
+    // b skips a cseq: the frame is refused out_of_order, its ack still counts.
+    let mut gap = cseq_signal(&a.peer, json!(1), 5);
+    gap["ack"] = got[0]["seq"].clone();
+    h.send(&b, gap, T0.plus(20));
+    assert_eq!(h.take(a.conn), vec![json!({"type":"ack","cseq":1})]);
+    assert_eq!(h.take(b.conn)[0]["code"], "out_of_order");
+}
+
+#[test]
+fn a_refusal_carries_the_ack_after_it() {
+    let (mut h, a, _b) = pair_reading_acked();
+    let nobody = PeerId::from_random([99; 8]);
+    h.send(&a, cseq_signal(&nobody, json!(1), 1), T0.plus(10));
+    // The sequenced refusal of cseq 1 and the room's ack of it come as one frame; `acked` is
+    // applied after the frame that carries it, so the client rejects cseq 1 first.
+    let to_a = h.take(a.conn);
+    assert_eq!(to_a.len(), 1, "{to_a:?}");
+    assert_eq!(to_a[0]["type"], "error");
+    assert_eq!(to_a[0]["code"], "unknown_peer");
+    assert_eq!(to_a[0]["cseq"], 1);
+    assert_eq!(to_a[0]["acked"], 1);
+}
+
+#[test]
+fn a_frame_with_an_invalid_ack_is_refused_whole() {
+    let (mut h, a, b) = pair_reading_acked();
+    h.send(&a, cseq_signal(&b.peer, json!(1), 1), T0.plus(10));
+    let got = h.take(b.conn);
+    let mut bad = cseq_signal(&a.peer, json!(1), 1);
+    bad["ack"] = json!("7");
+    h.send(&b, bad, T0.plus(20));
+    let err = h.take(b.conn);
+    assert_eq!(err[0]["code"], "invalid_frame", "{err:?}");
+    assert_eq!(err[0]["cseq"], 1);
+    assert!(h.take(a.conn).iter().all(|f| f["type"] != "signal"));
+    // The ack was not applied: a's frame is still b's to acknowledge.
+    h.send(&b, json!({"type":"ack","seq":got[0]["seq"]}), T0.plus(30));
+    assert!(
+        h.take(a.conn)
+            .iter()
+            .any(|f| f["acked"] == 1 || f["type"] == "ack"),
+        "a hears its ack only now"
+    );
+}
+
+#[test]
+fn caps_acks_survives_hibernation() {
+    let (mut h, a, b) = pair_reading_acked();
+    h.hibernate(T0.plus(5));
+    h.send(&a, cseq_signal(&b.peer, json!("offer"), 1), T0.plus(10));
+    let got = h.take(b.conn);
+    let mut answer = cseq_signal(&a.peer, json!("answer"), 1);
+    answer["ack"] = got[0]["seq"].clone();
+    h.send(&b, answer, T0.plus(20));
+    let to_a = h.take(a.conn);
+    assert_eq!(to_a.len(), 1, "{to_a:?}");
+    assert_eq!(to_a[0]["acked"], 1);
 }

@@ -27,7 +27,7 @@ use crate::registry;
 
 /// Internal query parameter of `join`: the joining client's region (for the room's first pin).
 pub const Q_REGION: &str = "region";
-/// Internal query parameter of `join`: the client's capabilities (`relays`).
+/// Internal query parameter of `join`: the client's capabilities (`relays`, `acks`).
 pub const Q_CAPS: &str = "caps";
 /// The capability of a client that handles `relays-changed`.
 pub const CAP_RELAYS: &str = "relays";
@@ -39,9 +39,9 @@ struct KvRow {
     value: String,
 }
 
-/// Whether a `caps` value (comma-separated) names [`CAP_RELAYS`].
-pub fn wants_relays(caps: Option<&str>) -> bool {
-    caps.is_some_and(|c| c.split(',').any(|x| x.trim() == CAP_RELAYS))
+/// Whether a `caps` value (comma-separated) names `cap`.
+pub fn has_cap(caps: Option<&str>, cap: &str) -> bool {
+    caps.is_some_and(|c| c.split(',').any(|x| x.trim() == cap))
 }
 
 impl Inner {

@@ -36,7 +36,7 @@ test("half-open socket: 50 signals sent into it reach B exactly once after the r
       window.__states = [];
       window.switchboardDemo.room.on("signaling-state", (s) => window.__states.push(s));
     });
-    assert.equal(await a.evaluate(() => window.switchboardDemo.room.diagnostics().signaling.rev), 1, "the room speaks v1.1");
+    assert.equal(await a.evaluate(() => window.switchboardDemo.room.diagnostics().signaling.rev), 2, "the room speaks v1.2");
 
     const lift = blackholeTcpPort(FORWARDER_PORT);
     t.after(lift);

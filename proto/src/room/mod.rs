@@ -36,7 +36,7 @@ pub use queue::{StoredFrame, StoredQueue};
 use crate::ice::IceConfig;
 use crate::limits::{Limits, TokenBucket};
 use crate::sfu_token::SfuConfig;
-use crate::types::{ConnId, Meta, Millis, PeerId, ResumeToken, RoomName, TraceId, UserId};
+use crate::types::{ConnId, Meta, Millis, PeerId, ResumeToken, RoomName, Seq, TraceId, UserId};
 use crate::wire::{
     self, ClientFrame, ErrorCode, ErrorInfo, FrameError, LeaveReason, PeerInfo, SeqBody,
     ServerFrame, WireLimits,
@@ -115,6 +115,9 @@ pub struct Join {
     pub fresh_trace: TraceId,
     /// The stable user behind the socket, from the router; absent: the peer id.
     pub user: Option<UserId>,
+    /// The client joined with `caps=acks` (v1.2): it reads `acked` on delivered frames, so the
+    /// room's `ack` to it may ride on a `signal` or `relay` it is sent anyway.
+    pub reads_acked: bool,
 }
 
 /// `?resume=<token>&last_seq=<n>`.
@@ -246,6 +249,9 @@ pub struct PeerRecord {
     /// The stable user behind the peer, if the router named one.
     #[serde(default)]
     pub user: Option<UserId>,
+    /// The live socket's client reads `acked` on delivered frames (`caps=acks`, v1.2).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reads_acked: bool,
 }
 
 /// Counters reported by the stats endpoint; persisted so they survive hibernation.
@@ -382,7 +388,19 @@ pub struct Room {
     nondurable: usize,
     /// Rows were trimmed since the last body collection.
     gc_due: bool,
+    /// While a client frame is handled: the room's `ack`s and sequenced frames to clients that
+    /// read `acked`, so the `ack`s can ride on those frames ([`Room::fold_acks`]).
+    fold: Option<Fold>,
     out: Vec<Output>,
+}
+
+/// The sends of one event that [`Room::fold_acks`] may merge, as indices into `Room::out`.
+#[derive(Debug, Default)]
+struct Fold {
+    /// `ack` frames: socket, acknowledged `cseq`, index.
+    acks: Vec<(ConnId, u64, usize)>,
+    /// Sequenced frames: socket, index.
+    frames: Vec<(ConnId, usize)>,
 }
 
 impl Room {
@@ -401,6 +419,7 @@ impl Room {
             room_bytes: 0,
             nondurable: 0,
             gc_due: false,
+            fold: None,
             out: Vec::new(),
         }
     }
@@ -591,9 +610,10 @@ impl Room {
             fresh_token,
             fresh_trace,
             user,
+            reads_acked,
         } = join;
         if let Some(req) = resume {
-            match self.try_resume(conn, req, now) {
+            match self.try_resume(conn, req, reads_acked, now) {
                 Ok(()) => return,
                 Err(why) => {
                     self.send_error(conn, None, ErrorInfo::new(ErrorCode::ResumeFailed, why));
@@ -630,6 +650,7 @@ impl Room {
             cseq_hi: 0,
             trace_id: fresh_trace,
             user,
+            reads_acked,
         };
         let peer = Peer {
             rec,
@@ -664,6 +685,7 @@ impl Room {
         &mut self,
         conn: ConnId,
         req: ResumeRequest,
+        reads_acked: bool,
         now: Millis,
     ) -> Result<(), &'static str> {
         let digest = req.token.digest();
@@ -693,6 +715,7 @@ impl Room {
             }
             let old = p.conn();
             p.rec.conn = Some(conn.0);
+            p.rec.reads_acked = reads_acked;
             p.rec.conn_since = now;
             p.rec.away_since = None;
             p.last_heard = now;
@@ -762,6 +785,12 @@ impl Room {
 
     /// A text frame arrived on a socket.
     pub fn handle_text(&mut self, conn: ConnId, text: &str, now: Millis) {
+        self.fold = Some(Fold::default());
+        self.handle_frame(conn, text, now);
+        self.fold_acks();
+    }
+
+    fn handle_frame(&mut self, conn: ConnId, text: &str, now: Millis) {
         let Some(from) = self.by_conn.get(&conn).cloned() else {
             self.out.push(Output::Close {
                 conn,
@@ -891,36 +920,37 @@ impl Room {
     }
 
     fn dispatch(&mut self, conn: ConnId, from: &PeerId, frame: ClientFrame<'_>, now: Millis) {
-        let cseq = match &frame {
-            ClientFrame::Signal { cseq, .. }
-            | ClientFrame::Broadcast { cseq, .. }
-            | ClientFrame::Relay { cseq, .. } => *cseq,
-            _ => None,
+        let (cseq, ack) = match &frame {
+            ClientFrame::Signal { cseq, ack, .. }
+            | ClientFrame::Broadcast { cseq, ack, .. }
+            | ClientFrame::Relay { cseq, ack, .. } => (*cseq, *ack),
+            _ => (None, None),
         };
+        // An `ack` the frame carries counts as an `ack` frame just before it, whatever
+        // becomes of the frame itself.
+        if let Some(seq) = ack {
+            self.client_ack(from, seq, now);
+        }
         match self.gate(conn, from, cseq, now) {
             Gate::Process => {}
             Gate::Duplicate => return self.settle(from, now),
             Gate::Gap => return,
         }
         match frame {
-            ClientFrame::Signal { to, payload, cseq } => {
+            ClientFrame::Signal {
+                to, payload, cseq, ..
+            } => {
                 let body = SeqBody::signal(from, cseq, payload);
                 self.unicast(conn, from, &to, body, cseq, now);
             }
-            ClientFrame::Relay { to, data, cseq } => {
+            ClientFrame::Relay { to, data, cseq, .. } => {
                 let body = SeqBody::relay(from, cseq, data);
                 self.unicast(conn, from, &to, body, cseq, now);
             }
-            ClientFrame::Broadcast { payload, cseq } => {
+            ClientFrame::Broadcast { payload, cseq, .. } => {
                 self.broadcast(conn, from, payload, cseq, now)
             }
-            ClientFrame::Ack { seq } => {
-                let last_sent = self
-                    .peers
-                    .get(from)
-                    .map_or(0, |p| p.next_seq.saturating_sub(1));
-                self.trim(from, seq.0.min(last_sent), now);
-            }
+            ClientFrame::Ack { seq } => self.client_ack(from, seq, now),
             ClientFrame::Leave => self.leave(conn, from, now),
             ClientFrame::Ping => {
                 self.out.push(Output::Send {
@@ -930,6 +960,53 @@ impl Room {
                 self.counters.frames_out += 1;
             }
         }
+    }
+
+    /// The client processed every frame up to `seq` (never past what it was sent).
+    fn client_ack(&mut self, from: &PeerId, seq: Seq, now: Millis) {
+        let last_sent = self
+            .peers
+            .get(from)
+            .map_or(0, |p| p.next_seq.saturating_sub(1));
+        self.trim(from, seq.0.min(last_sent), now);
+    }
+
+    /// Ends a client frame's event: each `ack` to a client that reads `acked` (v1.2) rides, as
+    /// `"acked":n`, on the last sequenced frame this event sends that client, instead of going
+    /// out as a frame of its own. An `ack` with no such frame to ride on is sent as it is.
+    fn fold_acks(&mut self) {
+        let Some(Fold { acks, frames }) = self.fold.take() else {
+            return;
+        };
+        if acks.is_empty() || frames.is_empty() {
+            return;
+        }
+        let mut folded = Vec::new();
+        let mut carried: Vec<(usize, u64)> = Vec::new();
+        for (conn, cseq, at) in acks {
+            let Some(&(_, frame)) = frames.iter().rev().find(|(c, _)| *c == conn) else {
+                continue;
+            };
+            folded.push(at);
+            match carried.iter_mut().find(|(i, _)| *i == frame) {
+                Some((_, n)) => *n = (*n).max(cseq),
+                None => carried.push((frame, cseq)),
+            }
+        }
+        for (frame, cseq) in carried {
+            if let Some(Output::Send { text, .. }) = self.out.get_mut(frame)
+                && text.starts_with('{')
+            {
+                text.insert_str(1, &format!("\"acked\":{cseq},"));
+            }
+        }
+        let mut i = 0;
+        self.out.retain(|_| {
+            let keep = !folded.contains(&i);
+            i += 1;
+            keep
+        });
+        self.counters.frames_out = self.counters.frames_out.saturating_sub(folded.len() as u64);
     }
 
     fn unicast(
@@ -1061,8 +1138,11 @@ impl Room {
             p.dirty = true;
         }
         p.ack_wanted = false;
-        let (conn, cseq) = (p.conn(), p.rec.cseq_hi);
+        let (conn, cseq, reads_acked) = (p.conn(), p.rec.cseq_hi, p.rec.reads_acked);
         if let Some(conn) = conn {
+            if reads_acked && let Some(fold) = &mut self.fold {
+                fold.acks.push((conn, cseq, self.out.len()));
+            }
             self.out.push(Output::Send {
                 conn,
                 text: wire::ack_frame(cseq),
@@ -1491,6 +1571,11 @@ impl Room {
             write_entry(&mut self.out, to, &mut entry);
         }
         if let Some(conn) = p.conn() {
+            if p.rec.reads_acked
+                && let Some(fold) = &mut self.fold
+            {
+                fold.frames.push((conn, self.out.len()));
+            }
             self.out.push(Output::Send {
                 conn,
                 text: body.frame.text(seq),

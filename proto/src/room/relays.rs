@@ -118,6 +118,7 @@ mod tests {
                 fresh_token: ResumeToken::from_random([n; 16]),
                 fresh_trace: TraceId::from_random([n; 8]),
                 user: None,
+                reads_acked: false,
             },
             Millis(1_000),
         );
