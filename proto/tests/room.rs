@@ -1519,3 +1519,50 @@ fn caps_acks_survives_hibernation() {
     assert_eq!(to_a.len(), 1, "{to_a:?}");
     assert_eq!(to_a[0]["acked"], 1);
 }
+
+#[test]
+fn a_busy_room_writes_its_records_when_it_goes_quiet_or_every_30_s() {
+    let (mut h, a, b) = Harness::pair();
+    // a acknowledges b's arrival, so no frame waits for a flush (which would write anyway).
+    h.send(&a, json!({"type":"ack","seq":1}), T0.plus(1));
+    h.checkpoint(T0.plus(2));
+    let mut t = T0.plus(10);
+    let mut n = 1;
+    // a and b exchange frames every 200 ms, acknowledging as they go, for 12 s.
+    let talk = |h: &mut Harness, until: Millis, t: &mut Millis, n: &mut u64| {
+        while *t < until {
+            h.send(&a, cseq_signal(&b.peer, json!(*n), *n), *t);
+            let got = h.take(b.conn);
+            h.send(&b, json!({"type":"ack","seq":got[0]["seq"]}), t.plus(1));
+            h.take(a.conn);
+            if let Some(due) = h.room.poll_checkpoint()
+                && due <= t.plus(1)
+            {
+                h.checkpoint(t.plus(1));
+            }
+            *n += 1;
+            *t = t.plus(200);
+        }
+    };
+    talk(&mut h, T0.plus(12_000), &mut t, &mut n);
+    assert_eq!(
+        h.records[a.peer.as_str()].cseq_hi,
+        0,
+        "no lazy batch while the room is busy"
+    );
+    assert!(h.counters.is_none(), "nor counters");
+    // Busy for the longest wait: the batch is written anyway.
+    talk(&mut h, T0.plus(31_000), &mut t, &mut n);
+    let written = h.records[a.peer.as_str()].cseq_hi;
+    assert!(written > 100, "written after 30 s: {written}");
+    // The room goes quiet: its next check writes what is left, and nothing stays due.
+    let settled = n - 1;
+    let due = h.room.poll_checkpoint().unwrap();
+    assert!(due <= t.plus(COUNTERS_EVERY_MS), "{due:?}");
+    h.checkpoint(due);
+    if let Some(next) = h.room.poll_checkpoint() {
+        h.checkpoint(next);
+    }
+    assert_eq!(h.records[a.peer.as_str()].cseq_hi, settled);
+    assert_eq!(h.room.poll_checkpoint(), None, "free to hibernate");
+}

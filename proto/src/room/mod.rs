@@ -76,6 +76,16 @@ pub const COUNTERS_EVERY_MS: u64 = 5000;
 /// counters, so that one wake-up's events share one write.
 const LAZY_DELAY_MS: u64 = 250;
 
+/// A room that received a client frame this recently is busy: its lazy batch
+/// waits (checked again every `COUNTERS_EVERY_MS`) until the room is quiet,
+/// or at most `LAZY_BUSY_MAX_MS` since the last batch. A busy room cannot
+/// hibernate anyway, and each batch is a write; a room that goes quiet
+/// writes at its next check.
+const BUSY_WITHIN_MS: u64 = 1000;
+
+/// The longest a busy room's records and counters wait to be written.
+pub const LAZY_BUSY_MAX_MS: u64 = 30_000;
+
 /// Presence frames (`peer-joined`, `peer-left`) to a connected peer are not
 /// written before delivery: the membership itself (the peer records) is
 /// written at once, every `welcome` (a resume's too) lists the members, and a
@@ -312,7 +322,7 @@ struct Peer {
     /// recipient queue holding one (a broadcast's frame once per recipient).
     inflight: BTreeMap<u64, u32>,
     /// The record changed and must be written by a later checkpoint (with
-    /// other writes, or within `COUNTERS_EVERY_MS`).
+    /// other writes, or lazily: see `handle_checkpoint`).
     dirty: bool,
     /// Restored from storage, where `rec.cseq_hi` may lag what the room had
     /// acknowledged (it is written lazily): the peer's first `cseq` frame may
@@ -379,6 +389,8 @@ pub struct Room {
     counters_dirty: bool,
     /// When counters were last written (unset until the first checkpoint or sweep).
     counters_written: Option<Millis>,
+    /// When the last client frame arrived.
+    last_frame: Option<Millis>,
     next_sweep: Option<Millis>,
     checkpoint_at: Option<Millis>,
     next_body_id: u64,
@@ -413,6 +425,7 @@ impl Room {
             counters: Counters::default(),
             counters_dirty: false,
             counters_written: None,
+            last_frame: None,
             next_sweep: None,
             checkpoint_at: None,
             next_body_id: 1,
@@ -791,6 +804,7 @@ impl Room {
     }
 
     fn handle_frame(&mut self, conn: ConnId, text: &str, now: Millis) {
+        self.last_frame = Some(now);
         let Some(from) = self.by_conn.get(&conn).cloned() else {
             self.out.push(Output::Close {
                 conn,
@@ -1324,7 +1338,8 @@ impl Room {
     /// acknowledges every client frame that is settled (written, or
     /// acknowledged by its recipient; acks after a write leave only once it is
     /// confirmed). Changed records and counters are written with those frames,
-    /// or at most every `COUNTERS_EVERY_MS` when nothing else is written.
+    /// or at most every `COUNTERS_EVERY_MS` when nothing else is written (a
+    /// busy room: once quiet, at least every `LAZY_BUSY_MAX_MS`).
     pub fn handle_checkpoint(&mut self, now: Millis) {
         self.checkpoint_at = None;
         let flush_after = self.cfg.limits.flush_after_ms;
@@ -1354,9 +1369,13 @@ impl Room {
         // it until it is durable (the output gate), and a lagging record costs
         // only replays and a skip-ahead after a restart (`cseq_restored`).
         let flushed = !gone.is_empty();
-        let lazy_due = self
-            .counters_written
-            .is_none_or(|t| now.since(t) >= COUNTERS_EVERY_MS);
+        let busy = self
+            .last_frame
+            .is_some_and(|t| now.since(t) < BUSY_WITHIN_MS);
+        let since = self.counters_written.map(|t| now.since(t));
+        let postponed =
+            busy && since.is_some_and(|s| (COUNTERS_EVERY_MS..LAZY_BUSY_MAX_MS).contains(&s));
+        let lazy_due = !postponed && since.is_none_or(|s| s >= COUNTERS_EVERY_MS);
         let writing = flushed || lazy_due || self.gc_due;
         if writing {
             for id in &ids {
@@ -1376,9 +1395,11 @@ impl Room {
                 .unwrap_or(self.next_body_id);
             self.out.push(Output::Store(StoreOp::GcBodies { below }));
         }
-        // Counters ride along at most every COUNTERS_EVERY_MS, even when this
-        // checkpoint writes anyway (a busy room checks about once a second).
-        self.persist_counters(now, false);
+        // Counters ride along at most every COUNTERS_EVERY_MS, and only when
+        // this checkpoint writes anyway.
+        if writing {
+            self.persist_counters(now, false);
+        }
         if lazy_due {
             self.counters_written = Some(now);
         }
@@ -1395,7 +1416,12 @@ impl Room {
             self.want_checkpoint_at(at.plus(flush_after));
         }
         if self.counters_dirty || self.gc_due || self.peers.values().any(|p| p.dirty) {
-            self.want_lazy_checkpoint(now);
+            if postponed {
+                // Busy: look again in COUNTERS_EVERY_MS, not at once.
+                self.want_checkpoint_at(now.plus(COUNTERS_EVERY_MS));
+            } else {
+                self.want_lazy_checkpoint(now);
+            }
         }
     }
 
