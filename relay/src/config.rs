@@ -12,7 +12,7 @@ use clap::Parser;
 use serde::Deserialize;
 use switchboard_proto::registry::{NodeId, Region};
 
-use crate::fleet::FleetConfig;
+use crate::fleet::{FleetConfig, HeartbeatTransport};
 use crate::net::PortRange;
 use crate::turn::{Cidr, Credentials, PeerPolicy, ServerConfig};
 
@@ -181,6 +181,11 @@ pub struct Args {
     /// (`RELAY_LEASE_MS`, 5 s), so one lost heartbeat does not end the lease.
     #[arg(long, env = "RELAY_HEARTBEAT_INTERVAL", value_name = "SECONDS")]
     pub heartbeat_interval: Option<u64>,
+    /// How heartbeats travel [default: ws]: `ws`, one WebSocket to the registry
+    /// (`GET /v1/relays/ws`), each heartbeat a frame, falling back to a POST for any beat the
+    /// socket fails; `http`, one `POST /v1/relays/heartbeat` per heartbeat.
+    #[arg(long, env = "RELAY_HEARTBEAT_TRANSPORT", value_name = "ws|http")]
+    pub heartbeat_transport: Option<HeartbeatTransport>,
 }
 
 /// The TOML file: the same options, keyed by long flag name.
@@ -221,6 +226,7 @@ struct FileConfig {
     public_url: Option<Vec<String>>,
     registry_secret: Option<String>,
     heartbeat_interval: Option<u64>,
+    heartbeat_transport: Option<HeartbeatTransport>,
 }
 
 /// The SFU's resolved settings.
@@ -571,6 +577,10 @@ impl Config {
                     urls,
                     secret,
                     interval: Duration::from_secs(interval),
+                    transport: args
+                        .heartbeat_transport
+                        .or(file.heartbeat_transport)
+                        .unwrap_or_default(),
                     max_allocations: 0,
                     max_sfu_sessions: 0,
                 })
