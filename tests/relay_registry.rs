@@ -19,7 +19,8 @@ use serde_json::Value;
 use switchboard_proto::Millis;
 use switchboard_proto::registry::sign_heartbeat;
 use switchboard_tests::fleet::{
-    Fleet, beat_signed, fleet, heartbeat_body, next_ts, now_ms, post_heartbeat, turn_url,
+    Fleet, RelayNode, beat_signed, fleet, heartbeat_body, next_ts, now_ms, post_heartbeat,
+    relay_bin, turn_url,
 };
 use switchboard_tests::{http_get, unique_room};
 
@@ -207,68 +208,10 @@ fn clients_spread_over_equally_loaded_nodes_between_heartbeats() {
     beat(&f, &two, &region, 30, true);
 }
 
-/// A relay process (the release binary), in its own process group.
-struct RelayNode {
-    child: std::process::Child,
-}
-
-impl RelayNode {
-    fn start(bin: &str, f: &Fleet, ip: &str, node: &str, region: &str) -> RelayNode {
-        use std::os::unix::process::CommandExt;
-        let child = std::process::Command::new(bin)
-            .args([
-                "--listen",
-                &format!("{ip}:3478"),
-                "--secret",
-                "fleet-turn-secret",
-                "--threads",
-                "1",
-                "--drain-timeout",
-                "30",
-                "--worker-url",
-                &f.base,
-                "--node-id",
-                node,
-                "--region",
-                region,
-                "--public-url",
-                &format!("turn:{node}.test:3478?transport=udp"),
-                "--heartbeat-interval",
-                "1",
-            ])
-            .env("RELAY_REGISTRY_SECRET", &f.secret)
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
-        RelayNode { child }
-    }
-
-    fn signal(&self, sig: rustix::process::Signal) {
-        // kill(2) on the group, never the `kill` command.
-        let pid = i32::try_from(self.child.id())
-            .ok()
-            .and_then(rustix::process::Pid::from_raw)
-            .unwrap();
-        let _ = rustix::process::kill_process_group(pid, sig);
-    }
-}
-
-impl Drop for RelayNode {
-    fn drop(&mut self) {
-        self.signal(rustix::process::Signal::KILL);
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn relay_processes_register_drain_and_drop_out_when_killed() {
     let f = fleet();
-    let Ok(bin) = std::env::var("SWITCHBOARD_RELAY_BIN") else {
-        panic!("SWITCHBOARD_RELAY_BIN is not set: scripts/e2e.sh sets it to the release relay");
-    };
+    let bin = relay_bin();
     let region = unique_room("p").to_ascii_lowercase();
     let one = unique_room("node1");
     let two = unique_room("node2");
