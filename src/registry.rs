@@ -1,7 +1,7 @@
 //! The Registry Durable Object: the single source of truth for which relay nodes are alive.
 //!
 //! One object (named [`REGISTRY_NAME`]) runs the sans-IO [`switchboard_proto::registry`]
-//! core. Relay nodes post signed heartbeats to it through the router; each renews the
+//! core. Relay nodes send signed heartbeats to it through the router; each renews the
 //! node's lease. Records live in the object's SQLite storage, so a restart of the object
 //! forgets no node and no replay guard; an alarm at the earliest lease end removes nodes
 //! that stopped beating. A relay may also keep one WebSocket here (`GET /v1/relays/ws`,

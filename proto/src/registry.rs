@@ -173,7 +173,7 @@ impl NodeLoad {
     }
 }
 
-/// The body of `POST /v1/relays/heartbeat`.
+/// The body of `POST /v1/relays/heartbeat` (and of a heartbeat frame on a relay's WebSocket).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Heartbeat {
     /// The sending node.

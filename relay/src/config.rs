@@ -153,7 +153,7 @@ pub struct Args {
     pub reuse_port: bool,
 
     // --- Fleet: registration with the Worker's relay registry (off unless --worker-url) ---
-    /// Base URL of the Switchboard Worker to register with (`POST /v1/relays/heartbeat`);
+    /// Base URL of the Switchboard Worker to register with (`/v1/relays/ws`, `/v1/relays/heartbeat`);
     /// setting it turns registration on [default: off].
     #[arg(long, env = "RELAY_WORKER_URL", value_name = "URL")]
     pub worker_url: Option<String>,
