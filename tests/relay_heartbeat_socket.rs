@@ -27,13 +27,13 @@ use switchboard_proto::registry::{
 use switchboard_tests::fleet::{
     Fleet, RelayNode, fleet, heartbeat_body, next_ts, now_ms, relay_bin,
 };
-use switchboard_tests::{unique_room, ws_url};
+use switchboard_tests::{http_get, unique_room, ws_url};
 use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest};
 
 type Socket = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>;
 
-/// Opens `GET /v1/relays/ws` with the given headers; the upgrade's refusal as status and body.
-fn open(f: &Fleet, headers: &[(&str, &str)]) -> Result<Socket, (u16, String)> {
+/// Opens `GET /v1/relays/ws` with the given headers.
+fn open(f: &Fleet, headers: &[(&str, &str)]) -> Socket {
     let url = ws_url(&f.base, "/v1/relays/ws");
     let mut req = url.as_str().into_client_request().unwrap();
     for (k, v) in headers {
@@ -42,23 +42,25 @@ fn open(f: &Fleet, headers: &[(&str, &str)]) -> Result<Socket, (u16, String)> {
             tungstenite::http::HeaderValue::from_str(v).unwrap(),
         );
     }
-    match tungstenite::connect(req) {
-        Ok((ws, _)) => {
-            if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
-                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            }
-            Ok(ws)
-        }
-        Err(tungstenite::Error::Http(resp)) => {
-            let body = resp
-                .body()
-                .as_ref()
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-                .unwrap_or_default();
-            Err((resp.status().as_u16(), body))
-        }
-        Err(e) => panic!("connect {url}: {e}"),
+    let (ws, _) = tungstenite::connect(req).unwrap_or_else(|e| panic!("connect {url}: {e}"));
+    if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     }
+    ws
+}
+
+/// The answer to an upgrade request with `headers` (status and body), read as plain HTTP so
+/// that the refusal's body is read whole.
+fn upgrade_answer(f: &Fleet, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut all = vec![
+        ("upgrade", "websocket"),
+        ("connection", "Upgrade"),
+        ("sec-websocket-version", "13"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    all.extend_from_slice(headers);
+    let r = http_get(&format!("{}/v1/relays/ws", f.base), &all);
+    (r.status, r.body)
 }
 
 /// Opens node `node`'s socket with a fresh signed upgrade.
@@ -69,7 +71,6 @@ fn open_signed(f: &Fleet, node: &str) -> Socket {
         Millis(now_ms()),
     );
     open(f, &[(NODE_HEADER, node), (SIGNATURE_HEADER, &sig)])
-        .unwrap_or_else(|(s, b)| panic!("upgrade refused: {s} {b}"))
 }
 
 /// Sends `msg` and returns the registry's one reply frame.
@@ -161,17 +162,28 @@ fn an_upgrade_without_a_valid_signature_over_the_node_is_refused() {
         ),
     ];
     for (what, headers, status, code) in cases {
-        let (got, body) = match open(&f, &headers) {
-            Ok(_) => panic!("{what}: the upgrade was accepted"),
-            Err(e) => e,
-        };
+        let (got, body) = upgrade_answer(&f, &headers);
         assert_eq!(got, status, "{what}: {body}");
         let v: Value = serde_json::from_str(&body).unwrap_or_default();
         assert_eq!(v["error"]["code"], code, "{what}: {body}");
         assert!(!body.contains(&f.secret), "{what}");
     }
-    // The same headers, correctly signed, open the socket.
-    drop(open_signed(&f, &node));
+    // Without Upgrade: 426; another method: 405.
+    let r = http_get(&format!("{}/v1/relays/ws", f.base), &[]);
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (426, "upgrade_required")
+    );
+    let r = switchboard_tests::http_post(&format!("{}/v1/relays/ws", f.base), &[], b"");
+    assert_eq!(r.status, 405);
+    // The same headers, correctly signed, open the socket (the check above is not a refusal
+    // of every upgrade).
+    let (status, _) = upgrade_answer(&f, &[(NODE_HEADER, &node), (SIGNATURE_HEADER, &fresh)]);
+    assert_eq!(status, 101);
+    let mut ws = open_signed(&f, &node);
+    let body = heartbeat_body(&node, "eu", 1, 0, true, false);
+    let reply = ask(&mut ws, signed_frame(&f, next_ts(), &body));
+    assert_eq!(reply["type"], "accepted", "{reply}");
 }
 
 #[test]
