@@ -622,6 +622,7 @@ mod tests {
 
     /// A one-connection WebSocket server on loopback that checks the upgrade's signature,
     /// answers the first frame with `reply` and then closes.
+    #[allow(clippy::result_large_err)] // the callback's type is tungstenite's
     fn registry_stub(reply: HeartbeatReply) -> (String, std::thread::JoinHandle<Vec<String>>) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -673,7 +674,7 @@ mod tests {
         let answer = sock.beat(HeartbeatFrame::encode(&sig, body), Duration::from_secs(5));
         assert_eq!(answer, Ok(Ok(())));
         let seen = server.join().unwrap();
-        let frame = HeartbeatFrame::parse(&seen[0]).unwrap();
+        let frame = HeartbeatFrame::parse(seen.first().unwrap()).unwrap();
         assert_eq!(frame.body, body);
         let checked = switchboard_proto::registry::check_heartbeat(
             b"fleet-secret",
