@@ -706,6 +706,46 @@ mod tests {
     }
 
     #[test]
+    fn heartbeats_go_over_the_socket_unless_told_otherwise() {
+        let base = [
+            "--listen",
+            "127.0.0.1:3478",
+            "--secret",
+            "s",
+            "--worker-url",
+            "https://w.example",
+            "--node-id",
+            "n1",
+            "--region",
+            "eu",
+            "--public-url",
+            "turn:n1.example:3478",
+            "--registry-secret",
+            "r",
+        ];
+        let transport = |extra: &[&str]| {
+            let mut a = base.to_vec();
+            a.extend_from_slice(extra);
+            parse(&a).unwrap().fleet.unwrap().transport
+        };
+        assert_eq!(transport(&[]), HeartbeatTransport::Ws);
+        assert_eq!(
+            transport(&["--heartbeat-transport", "http"]),
+            HeartbeatTransport::Http
+        );
+        assert_eq!(
+            transport(&["--heartbeat-transport", "ws"]),
+            HeartbeatTransport::Ws
+        );
+        let mut bad = vec!["relay"];
+        bad.extend_from_slice(&base);
+        bad.extend(["--heartbeat-transport", "carrier-pigeon"]);
+        assert!(Args::try_parse_from(bad).is_err());
+        let toml: FileConfig = toml::from_str("heartbeat-transport = \"http\"").unwrap();
+        assert_eq!(toml.heartbeat_transport, Some(HeartbeatTransport::Http));
+    }
+
+    #[test]
     fn otlp_endpoint_is_off_by_default_and_plain_http_only() {
         let base = ["--listen", "127.0.0.1:3478", "--secret", "s"];
         assert_eq!(parse(&base).unwrap().otlp_endpoint, None);
