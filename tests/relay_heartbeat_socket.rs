@@ -1,8 +1,8 @@
 //! Relay heartbeats over one WebSocket to the Registry object (`GET /v1/relays/ws`): a relay
 //! process renews its lease over the socket, the upgrade needs a signature over the node id,
 //! every bad frame gets a typed error reply on a socket that keeps serving, a relay whose
-//! socket is refused falls back to POST and stays listed, and a killed node still drops out
-//! after its lease.
+//! socket is refused falls back to POST and stays listed, one whose socket is closed under it
+//! reconnects without losing its lease, and a killed node still drops out after its lease.
 //!
 //! Runs against the `fleet` instance of scripts/e2e.sh, like tests/relay_registry.rs (the
 //! admin listing's `transport` field tells how a node's last heartbeat arrived).
@@ -380,5 +380,40 @@ fn a_relay_whose_socket_is_refused_posts_its_heartbeats_and_stays_listed() {
         refused.load(Ordering::SeqCst) > tries,
         "the relay stopped trying to reconnect its socket"
     );
+    drop(relay);
+}
+
+#[test]
+fn a_relay_whose_socket_is_closed_under_it_reconnects_and_stays_listed() {
+    let f = fleet();
+    let region = unique_room("c").to_ascii_lowercase();
+    let node = unique_room("wsclosed");
+    let relay = RelayNode::start(&relay_bin(), &f, "127.0.0.6", &node, &region);
+    f.eventually("the relay registered over its socket", || {
+        listed(&f, &node).is_some_and(|n| n["transport"] == "ws")
+    });
+    let first_seen = listed(&f, &node).unwrap()["first_seen"].clone();
+    // A newer socket of the same node (this test knows the secret) makes the Registry close
+    // the relay's: its next heartbeat finds the socket gone, goes by POST, and the relay opens
+    // a socket again, which in turn closes this one.
+    let mut taken = open_signed(&f, &node);
+    let closed = loop {
+        match taken.read() {
+            Ok(Message::Close(c)) => break c,
+            Ok(_) => {}
+            Err(e) => panic!("the relay never took its socket back: {e}"),
+        }
+    };
+    assert_eq!(
+        closed.map(|c| u16::from(c.code)),
+        Some(1000),
+        "closed by the relay's new socket"
+    );
+    // Its lease never lapsed, and its heartbeats arrive over the socket again.
+    f.eventually("heartbeats over the new socket", || {
+        listed(&f, &node).is_some_and(|n| n["transport"] == "ws" && n["first_seen"] == first_seen)
+    });
+    let n = listed(&f, &node).unwrap();
+    assert_eq!(n["first_seen"], first_seen, "one lease run: {n}");
     drop(relay);
 }
