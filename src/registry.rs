@@ -149,24 +149,29 @@ impl DurableObject for Registry {
             (_, None) => Err(HeartbeatError::BadNode),
             (WebSocketIncomingMessage::Binary(_), Some(_)) => Err(HeartbeatError::BadBody),
             (WebSocketIncomingMessage::String(text), Some(node)) => {
-                match HeartbeatFrame::parse(text) {
-                    Ok(frame) => {
-                        self.load()?;
-                        let r = self.heartbeat(
-                            Some(&frame.signature),
-                            frame.body.as_bytes(),
-                            Some(&node),
-                            t,
-                        );
-                        self.after_event().await?;
-                        r
-                    }
-                    Err(e) => Err(e),
-                }
+                HeartbeatFrame::parse(text).map(|frame| (frame, node))
             }
         };
         let reply = match result {
-            Ok(()) => HeartbeatReply::Accepted,
+            Ok((frame, node)) => match self.socket_heartbeat(&node, &frame, t).await {
+                Ok(Ok(())) => HeartbeatReply::Accepted,
+                Ok(Err(e)) => {
+                    log_refused(e);
+                    HeartbeatReply::refused(e)
+                }
+                // We failed (storage), not the relay: it hears `internal` and counts a failed
+                // heartbeat; the object and the socket keep serving.
+                Err(e) => {
+                    worker::console_error!(
+                        "{}",
+                        http::log_line("error", None, None, Some(&e.to_string()))
+                    );
+                    HeartbeatReply::Error {
+                        code: ErrorCode::Internal.as_str().to_owned(),
+                        message: "internal error".to_owned(),
+                    }
+                }
+            },
             Err(e) => {
                 log_refused(e);
                 HeartbeatReply::refused(e)
@@ -234,6 +239,19 @@ impl Registry {
             return Err(HeartbeatError::Full);
         };
         core.handle_heartbeat_via(hb, signed, via, t)
+    }
+
+    /// A heartbeat frame on the socket of `node`: the POST's handling, for that node only.
+    async fn socket_heartbeat(
+        &self,
+        node: &NodeId,
+        frame: &HeartbeatFrame,
+        t: Millis,
+    ) -> Result<std::result::Result<(), HeartbeatError>> {
+        self.load()?;
+        let result = self.heartbeat(Some(&frame.signature), frame.body.as_bytes(), Some(node), t);
+        self.after_event().await?;
+        Ok(result)
     }
 
     /// Accepts node `node`'s WebSocket (hibernatable, tagged with the node id). Earlier
