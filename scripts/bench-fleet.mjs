@@ -8,7 +8,10 @@
 // 2. Heartbeats: signed heartbeats of HB_NODES nodes posted by HB_CONCURRENCY workers for
 //    HB_SECS seconds; accepted heartbeats/s and latency, next to GET /healthz (the router alone,
 //    no Durable Object) with the same workers in the same run as the baseline. Both straight to
-//    the workerd that runs the Worker (INNER_URL), then both through wrangler's proxy.
+//    the workerd that runs the Worker (INNER_URL), then both through wrangler's proxy. Then the
+//    same heartbeats over WebSocket: one socket per node (HB_NODES sockets, each opened with a
+//    signed upgrade, `GET /v1/relays/ws`), each sending its node's next signed heartbeat frame
+//    when the reply to the previous one arrives, for HB_SECS seconds.
 // 3. Spread: CLIENTS clients ask for ICE servers at SPREAD_RATE/s while 3 simulated nodes of
 //    unequal base load report their load (CPU share, allocations = clients sent to them so far)
 //    every 2 s (the default interval); how many clients each node got, next to the expected
@@ -206,6 +209,74 @@ async function hammer(secs, concurrency, request) {
   return { perSecond: Math.round(ok / secs), cpuUs, refused, p50Ms: +quantile(sorted, 0.5).toFixed(1), p99Ms: +quantile(sorted, 0.99).toFixed(1) };
 }
 
+/** Opens node `node`'s heartbeat socket on `base` (the upgrade signed over the node id). */
+function openSocket(node, base) {
+  const t = Date.now();
+  const mac = createHmac("sha256", SECRET).update(`${t}.`).update(`relay-ws:${node}`).digest("hex");
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(`${base.replace("http", "ws")}/v1/relays/ws`, {
+      headers: { "x-switchboard-node": node, "x-switchboard-signature": `t=${t},v1=${mac}` },
+    });
+    ws.once("open", () => resolve(ws));
+    ws.once("unexpected-response", (_req, res) => reject(new Error(`upgrade refused: HTTP ${res.statusCode}`)));
+    ws.once("error", reject);
+  });
+}
+
+/**
+ * Heartbeats over WebSocket: `nodes` sockets, each sending its node's next signed heartbeat
+ * frame when the previous reply arrived, for `secs` seconds (a socket whose reply does not come
+ * stops at the deadline plus 10 s). The same result shape as `hammer`.
+ */
+async function hammerSockets(secs, nodes, base, load) {
+  const sockets = [];
+  for (let n = 0; n < nodes; n += 50) {
+    const batch = Array.from({ length: Math.min(50, nodes - n) }, (_, k) => openSocket(`hb-${n + k}`, base));
+    sockets.push(...(await Promise.all(batch)));
+  }
+  const latencies = [];
+  let ok = 0;
+  let refused = 0;
+  const cpuBefore = workerdCpu();
+  const started = performance.now();
+  const end = started + secs * 1000;
+  const runs = sockets.map(
+    (ws, n) =>
+      new Promise((resolve) => {
+        const node = `hb-${n}`;
+        let i = n;
+        let sentAt = 0;
+        const send = () => {
+          if (performance.now() >= end || ws.readyState !== WebSocket.OPEN) return resolve();
+          const body = JSON.stringify({ node_id: node, region: "hb", urls: { turn: [`turn:${node}.bench:3478?transport=udp`] }, load: load(i), draining: false });
+          sentAt = performance.now();
+          ws.send(JSON.stringify({ type: "heartbeat", signature: signed(body, node), body }));
+        };
+        ws.on("message", (data) => {
+          latencies.push(performance.now() - sentAt);
+          if (JSON.parse(String(data)).type === "accepted") ok += 1;
+          else refused += 1;
+          i += nodes;
+          send();
+        });
+        ws.once("close", resolve);
+        send();
+      }),
+  );
+  await Promise.race([Promise.all(runs), sleep(secs * 1000 + 10_000)]);
+  const elapsed = (performance.now() - started) / 1000;
+  const cpuUs = Math.round(((workerdCpu() - cpuBefore) * 1e6) / Math.max(1, latencies.length));
+  for (const ws of sockets) ws.close();
+  const sorted = latencies.sort((a, b) => a - b);
+  return {
+    perSecond: Math.round(ok / Math.max(secs, elapsed)),
+    cpuUs,
+    refused,
+    p50Ms: +(quantile(sorted, 0.5) ?? NaN).toFixed(1),
+    p99Ms: +(quantile(sorted, 0.99) ?? NaN).toFixed(1),
+  };
+}
+
 async function heartbeats() {
   // Each node's load moves a little from beat to beat, as a real node's does.
   const load = (i) => ({ cpu_percent: 10 + (i % 3), cores: 1, allocations: i % 7, max_allocations: 1000 });
@@ -221,13 +292,14 @@ async function heartbeats() {
         })
       : null;
     const registry = await hammer(HB_SECS, HB_CONCURRENCY, (i) => beat(`hb-${i % HB_NODES}`, "hb", load(i), false, undefined, base));
+    const sockets = await hammerSockets(HB_SECS, HB_NODES, base, load);
     const baseline = await hammer(HB_SECS, HB_CONCURRENCY, async () => {
       const response = await fetch(`${base}/healthz`);
       await response.arrayBuffer();
       return response.status;
     });
     if (profiling) console.error(`--- CPU profile, heartbeats straight to workerd ---\n${await profiling}`);
-    rows.push({ via, registry, baseline });
+    rows.push({ via, registry, sockets, baseline });
   }
   // The bench's nodes leave the fleet.
   for (let i = 0; i < HB_NODES; i++) await beat(`hb-${i}`, "hb", load(0), true);
@@ -313,11 +385,13 @@ if (want("failover")) {
 }
 if (want("heartbeats")) {
   const hb = await heartbeats();
-  out.push(`| Requests, ${HB_CONCURRENCY} workers, ${HB_SECS} s | via | accepted/s | workerd CPU/request | p50 | p99 | refused |`, "| --- | --- | --- | --- | --- | --- | --- |");
+  out.push(`| ${HB_SECS} s each; HTTP: ${HB_CONCURRENCY} workers; WebSocket: one socket per node, one heartbeat in flight on each | via | accepted/s | workerd CPU/heartbeat (request) | p50 | p99 | refused |`, "| --- | --- | --- | --- | --- | --- | --- |");
   for (const row of hb) {
     const r = row.registry;
+    const w = row.sockets;
     const b = row.baseline;
     out.push(`| signed heartbeats of ${HB_NODES} nodes (Registry object) | ${row.via} | ${r.perSecond} | ${r.cpuUs} µs | ${r.p50Ms} ms | ${r.p99Ms} ms | ${r.refused} |`);
+    out.push(`| signed heartbeats of ${HB_NODES} nodes over WebSocket (Registry object) | ${row.via} | ${w.perSecond} | ${w.cpuUs} µs | ${w.p50Ms} ms | ${w.p99Ms} ms | ${w.refused} |`);
     out.push(`| baseline: GET /healthz (router only) | ${row.via} | ${b.perSecond} | ${b.cpuUs} µs | ${b.p50Ms} ms | ${b.p99Ms} ms | ${b.refused} |`);
   }
   out.push("");

@@ -1,10 +1,13 @@
 //! The Registry Durable Object: the single source of truth for which relay nodes are alive.
 //!
 //! One object (named [`REGISTRY_NAME`]) runs the sans-IO [`switchboard_proto::registry`]
-//! core. Relay nodes post signed heartbeats to it through the router; each renews the
+//! core. Relay nodes send signed heartbeats to it through the router; each renews the
 //! node's lease. Records live in the object's SQLite storage, so a restart of the object
 //! forgets no node and no replay guard; an alarm at the earliest lease end removes nodes
-//! that stopped beating. The router reads the node list through [`nodes`], which keeps a
+//! that stopped beating. A relay may also keep one WebSocket here (`GET /v1/relays/ws`,
+//! accepted with the Hibernation API, tagged with the node id the router authenticated)
+//! and send each heartbeat as a frame; both paths go through [`Registry::heartbeat`].
+//! The router reads the node list through [`nodes`], which keeps a
 //! copy per isolate for [`CACHE_MS`], so the registry is not on every request's path.
 
 use std::cell::{Cell, RefCell};
@@ -12,13 +15,13 @@ use std::cell::{Cell, RefCell};
 use serde::Deserialize;
 use switchboard_proto::ice::IceConfig;
 use switchboard_proto::registry::{
-    self as core, Dice, Heartbeat, NodeId, NodeRecord, Region, Registry as Core, RegistryConfig,
-    RegistryOutput,
+    self as core, Dice, HeartbeatError, HeartbeatFrame, HeartbeatReply, NodeId, NodeRecord, Region,
+    Registry as Core, RegistryConfig, RegistryOutput, Transport,
 };
 use switchboard_proto::{ErrorCode, Millis, relays};
 use worker::{
     DurableObject, Env, Method, Request, RequestInit, Response, Result, SqlStorageValue, State,
-    durable_object,
+    WebSocket, WebSocketIncomingMessage, WebSocketPair, durable_object,
 };
 
 use crate::config;
@@ -42,6 +45,12 @@ CREATE TABLE IF NOT EXISTS retries (room TEXT PRIMARY KEY, attempt INTEGER NOT N
 
 /// Rooms told per batch when a pinned node dies or drains; the alarm runs the next batch at once.
 pub const NOTIFY_BATCH: usize = 64;
+
+/// The tag prefix of a relay's WebSocket; the node id follows.
+const NODE_TAG: &str = "node:";
+
+/// The query parameter of the internal `/ws` request naming the authenticated node.
+const Q_NODE: &str = "node";
 
 /// The body of the Registry's internal `POST /pin`: the nodes a room pinned (none: unpinned).
 #[derive(serde::Serialize, Deserialize)]
@@ -88,27 +97,23 @@ impl DurableObject for Registry {
             (Method::Post, "/heartbeat") => {
                 let signature = req.headers().get(core::SIGNATURE_HEADER)?;
                 let body = req.bytes().await?;
-                let result = self.heartbeat(signature.as_deref(), &body, t);
+                let result = self.heartbeat(signature.as_deref(), &body, None, t);
                 self.after_event().await?;
                 match result {
                     Ok(()) => json(200, r#"{"ok":true}"#),
-                    Err(e) => {
-                        worker::console_log!(
-                            "{}",
-                            http::log_line("heartbeat_refused", None, None, Some(e.message()))
-                        );
-                        let code = match e.http_status() {
-                            401 => ErrorCode::Unauthorized,
-                            413 => ErrorCode::PayloadTooLarge,
-                            503 => ErrorCode::Internal,
-                            _ => ErrorCode::BadRequest,
-                        };
-                        json(
-                            e.http_status(),
-                            &switchboard_proto::wire::http_error_body(code, e.message()),
-                        )
-                    }
+                    Err(e) => refused(e),
                 }
+            }
+            (Method::Get, "/ws") => {
+                // The router checked the upgrade's signature; only it reaches this object.
+                let url = req.url()?;
+                let Some(node) = http::query_param(&url, Q_NODE)
+                    .as_deref()
+                    .and_then(NodeId::parse)
+                else {
+                    return refused(HeartbeatError::BadNode);
+                };
+                self.accept_socket(&node)
             }
             (Method::Post, "/pin") => {
                 let pin: PinBody = match req.json().await {
@@ -134,6 +139,66 @@ impl DurableObject for Registry {
         }
     }
 
+    async fn websocket_message(
+        &self,
+        ws: WebSocket,
+        message: WebSocketIncomingMessage,
+    ) -> Result<()> {
+        let t = now();
+        let result = match (&message, self.socket_node(&ws)) {
+            (_, None) => Err(HeartbeatError::BadNode),
+            (WebSocketIncomingMessage::Binary(_), Some(_)) => Err(HeartbeatError::BadBody),
+            (WebSocketIncomingMessage::String(text), Some(node)) => {
+                HeartbeatFrame::parse(text).map(|frame| (frame, node))
+            }
+        };
+        let reply = match result {
+            Ok((frame, node)) => match self.socket_heartbeat(&node, &frame, t).await {
+                Ok(Ok(())) => HeartbeatReply::Accepted,
+                Ok(Err(e)) => {
+                    log_refused(e);
+                    HeartbeatReply::refused(e)
+                }
+                // We failed (storage), not the relay: it hears `internal` and counts a failed
+                // heartbeat; the object and the socket keep serving.
+                Err(e) => {
+                    worker::console_error!(
+                        "{}",
+                        http::log_line("error", None, None, Some(&e.to_string()))
+                    );
+                    HeartbeatReply::Error {
+                        code: ErrorCode::Internal.as_str().to_owned(),
+                        message: "internal error".to_owned(),
+                    }
+                }
+            },
+            Err(e) => {
+                log_refused(e);
+                HeartbeatReply::refused(e)
+            }
+        };
+        // A socket closing under us cannot take the reply; the relay falls back to POST.
+        let _ = ws.send_with_str(reply.encode());
+        Ok(())
+    }
+
+    async fn websocket_close(
+        &self,
+        ws: WebSocket,
+        _code: usize,
+        _reason: String,
+        _was_clean: bool,
+    ) -> Result<()> {
+        // 1005/1006 may not be sent back; a normal close is always allowed.
+        let _ = ws.close(Some(1000), Some("closed"));
+        Ok(())
+    }
+
+    async fn websocket_error(&self, _ws: WebSocket, _error: worker::Error) -> Result<()> {
+        // The node's lease runs on; the relay reconnects or posts its next heartbeat.
+        Ok(())
+    }
+
     async fn alarm(&self) -> Result<Response> {
         let t = now();
         self.alarm_at.set(Some(None));
@@ -149,26 +214,70 @@ impl DurableObject for Registry {
 }
 
 impl Registry {
+    /// One heartbeat, from `POST /heartbeat` (`socket_node` `None`) or a frame on the socket
+    /// of `socket_node`: the same authentication, replay guard and core handling.
     fn heartbeat(
         &self,
         signature: Option<&str>,
         body: &[u8],
+        socket_node: Option<&NodeId>,
         t: Millis,
-    ) -> std::result::Result<(), core::HeartbeatError> {
+    ) -> std::result::Result<(), HeartbeatError> {
         let Some(secret) = config::registry_secret(&self.env) else {
             // The router refuses heartbeats before they get here when no secret is set.
-            return Err(core::HeartbeatError::BadSignature);
+            return Err(HeartbeatError::BadSignature);
         };
-        if body.len() > core::MAX_HEARTBEAT_BYTES {
-            return Err(core::HeartbeatError::TooLarge);
-        }
-        let signed = core::verify_heartbeat(secret.as_bytes(), signature, body, t)?;
-        let hb = Heartbeat::parse(body)?;
+        let (hb, signed) =
+            core::check_heartbeat(secret.as_bytes(), signature, body, socket_node, t)?;
+        let via = if socket_node.is_some() {
+            Transport::Ws
+        } else {
+            Transport::Http
+        };
         let mut guard = self.core.borrow_mut();
         let Some(core) = guard.as_mut() else {
-            return Err(core::HeartbeatError::Full);
+            return Err(HeartbeatError::Full);
         };
-        core.handle_heartbeat(hb, signed, t)
+        core.handle_heartbeat_via(hb, signed, via, t)
+    }
+
+    /// A heartbeat frame on the socket of `node`: the POST's handling, for that node only.
+    async fn socket_heartbeat(
+        &self,
+        node: &NodeId,
+        frame: &HeartbeatFrame,
+        t: Millis,
+    ) -> Result<std::result::Result<(), HeartbeatError>> {
+        self.load()?;
+        let result = self.heartbeat(Some(&frame.signature), frame.body.as_bytes(), Some(node), t);
+        self.after_event().await?;
+        Ok(result)
+    }
+
+    /// Accepts node `node`'s WebSocket (hibernatable, tagged with the node id). Earlier
+    /// sockets of the same node are closed: a relay holds one, and one that reconnects after
+    /// a network failure leaves no half-open socket behind.
+    fn accept_socket(&self, node: &NodeId) -> Result<Response> {
+        let tag = format!("{NODE_TAG}{node}");
+        let raw = self.state.as_raw();
+        for old in raw.get_websockets_with_tag(&tag).unwrap_or_default() {
+            let _ = WebSocket::from(old).close(Some(1000), Some("replaced by a newer socket"));
+        }
+        let pair = WebSocketPair::new()?;
+        raw.accept_websocket_with_tags(pair.server.as_ref(), vec![tag.as_str().into()])
+            .map_err(|e| worker::Error::RustError(format!("acceptWebSocket: {e:?}")))?;
+        worker::console_log!(
+            "{}",
+            serde_json::json!({"ts": now().0, "event": "relay_socket", "node_id": node.as_str()})
+        );
+        Response::from_websocket(pair.client)
+    }
+
+    /// The node a socket was opened for, from its tag.
+    fn socket_node(&self, ws: &WebSocket) -> Option<NodeId> {
+        let tags = self.state.as_raw().get_tags(ws.as_ref()).ok()?;
+        tags.iter()
+            .find_map(|t| t.strip_prefix(NODE_TAG).and_then(NodeId::parse))
     }
 
     fn load(&self) -> Result<()> {
@@ -423,6 +532,23 @@ fn mark_moving(sql: &worker::SqlStorage, id: &core::NodeId) -> Result<()> {
     Ok(())
 }
 
+/// The HTTP answer refusing a heartbeat or an upgrade for `e` (status and `code` as in
+/// docs/PROTOCOL.md; the message never repeats the secret or a signature).
+pub fn refused(e: HeartbeatError) -> Result<Response> {
+    log_refused(e);
+    json(
+        e.http_status(),
+        &switchboard_proto::wire::http_error_body(e.code(), e.message()),
+    )
+}
+
+fn log_refused(e: HeartbeatError) {
+    worker::console_log!(
+        "{}",
+        http::log_line("heartbeat_refused", None, None, Some(e.message()))
+    );
+}
+
 /// Asks room `room` to check its relays now (`https://room.internal/relays`).
 async fn notify_room(env: &Env, room: &str) -> Result<()> {
     let Some(name) = switchboard_proto::RoomName::parse(room) else {
@@ -490,6 +616,19 @@ pub async fn forward_heartbeat(
         .with_headers(headers)
         .with_body(Some(array.into()));
     let req = Request::new_with_init(&internal("heartbeat"), &init)?;
+    stub(env)?.fetch_with_request(req).await
+}
+
+/// Hands an authenticated upgrade for `node` to the Registry object, which accepts the socket.
+pub async fn open_socket(env: &Env, node: &NodeId) -> Result<Response> {
+    let mut url =
+        worker::Url::parse(&internal("ws")).map_err(|e| worker::Error::RustError(e.to_string()))?;
+    url.query_pairs_mut().append_pair(Q_NODE, node.as_str());
+    let headers = worker::Headers::new();
+    headers.set("upgrade", "websocket")?;
+    let mut init = RequestInit::new();
+    init.with_method(Method::Get).with_headers(headers);
+    let req = Request::new_with_init(url.as_str(), &init)?;
     stub(env)?.fetch_with_request(req).await
 }
 
@@ -612,6 +751,7 @@ pub async fn list_for_admin(env: &Env) -> Result<Response> {
                 "lease_age_ms": t.since(r.last_seen),
                 "lease_left_ms": r.lease_until.since(t),
                 "first_seen": r.first_seen.0,
+                "transport": r.transport,
             })
         })
         .collect();

@@ -68,6 +68,7 @@ async fn route(req: Request, url: &Url, segments: &[&str], env: &Env) -> Result<
             refresh_sfu_token(&req, url, env).await
         }
         ["v1", "relays", "heartbeat"] => relay_heartbeat(req, env).await,
+        ["v1", "relays", "ws"] => relay_socket(&req, env).await,
         ["v1", "relays"] => {
             if !is_admin(&req, env)? {
                 return error(
@@ -388,6 +389,41 @@ async fn relay_heartbeat(mut req: Request, env: &Env) -> Result<Response> {
         return error(ErrorCode::PayloadTooLarge, "heartbeat body too large");
     }
     registry::forward_heartbeat(env, signature, body).await
+}
+
+/// `GET /v1/relays/ws` (Upgrade): a relay node's WebSocket for heartbeats, opened only with
+/// the node id header signed under the registration secret (see `registry`).
+async fn relay_socket(req: &Request, env: &Env) -> Result<Response> {
+    if req.method() != Method::Get {
+        return error(
+            ErrorCode::MethodNotAllowed,
+            "use GET with Upgrade: websocket",
+        );
+    }
+    let Some(secret) = config::registry_secret(env) else {
+        return error(
+            ErrorCode::NotFound,
+            "the relay registry is off (REGISTRY_SECRET is not set)",
+        );
+    };
+    let upgrade = req.headers().get("upgrade")?.unwrap_or_default();
+    if !upgrade.eq_ignore_ascii_case("websocket") {
+        return error(
+            ErrorCode::UpgradeRequired,
+            "this endpoint needs Upgrade: websocket",
+        );
+    }
+    let node = req.headers().get(registry_core::NODE_HEADER)?;
+    let signature = req.headers().get(registry_core::SIGNATURE_HEADER)?;
+    match registry_core::verify_upgrade(
+        secret.as_bytes(),
+        node.as_deref(),
+        signature.as_deref(),
+        http::now(),
+    ) {
+        Ok(node) => registry::open_socket(env, &node).await,
+        Err(e) => registry::refused(e),
+    }
 }
 
 async fn stats(req: Request, env: &Env, room: RoomName) -> Result<Response> {

@@ -19,7 +19,8 @@ use serde_json::Value;
 use switchboard_proto::Millis;
 use switchboard_proto::registry::sign_heartbeat;
 use switchboard_tests::fleet::{
-    Fleet, beat_signed, fleet, heartbeat_body, next_ts, now_ms, post_heartbeat, turn_url,
+    Fleet, RelayNode, beat_signed, fleet, heartbeat_body, next_ts, now_ms, post_heartbeat,
+    relay_bin, turn_url,
 };
 use switchboard_tests::{http_get, unique_room};
 
@@ -181,14 +182,31 @@ fn clients_spread_over_equally_loaded_nodes_between_heartbeats() {
     let region = unique_room("s").to_ascii_lowercase();
     let one = unique_room("eq1");
     let two = unique_room("eq2");
-    beat(&f, &one, &region, 30, false);
-    beat(&f, &two, &region, 30, false);
-    f.eventually("both nodes handed out", || f.turn_urls(&region).len() == 2);
-    // No heartbeat in between: the registry's view of the load stands still, yet the first
-    // place goes to both nodes (a draw by free capacity, not "the least loaded" every time).
+    // The same heartbeat again (the same load) whenever half a lease passed: the registry's view
+    // of the load stands still, but the leases (2 s in scripts/e2e.sh) must outlive the polling
+    // on a busy machine.
+    let last_beat = std::cell::Cell::new(Instant::now());
+    let renew = |force: bool| {
+        if force || last_beat.get().elapsed() >= Duration::from_millis(f.lease_ms / 2) {
+            beat(&f, &one, &region, 30, false);
+            beat(&f, &two, &region, 30, false);
+            last_beat.set(Instant::now());
+        }
+    };
+    renew(true);
+    // Both of this test's nodes, not two others filling in while the router's copy of the list
+    // predates them.
+    f.eventually("both nodes handed out", || {
+        renew(false);
+        let urls = f.turn_urls(&region);
+        urls.contains(&turn_url(&one)) && urls.contains(&turn_url(&two))
+    });
+    // No change of load in between, yet the first place goes to both nodes (a draw by free
+    // capacity, not "the least loaded" every time).
     let mut first_one = 0;
     let mut first_two = 0;
     for _ in 0..40 {
+        renew(false);
         let urls = f.turn_urls(&region);
         assert_eq!(urls.len(), 2, "two distinct nodes: {urls:?}");
         assert_ne!(urls[0], urls[1]);
@@ -207,68 +225,10 @@ fn clients_spread_over_equally_loaded_nodes_between_heartbeats() {
     beat(&f, &two, &region, 30, true);
 }
 
-/// A relay process (the release binary), in its own process group.
-struct RelayNode {
-    child: std::process::Child,
-}
-
-impl RelayNode {
-    fn start(bin: &str, f: &Fleet, ip: &str, node: &str, region: &str) -> RelayNode {
-        use std::os::unix::process::CommandExt;
-        let child = std::process::Command::new(bin)
-            .args([
-                "--listen",
-                &format!("{ip}:3478"),
-                "--secret",
-                "fleet-turn-secret",
-                "--threads",
-                "1",
-                "--drain-timeout",
-                "30",
-                "--worker-url",
-                &f.base,
-                "--node-id",
-                node,
-                "--region",
-                region,
-                "--public-url",
-                &format!("turn:{node}.test:3478?transport=udp"),
-                "--heartbeat-interval",
-                "1",
-            ])
-            .env("RELAY_REGISTRY_SECRET", &f.secret)
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
-        RelayNode { child }
-    }
-
-    fn signal(&self, sig: rustix::process::Signal) {
-        // kill(2) on the group, never the `kill` command.
-        let pid = i32::try_from(self.child.id())
-            .ok()
-            .and_then(rustix::process::Pid::from_raw)
-            .unwrap();
-        let _ = rustix::process::kill_process_group(pid, sig);
-    }
-}
-
-impl Drop for RelayNode {
-    fn drop(&mut self) {
-        self.signal(rustix::process::Signal::KILL);
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn relay_processes_register_drain_and_drop_out_when_killed() {
     let f = fleet();
-    let Ok(bin) = std::env::var("SWITCHBOARD_RELAY_BIN") else {
-        panic!("SWITCHBOARD_RELAY_BIN is not set: scripts/e2e.sh sets it to the release relay");
-    };
+    let bin = relay_bin();
     let region = unique_room("p").to_ascii_lowercase();
     let one = unique_room("node1");
     let two = unique_room("node2");

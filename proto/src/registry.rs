@@ -12,6 +12,11 @@
 //! never sent. A signature older than [`MAX_SKEW_MS`] is refused, and a node's
 //! heartbeats must carry strictly increasing timestamps, so a captured heartbeat cannot
 //! be replayed at all, not even within the skew window.
+//!
+//! A relay may instead keep one WebSocket to the registry (`GET /v1/relays/ws`) and send
+//! each heartbeat as a text frame ([`HeartbeatFrame`]): the upgrade is signed the same way
+//! over the node id ([`sign_upgrade`], [`verify_upgrade`]), every frame carries the same
+//! signed body as the HTTP request, and [`check_heartbeat`] authenticates both paths alike.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -20,6 +25,7 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 
 use crate::types::{Millis, hex};
+use crate::wire::ErrorCode;
 
 /// How far a heartbeat's signed timestamp may be from the registry's clock.
 pub const MAX_SKEW_MS: u64 = 30_000;
@@ -29,6 +35,14 @@ pub const MAX_HEARTBEAT_BYTES: usize = 8 * 1024;
 
 /// The HTTP header that carries a heartbeat's signature: `t=<unix ms>,v1=<hex>`.
 pub const SIGNATURE_HEADER: &str = "x-switchboard-signature";
+
+/// The HTTP header naming the node a relay's WebSocket (`GET /v1/relays/ws`) is opened for.
+pub const NODE_HEADER: &str = "x-switchboard-node";
+
+/// Largest heartbeat frame accepted on a relay's WebSocket, in bytes: a body of
+/// [`MAX_HEARTBEAT_BYTES`] escaped as a JSON string (serde escapes a heartbeat's quotes,
+/// doubling them at most) plus the signature.
+pub const MAX_HEARTBEAT_FRAME_BYTES: usize = 2 * MAX_HEARTBEAT_BYTES + 512;
 
 /// A relay node's identity, chosen by its operator: `[A-Za-z0-9_.-]{1,64}`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -159,7 +173,7 @@ impl NodeLoad {
     }
 }
 
-/// The body of `POST /v1/relays/heartbeat`.
+/// The body of `POST /v1/relays/heartbeat` (and of a heartbeat frame on a relay's WebSocket).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Heartbeat {
     /// The sending node.
@@ -218,6 +232,11 @@ pub enum HeartbeatError {
     TooLarge,
     /// The registry holds its maximum number of nodes.
     Full,
+    /// A heartbeat on a relay's WebSocket names a node other than the one the socket was
+    /// opened for.
+    WrongNode,
+    /// A WebSocket upgrade without a valid node id header ([`NODE_HEADER`]).
+    BadNode,
 }
 
 impl HeartbeatError {
@@ -231,6 +250,22 @@ impl HeartbeatError {
             HeartbeatError::BadBody => "body is not a valid heartbeat",
             HeartbeatError::TooLarge => "heartbeat body too large",
             HeartbeatError::Full => "the registry holds its maximum number of nodes",
+            HeartbeatError::WrongNode => "heartbeat names another node than the socket's",
+            HeartbeatError::BadNode => "missing or invalid x-switchboard-node header",
+        }
+    }
+
+    /// The error `code` sent with the refusal (HTTP body or WebSocket `error` frame).
+    pub fn code(self) -> ErrorCode {
+        match self {
+            HeartbeatError::MissingSignature
+            | HeartbeatError::BadSignature
+            | HeartbeatError::Stale
+            | HeartbeatError::Replayed
+            | HeartbeatError::WrongNode => ErrorCode::Unauthorized,
+            HeartbeatError::BadBody | HeartbeatError::BadNode => ErrorCode::BadRequest,
+            HeartbeatError::TooLarge => ErrorCode::PayloadTooLarge,
+            HeartbeatError::Full => ErrorCode::Internal,
         }
     }
 
@@ -241,7 +276,8 @@ impl HeartbeatError {
             | HeartbeatError::BadSignature
             | HeartbeatError::Stale
             | HeartbeatError::Replayed => 401,
-            HeartbeatError::BadBody => 400,
+            HeartbeatError::WrongNode => 403,
+            HeartbeatError::BadBody | HeartbeatError::BadNode => 400,
             HeartbeatError::TooLarge => 413,
             HeartbeatError::Full => 503,
         }
@@ -305,6 +341,169 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// Authenticates a heartbeat as it arrived (signature header or frame field, exact body)
+/// and parses it; `socket_node`, for a heartbeat on a relay's WebSocket, is the node the
+/// socket was opened for, which the heartbeat must name. Returns the heartbeat and its
+/// signed time, for [`Registry::handle_heartbeat_via`] (which applies the replay guard).
+pub fn check_heartbeat(
+    secret: &[u8],
+    signature: Option<&str>,
+    body: &[u8],
+    socket_node: Option<&NodeId>,
+    now: Millis,
+) -> Result<(Heartbeat, Millis), HeartbeatError> {
+    if body.len() > MAX_HEARTBEAT_BYTES {
+        return Err(HeartbeatError::TooLarge);
+    }
+    let signed = verify_heartbeat(secret, signature, body, now)?;
+    let hb = Heartbeat::parse(body)?;
+    if socket_node.is_some_and(|n| *n != hb.node_id) {
+        return Err(HeartbeatError::WrongNode);
+    }
+    Ok((hb, signed))
+}
+
+/// What a WebSocket upgrade signs: a text that is never a heartbeat body (not JSON), so
+/// neither signature can stand in for the other.
+fn upgrade_payload(node: &NodeId) -> Vec<u8> {
+    format!("relay-ws:{node}").into_bytes()
+}
+
+/// The signature header value for opening node `node`'s WebSocket at `ts`
+/// (`t=<ms>,v1=<hex HMAC-SHA256 over "<ms>.relay-ws:<node id>">`).
+pub fn sign_upgrade(secret: &[u8], node: &NodeId, ts: Millis) -> String {
+    sign_heartbeat(secret, ts, &upgrade_payload(node))
+}
+
+/// Checks a WebSocket upgrade: the node id header and the signature over it, signed within
+/// [`MAX_SKEW_MS`] of `now`. Returns the node the socket is for.
+///
+/// An upgrade signature is not single-use: within its 30 s it opens a socket again, but a
+/// socket carries nothing without heartbeats signed under the secret, each checked as on
+/// `POST /v1/relays/heartbeat`.
+pub fn verify_upgrade(
+    secret: &[u8],
+    node: Option<&str>,
+    signature: Option<&str>,
+    now: Millis,
+) -> Result<NodeId, HeartbeatError> {
+    let node = node
+        .and_then(NodeId::parse)
+        .ok_or(HeartbeatError::BadNode)?;
+    verify_heartbeat(secret, signature, &upgrade_payload(&node), now)?;
+    Ok(node)
+}
+
+/// A heartbeat on a relay's WebSocket:
+/// `{"type":"heartbeat","signature":"t=<ms>,v1=<hex>","body":"<the heartbeat JSON, as text>"}`.
+///
+/// The body travels as a string so that the signed bytes arrive exactly as signed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatFrame {
+    /// Always `heartbeat`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The value the HTTP path carries in [`SIGNATURE_HEADER`].
+    pub signature: String,
+    /// The heartbeat body, exactly as signed.
+    pub body: String,
+}
+
+impl HeartbeatFrame {
+    /// The frame for `body` signed with `signature`, as text.
+    pub fn encode(signature: &str, body: &str) -> String {
+        let frame = HeartbeatFrame {
+            kind: "heartbeat".to_owned(),
+            signature: signature.to_owned(),
+            body: body.to_owned(),
+        };
+        serde_json::to_string(&frame).unwrap_or_default()
+    }
+
+    /// Parses a text frame; the heartbeat inside is checked by [`check_heartbeat`].
+    pub fn parse(text: &str) -> Result<HeartbeatFrame, HeartbeatError> {
+        if text.len() > MAX_HEARTBEAT_FRAME_BYTES {
+            return Err(HeartbeatError::TooLarge);
+        }
+        let frame: HeartbeatFrame =
+            serde_json::from_str(text).map_err(|_| HeartbeatError::BadBody)?;
+        if frame.kind != "heartbeat" {
+            return Err(HeartbeatError::BadBody);
+        }
+        if frame.body.len() > MAX_HEARTBEAT_BYTES {
+            return Err(HeartbeatError::TooLarge);
+        }
+        Ok(frame)
+    }
+}
+
+/// The registry's reply to one heartbeat frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeartbeatReply {
+    /// `{"type":"accepted","ok":true}`: the lease is renewed (what the HTTP path answers with 200).
+    Accepted,
+    /// `{"type":"error","code":…,"message":…}`: refused, with the HTTP path's `code`.
+    Error {
+        /// The error code (`unauthorized`, `bad_request`, …).
+        code: String,
+        /// A short explanation.
+        message: String,
+    },
+}
+
+impl HeartbeatReply {
+    /// The reply refusing a heartbeat for `e`.
+    pub fn refused(e: HeartbeatError) -> HeartbeatReply {
+        HeartbeatReply::Error {
+            code: e.code().as_str().to_owned(),
+            message: e.message().to_owned(),
+        }
+    }
+
+    /// The reply as a text frame.
+    pub fn encode(&self) -> String {
+        match self {
+            HeartbeatReply::Accepted => r#"{"type":"accepted","ok":true}"#.to_owned(),
+            HeartbeatReply::Error { code, message } => {
+                serde_json::json!({ "type": "error", "code": code, "message": message }).to_string()
+            }
+        }
+    }
+
+    /// Parses a reply frame; `None` for anything that is not one.
+    pub fn parse(text: &str) -> Option<HeartbeatReply> {
+        #[derive(Deserialize)]
+        struct Raw {
+            #[serde(rename = "type")]
+            kind: String,
+            #[serde(default)]
+            code: String,
+            #[serde(default)]
+            message: String,
+        }
+        let raw: Raw = serde_json::from_str(text).ok()?;
+        match raw.kind.as_str() {
+            "accepted" => Some(HeartbeatReply::Accepted),
+            "error" => Some(HeartbeatReply::Error {
+                code: raw.code,
+                message: raw.message,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// How a node's last accepted heartbeat reached the registry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// `POST /v1/relays/heartbeat` (and every record stored before the WebSocket existed).
+    #[default]
+    Http,
+    /// A frame on the node's WebSocket (`GET /v1/relays/ws`).
+    Ws,
+}
+
 /// What the registry keeps about a node; stored so a restart forgets nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRecord {
@@ -318,6 +517,9 @@ pub struct NodeRecord {
     pub last_signed: Millis,
     /// The lease ends here unless renewed.
     pub lease_until: Millis,
+    /// How the last accepted heartbeat arrived.
+    #[serde(default)]
+    pub transport: Transport,
 }
 
 impl NodeRecord {
@@ -404,11 +606,22 @@ impl Registry {
         std::mem::take(&mut self.out)
     }
 
-    /// An authenticated heartbeat, signed at `signed`, arrived at `now`.
+    /// An authenticated heartbeat, signed at `signed`, arrived at `now` over HTTP.
     pub fn handle_heartbeat(
         &mut self,
         hb: Heartbeat,
         signed: Millis,
+        now: Millis,
+    ) -> Result<(), HeartbeatError> {
+        self.handle_heartbeat_via(hb, signed, Transport::Http, now)
+    }
+
+    /// An authenticated heartbeat, signed at `signed`, arrived at `now` over `via`.
+    pub fn handle_heartbeat_via(
+        &mut self,
+        hb: Heartbeat,
+        signed: Millis,
+        via: Transport,
         now: Millis,
     ) -> Result<(), HeartbeatError> {
         let lease_until = now.plus(self.cfg.lease_ms);
@@ -423,6 +636,7 @@ impl Registry {
                 rec.last_seen = now;
                 rec.last_signed = signed;
                 rec.lease_until = lease_until;
+                rec.transport = via;
                 if rec.heartbeat.draining && !was_draining {
                     self.out.push(RegistryOutput::Draining(id.clone()));
                     self.out
@@ -440,6 +654,7 @@ impl Registry {
                     last_seen: now,
                     last_signed: signed,
                     lease_until,
+                    transport: via,
                 };
                 self.nodes.insert(id.clone(), rec.clone());
                 self.out
@@ -668,6 +883,165 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn an_upgrade_is_signed_over_the_node_id_and_fresh_within_the_skew() {
+        let now = Millis(1_800_000_000_000);
+        let n1 = NodeId::parse("n1").unwrap();
+        let sig = sign_upgrade(SECRET, &n1, now);
+        assert!(!sig.contains("registration-secret"));
+        assert_eq!(
+            verify_upgrade(SECRET, Some("n1"), Some(&sig), now),
+            Ok(n1.clone())
+        );
+        // The signature names the node: it opens no socket for another one.
+        assert_eq!(
+            verify_upgrade(SECRET, Some("n2"), Some(&sig), now),
+            Err(HeartbeatError::BadSignature)
+        );
+        assert_eq!(
+            verify_upgrade(b"other", Some("n1"), Some(&sig), now),
+            Err(HeartbeatError::BadSignature)
+        );
+        assert_eq!(
+            verify_upgrade(SECRET, Some("n1"), None, now),
+            Err(HeartbeatError::MissingSignature)
+        );
+        for bad in [None, Some(""), Some("a b"), Some("x/y")] {
+            assert_eq!(
+                verify_upgrade(SECRET, bad, Some(&sig), now),
+                Err(HeartbeatError::BadNode),
+                "{bad:?}"
+            );
+        }
+        let old = sign_upgrade(SECRET, &n1, Millis(now.0 - MAX_SKEW_MS - 1));
+        assert_eq!(
+            verify_upgrade(SECRET, Some("n1"), Some(&old), now),
+            Err(HeartbeatError::Stale)
+        );
+        // An upgrade signature is no heartbeat signature, and the other way round.
+        let body = serde_json::to_vec(&hb("n1", "eu", 1, false)).unwrap();
+        assert_eq!(
+            check_heartbeat(SECRET, Some(&sig), &body, None, now).map(|_| ()),
+            Err(HeartbeatError::BadSignature)
+        );
+        let hb_sig = sign_heartbeat(SECRET, now, &body);
+        assert_eq!(
+            verify_upgrade(SECRET, Some("n1"), Some(&hb_sig), now),
+            Err(HeartbeatError::BadSignature)
+        );
+        assert_eq!(HeartbeatError::BadNode.http_status(), 400);
+        assert_eq!(HeartbeatError::BadSignature.http_status(), 401);
+    }
+
+    #[test]
+    fn a_heartbeat_frame_carries_the_signed_body_exactly() {
+        let now = Millis(1_800_000_000_000);
+        let n1 = NodeId::parse("n1").unwrap();
+        let body = serde_json::to_string(&hb("n1", "eu", 1, false)).unwrap();
+        let sig = sign_heartbeat(SECRET, now, body.as_bytes());
+        let text = HeartbeatFrame::encode(&sig, &body);
+        let frame = HeartbeatFrame::parse(&text).unwrap();
+        assert_eq!(
+            (frame.signature.as_str(), frame.body.as_str()),
+            (sig.as_str(), body.as_str())
+        );
+        let (got, signed) = check_heartbeat(
+            SECRET,
+            Some(&frame.signature),
+            frame.body.as_bytes(),
+            Some(&n1),
+            now,
+        )
+        .unwrap();
+        assert_eq!((got.node_id, signed), (n1, now));
+        // The socket was opened for another node: refused even though the signature is good.
+        let n2 = NodeId::parse("n2").unwrap();
+        assert_eq!(
+            check_heartbeat(SECRET, Some(&sig), body.as_bytes(), Some(&n2), now).map(|_| ()),
+            Err(HeartbeatError::WrongNode)
+        );
+        assert_eq!(HeartbeatError::WrongNode.http_status(), 403);
+        // Bad frames.
+        for bad in [
+            "",
+            "nope",
+            "{}",
+            r#"{"type":"hello","signature":"","body":""}"#,
+            "[1]",
+        ] {
+            assert_eq!(
+                HeartbeatFrame::parse(bad),
+                Err(HeartbeatError::BadBody),
+                "{bad}"
+            );
+        }
+        let big_body = " ".repeat(MAX_HEARTBEAT_BYTES + 1);
+        assert_eq!(
+            HeartbeatFrame::parse(&HeartbeatFrame::encode(&sig, &big_body)),
+            Err(HeartbeatError::TooLarge)
+        );
+        let huge = "x".repeat(MAX_HEARTBEAT_FRAME_BYTES + 1);
+        assert_eq!(HeartbeatFrame::parse(&huge), Err(HeartbeatError::TooLarge));
+        assert_eq!(
+            check_heartbeat(SECRET, Some(&sig), big_body.as_bytes(), None, now).map(|_| ()),
+            Err(HeartbeatError::TooLarge)
+        );
+    }
+
+    #[test]
+    fn replies_round_trip_with_the_http_error_codes() {
+        assert_eq!(
+            HeartbeatReply::parse(&HeartbeatReply::Accepted.encode()),
+            Some(HeartbeatReply::Accepted)
+        );
+        let r = HeartbeatReply::refused(HeartbeatError::Replayed);
+        let text = r.encode();
+        assert!(text.contains(r#""type":"error""#), "{text}");
+        assert!(text.contains(r#""code":"unauthorized""#), "{text}");
+        assert_eq!(HeartbeatReply::parse(&text), Some(r));
+        let big = HeartbeatReply::refused(HeartbeatError::TooLarge);
+        assert!(
+            big.encode().contains("payload_too_large"),
+            "{}",
+            big.encode()
+        );
+        assert_eq!(HeartbeatReply::parse("{}"), None);
+        assert_eq!(HeartbeatReply::parse(r#"{"type":"welcome"}"#), None);
+        assert_eq!(HeartbeatReply::parse("garbage"), None);
+    }
+
+    #[test]
+    fn the_record_says_how_the_last_heartbeat_arrived() {
+        let mut r = Registry::new(RegistryConfig::default());
+        let n = NodeId::parse("n").unwrap();
+        r.handle_heartbeat_via(hb("n", "eu", 1, false), Millis(1), Transport::Ws, Millis(1))
+            .unwrap();
+        assert_eq!(
+            r.live(&n, Millis(1)).map(|x| x.transport),
+            Some(Transport::Ws)
+        );
+        r.handle_heartbeat(hb("n", "eu", 1, false), Millis(2), Millis(2))
+            .unwrap();
+        assert_eq!(
+            r.live(&n, Millis(2)).map(|x| x.transport),
+            Some(Transport::Http)
+        );
+        // The replay guard is the same on both paths.
+        assert_eq!(
+            r.handle_heartbeat_via(hb("n", "eu", 1, false), Millis(2), Transport::Ws, Millis(3)),
+            Err(HeartbeatError::Replayed)
+        );
+        // Records stored before the field existed read as HTTP.
+        let old = r#"{"heartbeat":{"node_id":"n","region":"eu","urls":{}},"first_seen":1,"last_seen":1,"last_signed":1,"lease_until":9}"#;
+        let rec: NodeRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(rec.transport, Transport::Http);
+        assert!(
+            serde_json::to_string(&rec)
+                .unwrap()
+                .contains(r#""transport":"http""#)
+        );
     }
 
     #[test]

@@ -250,6 +250,7 @@ mod tests {
             last_seen: Millis(0),
             last_signed: Millis(0),
             lease_until: Millis(lease),
+            transport: crate::registry::Transport::Http,
         }
     }
 

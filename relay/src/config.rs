@@ -12,7 +12,7 @@ use clap::Parser;
 use serde::Deserialize;
 use switchboard_proto::registry::{NodeId, Region};
 
-use crate::fleet::FleetConfig;
+use crate::fleet::{FleetConfig, HeartbeatTransport};
 use crate::net::PortRange;
 use crate::turn::{Cidr, Credentials, PeerPolicy, ServerConfig};
 
@@ -153,7 +153,7 @@ pub struct Args {
     pub reuse_port: bool,
 
     // --- Fleet: registration with the Worker's relay registry (off unless --worker-url) ---
-    /// Base URL of the Switchboard Worker to register with (`POST /v1/relays/heartbeat`);
+    /// Base URL of the Switchboard Worker to register with (`/v1/relays/ws`, `/v1/relays/heartbeat`);
     /// setting it turns registration on [default: off].
     #[arg(long, env = "RELAY_WORKER_URL", value_name = "URL")]
     pub worker_url: Option<String>,
@@ -181,6 +181,11 @@ pub struct Args {
     /// (`RELAY_LEASE_MS`, 5 s), so one lost heartbeat does not end the lease.
     #[arg(long, env = "RELAY_HEARTBEAT_INTERVAL", value_name = "SECONDS")]
     pub heartbeat_interval: Option<u64>,
+    /// How heartbeats travel [default: ws]: `ws`, one WebSocket to the registry
+    /// (`GET /v1/relays/ws`), each heartbeat a frame, falling back to a POST for any beat the
+    /// socket fails; `http`, one `POST /v1/relays/heartbeat` per heartbeat.
+    #[arg(long, env = "RELAY_HEARTBEAT_TRANSPORT", value_name = "ws|http")]
+    pub heartbeat_transport: Option<HeartbeatTransport>,
 }
 
 /// The TOML file: the same options, keyed by long flag name.
@@ -221,6 +226,7 @@ struct FileConfig {
     public_url: Option<Vec<String>>,
     registry_secret: Option<String>,
     heartbeat_interval: Option<u64>,
+    heartbeat_transport: Option<HeartbeatTransport>,
 }
 
 /// The SFU's resolved settings.
@@ -571,6 +577,10 @@ impl Config {
                     urls,
                     secret,
                     interval: Duration::from_secs(interval),
+                    transport: args
+                        .heartbeat_transport
+                        .or(file.heartbeat_transport)
+                        .unwrap_or_default(),
                     max_allocations: 0,
                     max_sfu_sessions: 0,
                 })
@@ -693,6 +703,46 @@ mod tests {
         assert!(c.threads >= 1);
         assert_eq!(c.socket_buffer, 4 << 20);
         assert!(!format!("{c:?}").contains("\"s\""), "secrets never printed");
+    }
+
+    #[test]
+    fn heartbeats_go_over_the_socket_unless_told_otherwise() {
+        let base = [
+            "--listen",
+            "127.0.0.1:3478",
+            "--secret",
+            "s",
+            "--worker-url",
+            "https://w.example",
+            "--node-id",
+            "n1",
+            "--region",
+            "eu",
+            "--public-url",
+            "turn:n1.example:3478",
+            "--registry-secret",
+            "r",
+        ];
+        let transport = |extra: &[&str]| {
+            let mut a = base.to_vec();
+            a.extend_from_slice(extra);
+            parse(&a).unwrap().fleet.unwrap().transport
+        };
+        assert_eq!(transport(&[]), HeartbeatTransport::Ws);
+        assert_eq!(
+            transport(&["--heartbeat-transport", "http"]),
+            HeartbeatTransport::Http
+        );
+        assert_eq!(
+            transport(&["--heartbeat-transport", "ws"]),
+            HeartbeatTransport::Ws
+        );
+        let mut bad = vec!["relay"];
+        bad.extend_from_slice(&base);
+        bad.extend(["--heartbeat-transport", "carrier-pigeon"]);
+        assert!(Args::try_parse_from(bad).is_err());
+        let toml: FileConfig = toml::from_str("heartbeat-transport = \"http\"").unwrap();
+        assert_eq!(toml.heartbeat_transport, Some(HeartbeatTransport::Http));
     }
 
     #[test]

@@ -159,3 +159,88 @@ impl Fleet {
         panic!("timed out waiting for: {what}");
     }
 }
+
+/// The release relay binary scripts/e2e.sh built (`SWITCHBOARD_RELAY_BIN`).
+pub fn relay_bin() -> String {
+    match std::env::var("SWITCHBOARD_RELAY_BIN") {
+        Ok(bin) => bin,
+        Err(_) => {
+            panic!("SWITCHBOARD_RELAY_BIN is not set: scripts/e2e.sh sets it to the release relay")
+        }
+    }
+}
+
+/// A relay process (the release binary), in its own process group.
+#[derive(Debug)]
+pub struct RelayNode {
+    child: std::process::Child,
+}
+
+impl RelayNode {
+    /// Starts a relay on `ip` that registers node `node` in `region` with the fleet instance,
+    /// beating every second, with the default heartbeat transport.
+    pub fn start(bin: &str, f: &Fleet, ip: &str, node: &str, region: &str) -> RelayNode {
+        RelayNode::start_with(bin, f, &f.base, ip, node, region, &[])
+    }
+
+    /// Starts a relay like [`RelayNode::start`] that registers through `worker_url`, with
+    /// `extra` flags.
+    pub fn start_with(
+        bin: &str,
+        f: &Fleet,
+        worker_url: &str,
+        ip: &str,
+        node: &str,
+        region: &str,
+        extra: &[&str],
+    ) -> RelayNode {
+        use std::os::unix::process::CommandExt;
+        let child = std::process::Command::new(bin)
+            .args([
+                "--listen",
+                &format!("{ip}:3478"),
+                "--secret",
+                "fleet-turn-secret",
+                "--threads",
+                "1",
+                "--drain-timeout",
+                "30",
+                "--worker-url",
+                worker_url,
+                "--node-id",
+                node,
+                "--region",
+                region,
+                "--public-url",
+                &turn_url(node),
+                "--heartbeat-interval",
+                "1",
+            ])
+            .args(extra)
+            .env("RELAY_REGISTRY_SECRET", &f.secret)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+        RelayNode { child }
+    }
+
+    /// Sends `sig` to the relay's process group.
+    pub fn signal(&self, sig: rustix::process::Signal) {
+        // kill(2) on the group, never the `kill` command.
+        let pid = i32::try_from(self.child.id())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+            .unwrap();
+        let _ = rustix::process::kill_process_group(pid, sig);
+    }
+}
+
+impl Drop for RelayNode {
+    fn drop(&mut self) {
+        self.signal(rustix::process::Signal::KILL);
+        let _ = self.child.wait();
+    }
+}
