@@ -2,6 +2,8 @@
 // seconds and prints self time by function (wasm functions, the runtime APIs
 // they call, JS glue). Used by scripts/bench-room-cost.sh --profile.
 //   node scripts/profile-worker.mjs <inspector-port> <seconds>
+// PROFILE_TOP=N (rows of the inclusive list), PROFILE_FOCUS=re (the callers of matching functions),
+// PROFILE_UNDER=re (self time of what runs below matching functions).
 import { createRequire } from "node:module";
 const require = createRequire(import.meta.url);
 const WebSocket = require("ws");
@@ -62,6 +64,22 @@ for (const { t, ws, call } of results) {
     });
     console.log(`-- callers of /${process.env.PROFILE_FOCUS}/`);
     for (const [k, v] of [...chains.entries()].sort((a, b) => b[1] - a[1]).slice(0, 10)) console.log(`${(v / 1000).toFixed(1).padStart(8)} ms  ${k}`);
+  }
+  if (process.env.PROFILE_UNDER) {
+    // Self time of the functions below the matching one (e.g. one handler's own breakdown).
+    const re = new RegExp(process.env.PROFILE_UNDER);
+    const under = new Map();
+    let sum = 0;
+    prof.samples.forEach((s, i) => {
+      const chain = [];
+      for (let id = s; id !== undefined; id = parent.get(id)) chain.push(byId.get(id).callFrame.functionName);
+      if (!chain.some((n) => re.test(n))) return;
+      const dt = prof.timeDeltas[i] ?? 0; sum += dt;
+      const key = chain[0] || "(anon)";
+      under.set(key, (under.get(key) ?? 0) + dt);
+    });
+    console.log(`-- self time below /${process.env.PROFILE_UNDER}/: ${(sum / 1000).toFixed(1)} ms`);
+    for (const [k, v] of [...under.entries()].sort((a, b) => b[1] - a[1]).slice(0, 25)) console.log(`${(v / 1000).toFixed(1).padStart(8)} ms  ${k.slice(0, 140)}`);
   }
   console.log(`-- self`);
   const rows = [...self.entries()].sort((a, b) => b[1] - a[1]).slice(0, 25);

@@ -9,14 +9,30 @@ use worker::{Result, State};
 /// (`Some(None)`: no alarm set). Reading it once per wake-up saves a storage call per event.
 pub type KnownAlarm = Cell<Option<Option<u64>>>;
 
+/// Whether [`wake_by`] would touch storage for `want`: the alarm is unknown (not read since the
+/// object woke) or later than `want`. `false` lets an event finish without awaiting anything.
+pub fn must_set(known: &KnownAlarm, want: Option<Millis>) -> bool {
+    let Some(want) = want else {
+        return false;
+    };
+    match known.get() {
+        None => true,
+        Some(current) => current.is_none_or(|at| at > clamp(want).0),
+    }
+}
+
+/// Never at or before now: `Date.now()` stands still between I/O, and an alarm set for the
+/// time of the alarm being handled is deleted when its handler returns.
+fn clamp(want: Millis) -> Millis {
+    Millis(want.0.max(crate::http::now().0.saturating_add(1)))
+}
+
 /// Sets the alarm to `want` if none is set or the set one is later.
 pub async fn wake_by(state: &State, known: &KnownAlarm, want: Option<Millis>) -> Result<()> {
     let Some(want) = want else {
         return Ok(());
     };
-    // Never at or before now: `Date.now()` stands still between I/O, and an alarm
-    // set for the time of the alarm being handled is deleted when its handler returns.
-    let want = Millis(want.0.max(crate::http::now().0.saturating_add(1)));
+    let want = clamp(want);
     let current = match known.get() {
         Some(k) => k,
         None => {

@@ -11,6 +11,13 @@
 //! sweep at the earliest death deadline; an in-memory `setTimeout` runs the
 //! checkpoint, because arming it must not itself be a storage write (every
 //! write holds back the messages sent after it until it is durable).
+//!
+//! The hibernation API's WebSocket handlers are exported by hand (the
+//! `#[durable_object(alarm)]` macro exports the constructor, `fetch` and
+//! `alarm`): a message is handled synchronously and the handler returns
+//! `undefined`, and only an event that must set the alarm returns a promise.
+//! The macro's handlers are `async` and every call pays for a promise and a
+//! microtask round, which was the largest single cost per message.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
@@ -26,9 +33,12 @@ use switchboard_proto::{
     ConnId, ErrorCode, Meta, Millis, PeerId, ResumeToken, RoomName, TraceId, UserId, wire,
 };
 use wasm_bindgen::JsCast;
+use wasm_bindgen::prelude::{JsValue, wasm_bindgen};
+use worker::wasm_bindgen_futures::future_to_promise;
+use worker::worker_sys::web_sys;
 use worker::{
     DurableObject, Env, Request, Response, Result, SqlStorage, SqlStorageValue, State, WebSocket,
-    WebSocketIncomingMessage, WebSocketPair, durable_object,
+    WebSocketPair, durable_object,
 };
 
 use crate::config;
@@ -71,9 +81,60 @@ CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 /// The Room Durable Object.
 #[allow(missing_debug_implementations)] // State and Env have no Debug
-#[durable_object]
+#[durable_object(alarm)]
 pub struct Room {
     inner: Rc<Inner>,
+}
+
+/// The hibernation API's WebSocket handlers (see the module docs for why by hand).
+#[wasm_bindgen]
+impl Room {
+    /// A message on one of the room's sockets: handled before this returns; a promise only
+    /// when the event must still set the alarm.
+    #[wasm_bindgen(js_name = webSocketMessage)]
+    pub fn web_socket_message(
+        &self,
+        ws: web_sys::WebSocket,
+        message: JsValue,
+    ) -> std::result::Result<JsValue, JsValue> {
+        let this = &self.inner;
+        let wake_at = Inner::message(this, ws.into(), message.as_string())?;
+        if !crate::alarm::must_set(&this.alarm_at, wake_at) {
+            return Ok(JsValue::UNDEFINED);
+        }
+        let this = Rc::clone(this);
+        Ok(future_to_promise(async move {
+            this.schedule(wake_at).await?;
+            Ok(JsValue::UNDEFINED)
+        })
+        .into())
+    }
+
+    /// A socket closed.
+    #[wasm_bindgen(js_name = webSocketClose)]
+    pub fn web_socket_close(
+        &self,
+        ws: web_sys::WebSocket,
+        code: usize,
+        _reason: String,
+        _was_clean: bool,
+    ) -> js_sys::Promise {
+        let this = Rc::clone(&self.inner);
+        future_to_promise(async move {
+            Inner::socket_gone(&this, ws.into(), code == 1000 || code == 1001).await?;
+            Ok(JsValue::UNDEFINED)
+        })
+    }
+
+    /// A socket failed.
+    #[wasm_bindgen(js_name = webSocketError)]
+    pub fn web_socket_error(&self, ws: web_sys::WebSocket, _error: JsValue) -> js_sys::Promise {
+        let this = Rc::clone(&self.inner);
+        future_to_promise(async move {
+            Inner::socket_gone(&this, ws.into(), false).await?;
+            Ok(JsValue::UNDEFINED)
+        })
+    }
 }
 
 /// Everything the object owns; shared with its checkpoint timer task.
@@ -241,43 +302,6 @@ impl DurableObject for Room {
         }
     }
 
-    async fn websocket_message(
-        &self,
-        ws: WebSocket,
-        message: WebSocketIncomingMessage,
-    ) -> Result<()> {
-        let this = &self.inner;
-        let t = now();
-        let Some(conn) = this.conn_of(&ws) else {
-            let _ = ws.close(
-                Some(core::close_code::UNKNOWN_CONNECTION),
-                Some("unknown connection"),
-            );
-            return Ok(());
-        };
-        this.sockets.borrow_mut().insert(conn, ws);
-        this.load(None, t)?;
-        this.with_core(|room| match &message {
-            WebSocketIncomingMessage::String(text) => room.handle_text(conn, text, t),
-            WebSocketIncomingMessage::Binary(_) => room.handle_binary(conn, t),
-        });
-        Inner::after_event(this).await
-    }
-
-    async fn websocket_close(
-        &self,
-        ws: WebSocket,
-        code: usize,
-        _reason: String,
-        _was_clean: bool,
-    ) -> Result<()> {
-        Inner::socket_gone(&self.inner, ws, code == 1000 || code == 1001).await
-    }
-
-    async fn websocket_error(&self, ws: WebSocket, _error: worker::Error) -> Result<()> {
-        Inner::socket_gone(&self.inner, ws, false).await
-    }
-
     async fn alarm(&self) -> Result<Response> {
         let this = &self.inner;
         let t = now();
@@ -350,6 +374,26 @@ impl Inner {
         this.with_core(|room| room.handle_join(join, t));
         Inner::after_event(this).await?;
         Response::from_websocket(pair.client)
+    }
+
+    /// A message (`text`; `None`: binary) handled synchronously; returns when the room wants
+    /// to wake (for the alarm, which the caller sets if it must).
+    fn message(this: &Rc<Inner>, ws: WebSocket, text: Option<String>) -> Result<Option<Millis>> {
+        let t = now();
+        let Some(conn) = this.conn_of(&ws) else {
+            let _ = ws.close(
+                Some(core::close_code::UNKNOWN_CONNECTION),
+                Some("unknown connection"),
+            );
+            return Ok(None);
+        };
+        this.sockets.borrow_mut().insert(conn, ws);
+        this.load(None, t)?;
+        this.with_core(|room| match &text {
+            Some(text) => room.handle_text(conn, text, t),
+            None => room.handle_binary(conn, t),
+        });
+        Inner::perform(this)
     }
 
     async fn socket_gone(this: &Rc<Inner>, ws: WebSocket, clean: bool) -> Result<()> {
@@ -557,10 +601,17 @@ impl Inner {
 
     /// Performs the room's outputs and keeps the alarm and the checkpoint timer right.
     async fn after_event(this: &Rc<Inner>) -> Result<()> {
+        let wake_at = Inner::perform(this)?;
+        this.schedule(wake_at).await
+    }
+
+    /// Carries out the core's outputs (sends, closes, writes, logs) and arms the checkpoint
+    /// timer; returns when the room wants its alarm.
+    fn perform(this: &Rc<Inner>) -> Result<Option<Millis>> {
         let (outputs, wake_at, checkpoint_at) = {
             let mut guard = this.core.borrow_mut();
             let Some(room) = guard.as_mut() else {
-                return Ok(());
+                return Ok(None);
             };
             (
                 room.drain_outputs(),
@@ -608,7 +659,7 @@ impl Inner {
         }
         Inner::arm_checkpoint(this, checkpoint_at);
         Inner::release_relays_if_empty(this)?;
-        this.schedule(wake_at).await
+        Ok(wake_at)
     }
 
     /// Arms the in-memory checkpoint timer for `at`, unless one armed fires by then.

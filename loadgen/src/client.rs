@@ -263,6 +263,9 @@ pub struct Client {
     ack_period: Duration,
     /// The room speaks v1.2 (`welcome.rev` >= 2): the client's ack rides on its frames.
     acks_ride: bool,
+    /// When the oldest frame not yet acknowledged arrived: an `ack` frame goes out
+    /// `ack_period` after it unless a frame of this client carried the ack first (as the SDK).
+    unacked_since: Option<Instant>,
     heartbeat: Duration,
     unanswered_pings: u32,
     /// Members known to be present: client index -> peer id (v1), or the plan (echo, PeerJS).
@@ -324,6 +327,7 @@ impl Client {
             since_ack: 0,
             ack_period: Duration::from_secs(1),
             acks_ride: false,
+            unacked_since: None,
             heartbeat,
             unanswered_pings: 0,
             known,
@@ -652,14 +656,7 @@ impl Client {
             Some(i)
         };
         self.unanswered_pings = 0;
-        let mut ack_tick = if self.cfg.mode == Mode::V1 {
-            Some(interval_at(
-                Instant::now() + self.ack_period,
-                self.ack_period,
-            ))
-        } else {
-            None
-        };
+        self.unacked_since = None;
         let drop_at = self.cfg.drop_every.map(|d| {
             let jitter = self.rng.upto(u64::try_from(d.as_millis()).unwrap_or(0) / 2);
             Instant::now() + d + Duration::from_millis(jitter)
@@ -672,6 +669,7 @@ impl Client {
                 Phase::Connect | Phase::Drain => self.send_tick = None,
             }
             let resend_at = self.resend_at.map(|(at, _)| at);
+            let ack_at = self.unacked_since.map(|t| t + self.ack_period);
             tokio::select! {
                 m = ws.next() => {
                     let text = match m {
@@ -707,7 +705,8 @@ impl Client {
                         return End::Dead(ws_reason(&e));
                     }
                 }
-                () = tick(&mut ack_tick) => {
+                () = until(ack_at) => {
+                    self.unacked_since = None;
                     if self.last_seq > self.acked_seq && let Err(e) = self.ack(ws).await {
                         return End::Dead(ws_reason(&e));
                     }
@@ -749,6 +748,7 @@ impl Client {
     async fn ack(&mut self, ws: &mut Ws) -> Result<(), WsError> {
         self.acked_seq = self.last_seq;
         self.since_ack = 0;
+        self.unacked_since = None;
         ws.send(Message::text(format!(
             r#"{{"type":"ack","seq":{}}}"#,
             self.last_seq
@@ -824,6 +824,9 @@ impl Client {
             }
             self.last_seq = seq;
             self.since_ack += 1;
+            if self.cfg.mode == Mode::V1 {
+                self.unacked_since.get_or_insert_with(Instant::now);
+            }
         }
         match f.kind.as_ref() {
             "signal" | "relay" => {
@@ -965,6 +968,7 @@ impl Client {
             head.push_str(&format!(r#","ack":{}"#, self.last_seq));
             self.acked_seq = self.last_seq;
             self.since_ack = 0;
+            self.unacked_since = None;
         }
         if self.cfg.cseq {
             self.outbox

@@ -471,9 +471,9 @@ pub fn error_frame(code: ErrorCode, message: &str) -> String {
     ServerFrame::Error(ErrorInfo::new(code, message)).to_json()
 }
 
-/// The JSON text of an `ack` frame.
+/// The JSON text of an `ack` frame (written directly: it is on every busy room's hot path).
 pub fn ack_frame(cseq: u64) -> String {
-    ServerFrame::Ack { cseq }.to_json()
+    format!(r#"{{"type":"ack","cseq":{cseq}}}"#)
 }
 
 /// The type of a sequenced server frame (one that carries `seq` and is replayed on resume).

@@ -76,11 +76,11 @@ pub const COUNTERS_EVERY_MS: u64 = 5000;
 /// counters, so that one wake-up's events share one write.
 const LAZY_DELAY_MS: u64 = 250;
 
-/// A room that received a client frame this recently is busy: its lazy batch
-/// waits (checked again every `COUNTERS_EVERY_MS`) until the room is quiet,
-/// or at most `LAZY_BUSY_MAX_MS` since the last batch. A busy room cannot
-/// hibernate anyway, and each batch is a write; a room that goes quiet
-/// writes at its next check.
+/// A room that received a client frame this recently when its lazy batch is
+/// due is busy: the batch waits until `LAZY_BUSY_MAX_MS` after the last one.
+/// A busy room cannot hibernate anyway, and each batch is a write and a timer
+/// wake-up; the price is that a room that goes quiet right after may stay in
+/// memory that long before it can hibernate.
 const BUSY_WITHIN_MS: u64 = 1000;
 
 /// The longest a busy room's records and counters wait to be written.
@@ -1339,7 +1339,7 @@ impl Room {
     /// acknowledged by its recipient; acks after a write leave only once it is
     /// confirmed). Changed records and counters are written with those frames,
     /// or at most every `COUNTERS_EVERY_MS` when nothing else is written (a
-    /// busy room: once quiet, at least every `LAZY_BUSY_MAX_MS`).
+    /// room busy when that batch is due: `LAZY_BUSY_MAX_MS` after the last one).
     pub fn handle_checkpoint(&mut self, now: Millis) {
         self.checkpoint_at = None;
         let flush_after = self.cfg.limits.flush_after_ms;
@@ -1372,7 +1372,8 @@ impl Room {
         let busy = self
             .last_frame
             .is_some_and(|t| now.since(t) < BUSY_WITHIN_MS);
-        let since = self.counters_written.map(|t| now.since(t));
+        let last_batch = self.counters_written;
+        let since = last_batch.map(|t| now.since(t));
         let postponed =
             busy && since.is_some_and(|s| (COUNTERS_EVERY_MS..LAZY_BUSY_MAX_MS).contains(&s));
         let lazy_due = !postponed && since.is_none_or(|s| s >= COUNTERS_EVERY_MS);
@@ -1416,9 +1417,8 @@ impl Room {
             self.want_checkpoint_at(at.plus(flush_after));
         }
         if self.counters_dirty || self.gc_due || self.peers.values().any(|p| p.dirty) {
-            if postponed {
-                // Busy: look again in COUNTERS_EVERY_MS, not at once.
-                self.want_checkpoint_at(now.plus(COUNTERS_EVERY_MS));
+            if let (true, Some(t)) = (postponed, last_batch) {
+                self.want_checkpoint_at(t.plus(LAZY_BUSY_MAX_MS));
             } else {
                 self.want_lazy_checkpoint(now);
             }
