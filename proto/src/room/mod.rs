@@ -77,7 +77,8 @@ pub const COUNTERS_EVERY_MS: u64 = 5000;
 const LAZY_DELAY_MS: u64 = 250;
 
 /// A room that received a client frame this recently when its lazy batch is
-/// due is busy: the batch waits until `LAZY_BUSY_MAX_MS` after the last one.
+/// due is busy: the batch waits until `LAZY_BUSY_MAX_MS` after the last one
+/// (unless it has acknowledged rows to delete).
 /// A busy room cannot hibernate anyway, and each batch is a write and a timer
 /// wake-up; the price is that a room that goes quiet right after may stay in
 /// memory that long before it can hibernate.
@@ -1374,8 +1375,12 @@ impl Room {
             .is_some_and(|t| now.since(t) < BUSY_WITHIN_MS);
         let last_batch = self.counters_written;
         let since = last_batch.map(|t| now.since(t));
-        let postponed =
-            busy && since.is_some_and(|s| (COUNTERS_EVERY_MS..LAZY_BUSY_MAX_MS).contains(&s));
+        // Only records and counters wait: acknowledged rows to delete (v1 senders' frames, flushed
+        // frames) and bodies to collect keep the 5 s cadence, so storage does not pile up.
+        let rows_to_delete = self.gc_due || self.peers.values().any(|p| p.trim_through.is_some());
+        let postponed = busy
+            && !rows_to_delete
+            && since.is_some_and(|s| (COUNTERS_EVERY_MS..LAZY_BUSY_MAX_MS).contains(&s));
         let lazy_due = !postponed && since.is_none_or(|s| s >= COUNTERS_EVERY_MS);
         let writing = flushed || lazy_due || self.gc_due;
         if writing {
