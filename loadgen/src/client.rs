@@ -971,6 +971,8 @@ impl Client {
             self.unacked_since = None;
         }
         if self.cfg.cseq {
+            // Counted until the room acknowledges it (`confirm`): the drain waits for zero.
+            self.shared.unacked.fetch_add(1, Relaxed);
             self.outbox
                 .push(|c| format!(r#"{head},"cseq":{c}}}"#))
                 .to_owned()
