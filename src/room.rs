@@ -17,7 +17,7 @@
 //! `alarm`): a message is handled synchronously and the handler returns
 //! `undefined`, and only an event that must set the alarm returns a promise.
 //! The macro's handlers are `async` and every call pays for a promise and a
-//! microtask round, which was the largest single cost per message.
+//! microtask round, a large share of the CPU of each message (docs/BENCHMARKS.md).
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
