@@ -127,7 +127,7 @@ pub struct Join {
     /// The stable user behind the socket, from the router; absent: the peer id.
     pub user: Option<UserId>,
     /// The client joined with `caps=acks` (v1.2): it reads `acked` on delivered frames, so the
-    /// room's `ack` to it may ride on a `signal` or `relay` it is sent anyway.
+    /// room's `ack` to it may ride on a sequenced frame it is sent anyway.
     pub reads_acked: bool,
 }
 
