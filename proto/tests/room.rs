@@ -1410,6 +1410,15 @@ fn pair_reading_acked() -> (Harness, Client, Client) {
     (h, a, b)
 }
 
+/// a offers (cseq 1) to b; b answers (cseq 1) carrying its ack of the offer, at `T0 + 20`.
+fn offer_then_answer_with_ack(h: &mut Harness, a: &Client, b: &Client) {
+    h.send(a, cseq_signal(&b.peer, json!("offer"), 1), T0.plus(10));
+    let got = h.take(b.conn);
+    let mut answer = cseq_signal(&a.peer, json!("answer"), 1);
+    answer["ack"] = got[0]["seq"].clone();
+    h.send(b, answer, T0.plus(20));
+}
+
 #[test]
 fn an_ack_carried_by_a_frame_settles_and_the_room_s_ack_rides_on_the_reply() {
     let (mut h, a, b) = pair_reading_acked();
@@ -1445,11 +1454,7 @@ fn an_ack_carried_by_a_frame_settles_and_the_room_s_ack_rides_on_the_reply() {
 #[test]
 fn without_caps_acks_the_room_s_ack_is_a_frame_of_its_own() {
     let (mut h, a, b) = Harness::pair();
-    h.send(&a, cseq_signal(&b.peer, json!("offer"), 1), T0.plus(10));
-    let got = h.take(b.conn);
-    let mut answer = cseq_signal(&a.peer, json!("answer"), 1);
-    answer["ack"] = got[0]["seq"].clone();
-    h.send(&b, answer, T0.plus(20));
+    offer_then_answer_with_ack(&mut h, &a, &b);
     let to_a = h.take(a.conn);
     assert_eq!(to_a.len(), 2, "{to_a:?}");
     assert!(to_a.iter().all(|f| f.get("acked").is_none()), "{to_a:?}");
@@ -1510,11 +1515,7 @@ fn a_frame_with_an_invalid_ack_is_refused_whole() {
 fn caps_acks_survives_hibernation() {
     let (mut h, a, b) = pair_reading_acked();
     h.hibernate(T0.plus(5));
-    h.send(&a, cseq_signal(&b.peer, json!("offer"), 1), T0.plus(10));
-    let got = h.take(b.conn);
-    let mut answer = cseq_signal(&a.peer, json!("answer"), 1);
-    answer["ack"] = got[0]["seq"].clone();
-    h.send(&b, answer, T0.plus(20));
+    offer_then_answer_with_ack(&mut h, &a, &b);
     let to_a = h.take(a.conn);
     assert_eq!(to_a.len(), 1, "{to_a:?}");
     assert_eq!(to_a[0]["acked"], 1);
