@@ -51,6 +51,10 @@ const KEYFRAME_INTERVAL: Duration = Duration::from_millis(500);
 /// How often a subscriber's simulcast layer choice is re-decided.
 const LAYER_INTERVAL: Duration = Duration::from_millis(100);
 
+/// A subscriber's BWE probes for this multiple of the publisher's top layer, clearly above the
+/// estimate that moving up to it needs (see `layers::UP_HEADROOM_PERCENT`).
+const DESIRED_OVER_TOP_LAYER: u64 = 2;
+
 /// The bandwidth estimate a session starts from (str0m's BWE probes up from here).
 const INITIAL_ESTIMATE_KBPS: u64 = 1_000;
 
@@ -1071,14 +1075,16 @@ impl Sfu {
             rates.extend(t.layers.iter().map(|(r, m)| (*r, m.bps())));
         }
         let keyframe = d.is_keyframe();
-        // What a subscriber's BWE should probe for: a quarter above the top layer.
+        // What a subscriber's BWE should probe for: twice the top layer. Going up a layer needs
+        // an estimate of 100/UP_HEADROOM_PERCENT (1.25×) the layer's rate; a probe target at
+        // that same line would leave the estimate hovering around it, so a subscriber on a
+        // noisy path would rarely hold it for UP_HOLD.
         let desired = rates
             .iter()
             .map(|(_, bps)| *bps)
             .max()
             .unwrap_or(0)
-            .saturating_mul(5)
-            / 4;
+            .saturating_mul(DESIRED_OVER_TOP_LAYER);
         // Per frame: the member list goes into a reused buffer, no allocation once warm.
         let mut members = std::mem::take(&mut self.scratch);
         members.clear();
