@@ -147,6 +147,8 @@ pub struct Report {
     pub received: Received,
     /// Probe latencies, µs.
     pub latencies_us: Vec<u32>,
+    /// When each of those probes was sent, ms since the Unix epoch (same order).
+    pub sent_unix_ms: Vec<u64>,
     /// `error` frames by code.
     pub errors: BTreeMap<String, u64>,
     /// Connection ends other than the run's own close, by cause.
@@ -785,6 +787,7 @@ impl Client {
             self.report
                 .latencies_us
                 .push(u32::try_from(lat).unwrap_or(u32::MAX));
+            self.report.sent_unix_ms.push(p.t / 1000);
             self.shared.delivered.fetch_add(1, Relaxed);
         }
     }

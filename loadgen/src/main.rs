@@ -137,6 +137,8 @@ struct Summary {
     connect: ConnectSummary,
     msgs: MsgSummary,
     latency_ms: Percentiles,
+    /// Latency by the second of the send phase the probe was sent in.
+    latency_by_second: Vec<track::SecondLatency>,
     errors_by_code: BTreeMap<String, u64>,
     connection_ends: BTreeMap<String, u64>,
     reconnects: u64,
@@ -414,6 +416,7 @@ async fn run(args: &Args, nofile: u64) -> Summary {
     // Send phase.
     let cpu_before = procstat::sample(&args.server_pgid, proxy_port);
     let send_start = Instant::now();
+    let send_start_unix_ms = client::unix_us() / 1000;
     let _ = phase_tx.send(Phase::Send);
     let send_end =
         (send_start + Duration::from_secs_f64(args.duration.max(0.0))).min(hard_deadline);
@@ -462,6 +465,7 @@ async fn run(args: &Args, nofile: u64) -> Summary {
         args,
         rooms,
         started_unix_ms,
+        send_start_unix_ms,
         deadline_hit,
         connect_seconds,
         send_seconds,
@@ -505,6 +509,7 @@ struct SummaryInput<'a> {
     args: &'a Args,
     rooms: u32,
     started_unix_ms: u64,
+    send_start_unix_ms: u64,
     deadline_hit: bool,
     connect_seconds: f64,
     send_seconds: f64,
@@ -529,6 +534,7 @@ fn summarize(i: SummaryInput<'_>) -> Summary {
     let mut sent: BTreeMap<ClientIdx, Sent> = BTreeMap::new();
     let mut received: BTreeMap<ClientIdx, Received> = BTreeMap::new();
     let mut lat: Vec<u32> = Vec::new();
+    let mut lat_sent: Vec<u64> = Vec::new();
     let mut join: Vec<u32> = Vec::new();
     let mut failed_by_reason = BTreeMap::new();
     let mut errors = BTreeMap::new();
@@ -556,6 +562,7 @@ fn summarize(i: SummaryInput<'_>) -> Summary {
         }
         join.extend(r.join_us);
         lat.append(&mut r.latencies_us);
+        lat_sent.append(&mut r.sent_unix_ms);
         add(&mut errors, &r.errors);
         add(&mut ends, &r.ends);
         add(&mut rfail, &r.reconnect_failures);
@@ -639,6 +646,7 @@ fn summarize(i: SummaryInput<'_>) -> Summary {
             foreign,
             all_delivered: t.lost == 0 && t.expected == t.delivered,
         },
+        latency_by_second: track::by_second(&lat, &lat_sent, i.send_start_unix_ms),
         latency_ms: track::percentiles(&mut lat),
         errors_by_code: errors,
         connection_ends: ends,

@@ -223,10 +223,54 @@ pub fn percentiles(us: &mut [u32]) -> Percentiles {
     }
 }
 
+/// Latency of the probes sent in one second of the send phase.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct SecondLatency {
+    /// Seconds since the send phase began (0: its first second).
+    pub second: u64,
+    /// Percentiles of the probes sent in that second.
+    #[serde(flatten)]
+    pub latency_ms: Percentiles,
+}
+
+/// Latency by the second the probe was sent in (`sent_unix_ms` pairs with `us`): a queue that
+/// grows shows as a rising line, a stall as one bad second. Probes sent before `start_unix_ms`
+/// count in second 0.
+pub fn by_second(us: &[u32], sent_unix_ms: &[u64], start_unix_ms: u64) -> Vec<SecondLatency> {
+    let mut seconds: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
+    for (lat, sent) in us.iter().zip(sent_unix_ms) {
+        let second = sent.saturating_sub(start_unix_ms) / 1000;
+        seconds.entry(second).or_default().push(*lat);
+    }
+    seconds
+        .into_iter()
+        .map(|(second, mut us)| SecondLatency {
+            second,
+            latency_ms: percentiles(&mut us),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)] // test data is ours
 mod tests {
     use super::*;
+
+    #[test]
+    fn latency_by_second_groups_by_send_time() {
+        // Three probes sent in second 0 (one before the start), two in second 2.
+        let us = [1_000, 2_000, 3_000, 50_000, 70_000];
+        let sent = [9_990, 10_000, 10_999, 12_000, 12_500];
+        let s = by_second(&us, &sent, 10_000);
+        assert_eq!(s.len(), 2);
+        assert_eq!((s[0].second, s[0].latency_ms.samples), (0, 3));
+        assert!((s[0].latency_ms.max - 3.0).abs() < 1e-9);
+        assert_eq!((s[1].second, s[1].latency_ms.samples), (2, 2));
+        assert!(
+            (s[1].latency_ms.p50 - 70.0).abs() < 1e-9 || (s[1].latency_ms.p50 - 50.0).abs() < 1e-9
+        );
+        assert!((s[1].latency_ms.max - 70.0).abs() < 1e-9);
+    }
 
     #[test]
     fn stream_counts_duplicates_and_distinct() {

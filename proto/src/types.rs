@@ -1,6 +1,7 @@
 //! Newtypes for the protocol's ids and units, one name per concept.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -49,10 +50,28 @@ impl Millis {
 )]
 pub struct Seq(pub u64);
 
-/// A peer's identity inside a room; stable across resumes.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct PeerId(String);
+/// A peer's identity inside a room; stable across resumes. Shared, not copied: a room names a
+/// peer in many places (its queue entries' origins, acks, outputs), and a clone is a count.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PeerId(Arc<str>);
+
+impl Serialize for PeerId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for PeerId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(|s| PeerId(Arc::from(s)))
+    }
+}
+
+impl std::borrow::Borrow<str> for PeerId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
 
 impl PeerId {
     /// Length of the random part of a generated peer id, in bytes.
@@ -60,13 +79,13 @@ impl PeerId {
 
     /// A peer id made from caller-supplied random bytes (lower-case hex).
     pub fn from_random(bytes: [u8; Self::RANDOM_BYTES]) -> PeerId {
-        PeerId(hex(&bytes))
+        PeerId(Arc::from(hex(&bytes)))
     }
 
     /// Accepts a peer id as it appears on the wire; `None` if it cannot be one.
     pub fn parse(s: &str) -> Option<PeerId> {
         let ok = !s.is_empty() && s.len() <= 64 && s.bytes().all(is_name_byte);
-        ok.then(|| PeerId(s.to_owned()))
+        ok.then(|| PeerId(Arc::from(s)))
     }
 
     /// The id as text.

@@ -473,7 +473,33 @@ pub fn error_frame(code: ErrorCode, message: &str) -> String {
 
 /// The JSON text of an `ack` frame (written directly: it is on every busy room's hot path).
 pub fn ack_frame(cseq: u64) -> String {
-    format!(r#"{{"type":"ack","cseq":{cseq}}}"#)
+    let mut digits = [0u8; 20];
+    let n = decimal(cseq, &mut digits);
+    let mut out = String::with_capacity(24 + n.len());
+    out.push_str(r#"{"type":"ack","cseq":"#);
+    out.push_str(n);
+    out.push('}');
+    out
+}
+
+/// `n` in decimal, written into `buf` (no allocation: the hot path formats a number or two
+/// per frame).
+pub fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        // `n % 10` is a digit, so the cast cannot truncate.
+        #[allow(clippy::cast_possible_truncation)]
+        let d = (n % 10) as u8;
+        if let Some(b) = buf.get_mut(i) {
+            *b = b'0' + d;
+        }
+        n /= 10;
+        if n == 0 || i == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(buf.get(i..).unwrap_or_default()).unwrap_or_default()
 }
 
 /// The type of a sequenced server frame (one that carries `seq` and is replayed on resume).
@@ -631,11 +657,13 @@ impl SeqBody {
     /// The frame's text with sequence number `seq`.
     pub fn text(&self, seq: u64) -> String {
         let ty = self.ty.as_str();
-        let mut out = String::with_capacity(self.rest.len() + ty.len() + 32);
+        // Room for the `"acked":n,` an ack may add (`Room::fold_acks`) without a reallocation.
+        let mut out = String::with_capacity(self.rest.len() + ty.len() + 64);
+        let mut digits = [0u8; 20];
         out.push_str("{\"type\":\"");
         out.push_str(ty);
         out.push_str("\",\"seq\":");
-        out.push_str(&seq.to_string());
+        out.push_str(decimal(seq, &mut digits));
         out.push(',');
         out.push_str(&self.rest);
         out
@@ -664,6 +692,26 @@ mod tests {
 
     fn code(text: &str) -> ErrorCode {
         parse_client_frame(text).unwrap_err().code
+    }
+
+    #[test]
+    fn decimal_writes_every_u64_as_to_string_does() {
+        for n in [
+            0,
+            1,
+            9,
+            10,
+            99,
+            100,
+            12_345,
+            u64::from(u32::MAX),
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
+            let mut buf = [0u8; 20];
+            assert_eq!(decimal(n, &mut buf), n.to_string());
+        }
+        assert_eq!(ack_frame(42), r#"{"type":"ack","cseq":42}"#);
     }
 
     #[test]

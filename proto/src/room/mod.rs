@@ -404,7 +404,17 @@ pub struct Room {
     /// While a client frame is handled: the room's `ack`s and sequenced frames to clients that
     /// read `acked`, so the `ack`s can ride on those frames ([`Room::fold_acks`]).
     fold: Option<Fold>,
+    /// The buffers of the last [`Fold`] and of `trim`, kept so a frame's event allocates none.
+    spare: Spare,
     out: Vec<Output>,
+}
+
+/// Buffers reused from one event to the next (emptied after each use).
+#[derive(Debug, Default)]
+struct Spare {
+    fold: Fold,
+    origins: Vec<Option<(PeerId, u64)>>,
+    senders: Vec<PeerId>,
 }
 
 /// The sends of one event that [`Room::fold_acks`] may merge, as indices into `Room::out`.
@@ -414,6 +424,10 @@ struct Fold {
     acks: Vec<(ConnId, u64, usize)>,
     /// Sequenced frames: socket, index.
     frames: Vec<(ConnId, usize)>,
+    /// Scratch for [`Room::fold_acks`]: indices of the `ack`s that ride on a frame.
+    folded: Vec<usize>,
+    /// Scratch for [`Room::fold_acks`]: frame index and the `cseq` it carries.
+    carried: Vec<(usize, u64)>,
 }
 
 impl Room {
@@ -434,6 +448,7 @@ impl Room {
             nondurable: 0,
             gc_due: false,
             fold: None,
+            spare: Spare::default(),
             out: Vec::new(),
         }
     }
@@ -799,7 +814,7 @@ impl Room {
 
     /// A text frame arrived on a socket.
     pub fn handle_text(&mut self, conn: ConnId, text: &str, now: Millis) {
-        self.fold = Some(Fold::default());
+        self.fold = Some(std::mem::take(&mut self.spare.fold));
         self.handle_frame(conn, text, now);
         self.fold_acks();
     }
@@ -990,15 +1005,33 @@ impl Room {
     /// `"acked":n`, on the last sequenced frame this event sends that client, instead of going
     /// out as a frame of its own. An `ack` with no such frame to ride on is sent as it is.
     fn fold_acks(&mut self) {
-        let Some(Fold { acks, frames }) = self.fold.take() else {
+        let Some(mut fold) = self.fold.take() else {
             return;
         };
-        if acks.is_empty() || frames.is_empty() {
-            return;
+        let Fold {
+            acks,
+            frames,
+            folded,
+            carried,
+        } = &mut fold;
+        if !acks.is_empty() && !frames.is_empty() {
+            self.fold_into_frames(acks, frames, folded, carried);
         }
-        let mut folded = Vec::new();
-        let mut carried: Vec<(usize, u64)> = Vec::new();
-        for (conn, cseq, at) in acks {
+        acks.clear();
+        frames.clear();
+        folded.clear();
+        carried.clear();
+        self.spare.fold = fold;
+    }
+
+    fn fold_into_frames(
+        &mut self,
+        acks: &[(ConnId, u64, usize)],
+        frames: &[(ConnId, usize)],
+        folded: &mut Vec<usize>,
+        carried: &mut Vec<(usize, u64)>,
+    ) {
+        for &(conn, cseq, at) in acks {
             let Some(&(_, frame)) = frames.iter().rev().find(|(c, _)| *c == conn) else {
                 continue;
             };
@@ -1008,11 +1041,13 @@ impl Room {
                 None => carried.push((frame, cseq)),
             }
         }
-        for (frame, cseq) in carried {
+        for &mut (frame, cseq) in carried {
             if let Some(Output::Send { text, .. }) = self.out.get_mut(frame)
                 && text.starts_with('{')
             {
-                text.insert_str(1, &format!("\"acked\":{cseq},"));
+                let mut digits = [0u8; 20];
+                text.insert_str(1, "\"acked\":,");
+                text.insert_str(9, wire::decimal(cseq, &mut digits));
             }
         }
         let mut i = 0;
@@ -1702,7 +1737,7 @@ impl Room {
         if through <= p.rec.floor {
             return;
         }
-        let mut origins = Vec::new();
+        let mut origins = std::mem::take(&mut self.spare.origins);
         while p.queue.front().is_some_and(|e| e.seq <= through) {
             if let Some(e) = p.queue.pop_front() {
                 let len = e.body.frame.len();
@@ -1718,17 +1753,23 @@ impl Room {
         }
         p.rec.floor = through;
         p.dirty = true;
-        let mut senders: Vec<PeerId> = origins.iter().flatten().map(|(o, _)| o.clone()).collect();
+        let mut senders = std::mem::take(&mut self.spare.senders);
+        for (o, _) in origins.iter().flatten() {
+            if !senders.contains(o) {
+                senders.push(o.clone());
+            }
+        }
         senders.sort();
-        senders.dedup();
-        for o in origins {
+        for o in origins.drain(..) {
             self.nondurable_gone(&o);
         }
         // The recipient's ack settles those frames: their senders hear it now,
         // in this event, which writes nothing (presence frames have no sender).
-        for sender in senders {
+        for sender in senders.drain(..) {
             self.settle(&sender, now);
         }
+        self.spare.origins = origins;
+        self.spare.senders = senders;
         self.want_lazy_checkpoint(now);
     }
 
