@@ -387,7 +387,8 @@ impl Inner {
             );
             return Ok(None);
         };
-        this.sockets.borrow_mut().insert(conn, ws);
+        // Cached once: replacing the handle on every message would cost a release of the old one.
+        this.sockets.borrow_mut().entry(conn).or_insert(ws);
         this.load(None, t)?;
         this.with_core(|room| match &text {
             Some(text) => room.handle_text(conn, text, t),

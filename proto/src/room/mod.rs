@@ -30,7 +30,7 @@ use std::rc::Rc;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use queue::{Body, Entry};
+use queue::{Body, Entry, Inflight};
 pub use queue::{StoredFrame, StoredQueue};
 
 use crate::ice::IceConfig;
@@ -321,7 +321,7 @@ struct Peer {
     ack_wanted: bool,
     /// Frames from this peer still only in memory, by `cseq`, counted once per
     /// recipient queue holding one (a broadcast's frame once per recipient).
-    inflight: BTreeMap<u64, u32>,
+    inflight: Inflight,
     /// The record changed and must be written by a later checkpoint (with
     /// other writes, or lazily: see `handle_checkpoint`).
     dirty: bool,
@@ -347,7 +347,7 @@ impl Peer {
     /// The highest `cseq` whose frames are all settled: processed, and each
     /// written or acknowledged by its recipient.
     fn settled(&self) -> u64 {
-        self.inflight.keys().next().map_or(self.cseq_hi, |first| {
+        self.inflight.first().map_or(self.cseq_hi, |first| {
             self.cseq_hi.min(first.saturating_sub(1))
         })
     }
@@ -494,7 +494,7 @@ impl Room {
                 last_heard: rec.conn_since,
                 cseq_hi: rec.cseq_hi,
                 ack_wanted: false,
-                inflight: BTreeMap::new(),
+                inflight: Inflight::default(),
                 dirty: false,
                 trim_through: None,
                 stale: true,
@@ -695,7 +695,7 @@ impl Room {
             last_heard: now,
             cseq_hi: 0,
             ack_wanted: false,
-            inflight: BTreeMap::new(),
+            inflight: Inflight::default(),
             dirty: false,
             trim_through: None,
             stale: false,
@@ -1663,7 +1663,7 @@ impl Room {
             if let Some((o, n)) = origin
                 && let Some(op) = self.peers.get_mut(&o)
             {
-                *op.inflight.entry(n).or_default() += 1;
+                op.inflight.add(n);
             }
         }
         self.bound_queue(to, len);
@@ -1778,12 +1778,8 @@ impl Room {
         self.nondurable = self.nondurable.saturating_sub(1);
         if let Some((o, n)) = origin
             && let Some(p) = self.peers.get_mut(o)
-            && let Some(count) = p.inflight.get_mut(n)
         {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                p.inflight.remove(n);
-            }
+            p.inflight.done(*n);
         }
     }
 
