@@ -1045,9 +1045,11 @@ impl Room {
             if let Some(Output::Send { text, .. }) = self.out.get_mut(frame)
                 && text.starts_with('{')
             {
+                // Inserted back to front after the `{`: `"acked":`, the number, `,`.
                 let mut digits = [0u8; 20];
-                text.insert_str(1, "\"acked\":,");
-                text.insert_str(9, wire::decimal(cseq, &mut digits));
+                text.insert(1, ',');
+                text.insert_str(1, wire::decimal(cseq, &mut digits));
+                text.insert_str(1, "\"acked\":");
             }
         }
         let mut i = 0;
