@@ -14,7 +14,10 @@
 # BENCH_SECS=20 (send window), BENCH_DRAIN=5 (seconds after the window a message may still
 # arrive), BENCH_PAYLOAD=200 (probe bytes; ~270-byte frames), BENCH_CONNECT_RATE=200 (joins/s
 # before a load row; the join test always joins at 500/s), BENCH_JOIN_CLIENTS=2000,
-# BENCH_NICE=0 (priority of servers and loadgen; see bench/servers.sh).
+# BENCH_NICE=0 (priority of servers and loadgen; see bench/servers.sh), BENCH_ROUNDS=1 (each load
+# row is run this many times, the servers in turn, so the echo floor and the room are compared
+# round by round; the tables show the median and each round's figures; protocol v1 clients, which
+# are not the target, run in the first round only).
 # Runs itself inside a fresh network namespace (unshare -n): only loopback exists.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +32,7 @@ DRAIN=${BENCH_DRAIN:-5}
 PAYLOAD=${BENCH_PAYLOAD:-200}
 JOIN_CLIENTS=${BENCH_JOIN_CLIENTS:-2000}
 CONNECT_RATE=${BENCH_CONNECT_RATE:-200}
+ROUNDS=${BENCH_ROUNDS:-1}
 export PATH="$HOME/.cargo/bin:$PATH"
 # Server state (--persist-to) on tmpfs: Durable Object storage here is a local SQLite file per
 # object, and this shared box's disk, not the runtime, would set the pace (see docs/BENCHMARKS.md).
@@ -71,17 +75,20 @@ run() {
     --duration "$secs" --drain-secs "$drain" --payload-bytes "$PAYLOAD" --connect-rate "$connect_rate" \
     --connect-timeout "$connect_timeout" \
     --server-pgid "$pgid" --quiet --out "$WORK/run.json" "$@" > /dev/null
-  python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d["label"]=sys.argv[2]; print(json.dumps(d))' \
-    "$WORK/run.json" "$label" >> "$RESULTS"
+  python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d["label"]=sys.argv[2]; d["round"]=int(sys.argv[3]); print(json.dumps(d))' \
+    "$WORK/run.json" "$label" "${ROUND:-1}" >> "$RESULTS"
 }
 
 for load in $LOADS; do
   clients=${load%x*} rate=${load#*x}
-  run "echo floor" echo $ECHO_PORT "$ECHO_PGID" "$clients" "$rate"
-  run "switchboard v1" v1 $SB_PORT "$SB_PGID" "$clients" "$rate"
-  run "switchboard v1.1" v1 $SB_PORT "$SB_PGID" "$clients" "$rate" --cseq
-  run "peerjs" peerjs $PEERJS_PORT "$PEERJS_PGID" "$clients" "$rate"
+  for ROUND in $(seq 1 "$ROUNDS"); do
+    run "echo floor" echo $ECHO_PORT "$ECHO_PGID" "$clients" "$rate"
+    if [ "$ROUND" = 1 ]; then run "switchboard v1" v1 $SB_PORT "$SB_PGID" "$clients" "$rate"; fi
+    run "switchboard v1.1" v1 $SB_PORT "$SB_PGID" "$clients" "$rate" --cseq
+    run "peerjs" peerjs $PEERJS_PORT "$PEERJS_PGID" "$clients" "$rate"
+  done
 done
+ROUND=1
 # Join test: every client joins at 500/s (10 s timeout) and holds; none should fail.
 for s in "echo floor join|echo|$ECHO_PORT|$ECHO_PGID" "switchboard join|v1|$SB_PORT|$SB_PGID" "peerjs join|peerjs|$PEERJS_PORT|$PEERJS_PGID"; do
   IFS='|' read -r label mode port pgid <<< "$s"
@@ -89,7 +96,7 @@ for s in "echo floor join|echo|$ECHO_PORT|$ECHO_PGID" "switchboard join|v1|$SB_P
 done
 
 COMMIT=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src proto Cargo.toml wrangler.toml || echo "+changes")
-python3 "$ROOT/bench/signaling_report.py" "$RESULTS" "$COMMIT" "$SECS" "$DRAIN" "$ROOT/target/bench-signaling.json" \
+python3 "$ROOT/bench/signaling_report.py" "$RESULTS" "$COMMIT" "$SECS" "$DRAIN" "$ROUNDS" "$ROOT/target/bench-signaling.json" \
   > "$WORK/report.md"
 cat "$WORK/report.md"
 if [ "$WRITE" = 1 ]; then

@@ -149,7 +149,15 @@ struct Summary {
     seq_repeats: u64,
     going_away: GoingAwaySummary,
     server: Option<ServerSummary>,
+    /// loadgen's own CPU over the same window as the server's (it shares the machine).
+    loadgen_cpu: LoadgenCpu,
     rlimit_nofile: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct LoadgenCpu {
+    cpu_ms: f64,
+    cpu_us_per_delivered_msg: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -415,6 +423,7 @@ async fn run(args: &Args, nofile: u64) -> Summary {
 
     // Send phase.
     let cpu_before = procstat::sample(&args.server_pgid, proxy_port);
+    let own_cpu_before = procstat::own_cpu_ms();
     let send_start = Instant::now();
     let send_start_unix_ms = client::unix_us() / 1000;
     let _ = phase_tx.send(Phase::Send);
@@ -440,6 +449,7 @@ async fn run(args: &Args, nofile: u64) -> Summary {
         update(&progress, &shared, "draining");
     }
     let cpu_after = procstat::sample(&args.server_pgid, proxy_port);
+    let own_cpu_ms = procstat::own_cpu_ms() - own_cpu_before;
     let window = send_start.elapsed().as_secs_f64();
     let _ = phase_tx.send(Phase::Stop);
     update(&progress, &shared, "closing");
@@ -473,6 +483,7 @@ async fn run(args: &Args, nofile: u64) -> Summary {
         reports,
         cpu_before,
         cpu_after,
+        own_cpu_ms,
         rss_after_connect,
         nofile,
         sent_msgs: shared.sent.load(Relaxed),
@@ -517,6 +528,7 @@ struct SummaryInput<'a> {
     reports: Vec<Report>,
     cpu_before: Vec<procstat::ProcSample>,
     cpu_after: Vec<procstat::ProcSample>,
+    own_cpu_ms: f64,
     rss_after_connect: u64,
     nofile: u64,
     sent_msgs: u64,
@@ -668,6 +680,14 @@ fn summarize(i: SummaryInput<'_>) -> Summary {
             },
         },
         server,
+        loadgen_cpu: LoadgenCpu {
+            cpu_ms: i.own_cpu_ms,
+            cpu_us_per_delivered_msg: if t.delivered > 0 {
+                i.own_cpu_ms * 1000.0 / t.delivered as f64
+            } else {
+                0.0
+            },
+        },
         rlimit_nofile: i.nofile,
     }
 }

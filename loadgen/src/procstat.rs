@@ -64,6 +64,17 @@ pub fn sample(pgids: &[u32], proxy_port: Option<u16>) -> Vec<ProcSample> {
     out
 }
 
+/// CPU used so far by this process (utime + stime of every thread), ms; 0 if `/proc` is unreadable.
+pub fn own_cpu_ms() -> f64 {
+    let ticks = rustix::param::clock_ticks_per_second().max(1);
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .as_deref()
+        .and_then(parse_stat)
+        // Ticks fit f64 exactly for any real run.
+        .map_or(0.0, |p| (p.utime + p.stime) as f64 * 1000.0 / ticks as f64)
+}
+
 fn page_kib() -> u64 {
     (rustix::param::page_size() / 1024).max(1) as u64
 }
@@ -151,6 +162,20 @@ mod tests {
                 rss_pages: 789
             }
         );
+    }
+
+    #[test]
+    fn own_cpu_grows_with_work() {
+        let before = own_cpu_ms();
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        // Bounded: at most 5 s of spinning, until the clock tick (10 ms here) shows it.
+        while own_cpu_ms() <= before && start.elapsed() < std::time::Duration::from_secs(5) {
+            for i in 0..100_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+            }
+        }
+        assert!(own_cpu_ms() > before, "{x}");
     }
 
     #[test]
