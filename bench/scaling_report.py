@@ -6,7 +6,7 @@ import sys
 doc = json.load(open(sys.argv[1]))
 m = doc["machine"]
 names = {"rooms": "Switchboard, rooms of 10", "echo-rooms": "echo floor, rooms of 10",
-         "large": "Switchboard, one room", "echo-large": "echo floor, one room"}
+         "large": "Switchboard, one room", "large-quiet": "Switchboard, one room, presence off", "echo-large": "echo floor, one room"}
 print(f"Measured {m['date']} on {m['cpu']} ({m['nproc']} cores), Linux {m['kernel']}, commit `{m['commit']}`.")
 print("Command: `BENCH_NICE=-10 bash scripts/bench-scaling.sh` (writes target/bench-scaling.json and docs/scaling.png).")
 print()

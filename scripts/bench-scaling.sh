@@ -8,15 +8,17 @@
 # left over from the previous one.
 #
 # Layouts: Switchboard in rooms of 10; the echo floor in rooms of 10; Switchboard in one large
-# room (MAX_PEERS raised with --var); the echo floor in one large room (memory only: a broadcast
-# to every socket of a large room is not a light probe).
+# room (MAX_PEERS and PRESENCE_MAX_PEERS raised with --var), every client with presence;
+# Switchboard in one large room with every client joined with `presence=off` (`large-quiet`: no
+# presence is sent to them, so a join costs no frame per member); the echo floor in one large
+# room (memory only: a broadcast to every socket of a large room is not a light probe).
 #
 #   bash scripts/bench-scaling.sh          # writes target/bench-scaling.json and docs/scaling.png
 #
 # Knobs: SCALE_STEPS="1000 5000 10000 15000 19000", SCALE_LARGE_STEPS="250 500 1000 2000",
-# SCALE_ECHO_LARGE_STEPS="5000 19000", SCALE_CONNECT_RATE=300 (joins/s, all
+# SCALE_ECHO_LARGE_STEPS="5000 19000", SCALE_QUIET_STEPS (default: SCALE_STEPS), SCALE_CONNECT_RATE=300 (joins/s, all
 # processes together), SCALE_PROBE_PER_S=1000 (probe deliveries/s in total), SCALE_PROBE_SECS=10,
-# SCALE_LAYOUTS="rooms echo-rooms large echo-large", BENCH_NICE=0 (see bench/servers.sh).
+# SCALE_LAYOUTS="rooms echo-rooms large large-quiet echo-large", BENCH_NICE=0 (see bench/servers.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -26,10 +28,11 @@ fi
 STEPS=${SCALE_STEPS:-"1000 5000 10000 15000 19000"}
 LARGE_STEPS=${SCALE_LARGE_STEPS:-"250 500 1000 2000"}
 ECHO_LARGE_STEPS=${SCALE_ECHO_LARGE_STEPS:-"5000 19000"}
+QUIET_STEPS=${SCALE_QUIET_STEPS:-$STEPS}
 CONNECT_RATE=${SCALE_CONNECT_RATE:-300}
 PROBE_PER_S=${SCALE_PROBE_PER_S:-1000}
 PROBE_SECS=${SCALE_PROBE_SECS:-10}
-LAYOUTS=${SCALE_LAYOUTS:-"rooms echo-rooms large echo-large"}
+LAYOUTS=${SCALE_LAYOUTS:-"rooms echo-rooms large large-quiet echo-large"}
 PER_PROC=5000
 export PATH="$HOME/.cargo/bin:$PATH"
 # Server state (--persist-to) on tmpfs: Durable Object storage here is a local SQLite file per
@@ -55,14 +58,15 @@ step() {
   case $layout in
     rooms) server=switchboard mode=v1 rooms_per=10 ;;
     echo-rooms) server=echo mode=echo rooms_per=10 ;;
-    large) server=switchboard mode=v1 rooms_per=$n ;;
+    large|large-quiet) server=switchboard mode=v1 rooms_per=$n ;;
     echo-large) server=echo mode=echo rooms_per=$n ;;
   esac
   fanout=1; [ "$mode" = echo ] && fanout=$((rooms_per - 1))
   rate=$(python3 -c "print($PROBE_PER_S / $n / $fanout)")
   [ "$layout" = echo-large ] && rate=0
   if [ "$server" = switchboard ]; then
-    start_switchboard 28787 29229 --var MAX_PEERS:32768 --var RATE_PER_S:1000 --var RATE_BURST:1000
+    start_switchboard 28787 29229 --var MAX_PEERS:32768 --var PRESENCE_MAX_PEERS:32768 \
+      --var RATE_PER_S:1000 --var RATE_BURST:1000
   else
     start_echo 28788 29230
   fi
@@ -70,6 +74,7 @@ step() {
   # Switchboard's clients speak protocol v1.1 (`cseq`), as the SDK does.
   local proto_args=()
   [ "$server" = switchboard ] && proto_args=(--cseq)
+  [ "$layout" = large-quiet ] && proto_args+=(--presence-off)
   read -r port inner_pid < <(inner_port "$pgid" "$proxy_port") || { echo "no inner workerd port" >&2; return 1; }
   local proxy_pid
   for p in $(ps -o pid= -g "$pgid"); do
@@ -144,6 +149,7 @@ PY
 for layout in $LAYOUTS; do
   case $layout in
     large) steps=$LARGE_STEPS ;;
+    large-quiet) steps=$QUIET_STEPS ;;
     echo-large) steps=$ECHO_LARGE_STEPS ;;
     *) steps=$STEPS ;;
   esac

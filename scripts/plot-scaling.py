@@ -13,6 +13,7 @@ labels = {
     "rooms": "Switchboard, rooms of 10",
     "echo-rooms": "echo floor, rooms of 10",
     "large": "Switchboard, one room",
+    "large-quiet": "Switchboard, one room, presence off",
     "echo-large": "echo floor, one room",
 }
 fig, (mem, lat, tot) = plt.subplots(1, 3, figsize=(15, 4.5))

@@ -36,6 +36,8 @@ pub fn limits(env: &Env) -> Limits {
         heartbeat_ms: number(env, "HEARTBEAT_MS", d.heartbeat_ms).max(100),
         resume_window_ms: number(env, "RESUME_WINDOW_MS", d.resume_window_ms),
         max_peers: number(env, "MAX_PEERS", d.max_peers).clamp(1, 32_000),
+        presence_max_peers: number(env, "PRESENCE_MAX_PEERS", d.presence_max_peers)
+            .clamp(1, 32_000),
         max_frame_bytes: number(env, "MAX_FRAME_BYTES", d.max_frame_bytes),
         rate_per_s: number(env, "RATE_PER_S", d.rate_per_s),
         rate_burst: number(env, "RATE_BURST", d.rate_burst),

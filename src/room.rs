@@ -63,6 +63,8 @@ pub const Q_RESUME: &str = "resume";
 pub const Q_LAST_SEQ: &str = "last_seq";
 /// Internal query parameter: the stable user id (`[A-Za-z0-9_-]{1,64}`); absent: the peer id.
 pub const Q_USER: &str = "user";
+/// Internal query parameter: present (`off`) when the client joined with `presence=off`.
+pub const Q_PRESENCE: &str = "presence";
 /// Internal query parameter of `drain`: the `retry_after_ms` announced in the close reason.
 pub const Q_RETRY_AFTER_MS: &str = "retry_after_ms";
 
@@ -251,13 +253,14 @@ impl DurableObject for Room {
                 let caps = param(Q_CAPS);
                 let wants = |cap| relays::has_cap(caps.as_deref(), cap);
                 let (relays_cap, reads_acked) = (wants(relays::CAP_RELAYS), wants(wire::CAP_ACKS));
+                let presence_off = param(Q_PRESENCE).as_deref() == Some("off");
                 Inner::join(
                     this,
                     name,
                     meta,
                     resume,
                     user,
-                    (region, relays_cap, reads_acked),
+                    (region, relays_cap, reads_acked, presence_off),
                 )
                 .await
             }
@@ -329,7 +332,7 @@ impl Inner {
         meta: Meta,
         resume: Option<ResumeRequest>,
         user: Option<UserId>,
-        (region, caps, reads_acked): (Option<Region>, bool, bool),
+        (region, caps, reads_acked, presence_off): (Option<Region>, bool, bool, bool),
     ) -> Result<Response> {
         this.load(Some(&name), now())?;
         // The welcome below hands out the room's relays: pin them first (or move off a
@@ -370,6 +373,7 @@ impl Inner {
             fresh_trace: TraceId::from_random(http::random()?),
             user,
             reads_acked,
+            presence_off,
         };
         this.with_core(|room| room.handle_join(join, t));
         Inner::after_event(this).await?;

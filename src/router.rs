@@ -10,7 +10,7 @@ use crate::config;
 use crate::http::{self, Cors, error, json, now, query_param};
 use crate::registry;
 use crate::room::{
-    Q_CAPS, Q_LAST_SEQ, Q_META, Q_REGION, Q_RESUME, Q_RETRY_AFTER_MS, Q_ROOM, Q_USER,
+    Q_CAPS, Q_LAST_SEQ, Q_META, Q_PRESENCE, Q_REGION, Q_RESUME, Q_RETRY_AFTER_MS, Q_ROOM, Q_USER,
 };
 use switchboard_proto::registry as registry_core;
 
@@ -327,6 +327,13 @@ async fn join(req: Request, url: &Url, env: &Env, room: RoomName) -> Result<Resp
         // Capability names are short words; anything longer is cut, not refused.
         let caps: String = caps.chars().take(64).collect();
         internal.query_pairs_mut().append_pair(Q_CAPS, &caps);
+    }
+    match query_param(url, "presence").as_deref() {
+        None | Some("on") => {}
+        Some("off") => {
+            internal.query_pairs_mut().append_pair(Q_PRESENCE, "off");
+        }
+        Some(_) => return error(ErrorCode::BadRequest, "presence must be on or off"),
     }
     if let Some(token) = query_param(url, "resume") {
         // Tokens are hex; anything else cannot match and is dropped here.

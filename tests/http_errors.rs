@@ -41,6 +41,7 @@ fn upgrade_refusals_carry_json_errors() {
         ("meta=%7Bnot-json", "invalid_meta"),
         (&*format!("meta=%22{}%22", "x".repeat(1100)), "invalid_meta"),
         ("resume=abc&last_seq=minus-one", "bad_request"),
+        ("presence=maybe", "bad_request"),
     ] {
         let r = upgrade_request(&e.open, &format!("/v1/rooms/{room}?{query}"));
         assert_eq!(r.status, 400, "{query}: {}", r.body);

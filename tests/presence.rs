@@ -52,3 +52,34 @@ fn urlencode(s: &str) -> String {
         })
         .collect()
 }
+
+/// `presence=off` (for large rooms): the peer is sent no presence and an empty
+/// `welcome.peers`, while the others still see it join and can signal it by id.
+#[tokio::test]
+async fn presence_off_peer_is_seen_but_sees_no_presence() {
+    let e = env();
+    let room = unique_room("presoff");
+    let mut a = Client::join(&e.open, &room, "").await;
+    let mut v = Client::join(&e.open, &room, "presence=off").await;
+    assert_eq!(v.welcome["presence"], "off");
+    assert_eq!(v.welcome["peers"], json!([]));
+    assert!(a.welcome.get("presence").is_none(), "{}", a.welcome);
+    let joined = a.expect("peer-joined").await;
+    assert_eq!(joined["peer_id"], v.peer_id().as_str());
+    let b = Client::join(&e.open, &room, "presence=on").await;
+    let listed: Vec<&str> = b.welcome["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["peer_id"].as_str().unwrap())
+        .collect();
+    assert!(listed.contains(&v.peer_id().as_str()), "{listed:?}");
+    let joined = a.expect("peer-joined").await;
+    assert_eq!(joined["peer_id"], b.peer_id().as_str());
+    // v's next frame is b's signal: no peer-joined for b came before it.
+    b.signal(&v.peer_id(), json!("hello v"));
+    let f = v.next_skip_acks().await;
+    assert_eq!(f["type"], "signal", "{f}");
+    assert_eq!(f["payload"], "hello v");
+    assert_eq!(f["from"], b.peer_id().as_str());
+}

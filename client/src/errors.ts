@@ -12,6 +12,7 @@ export type ServerErrorCode =
   | "unauthorized"
   | "resume_failed"
   | "room_full"
+  | "presence_full"
   | "internal";
 
 /** Codes the SDK itself raises. */

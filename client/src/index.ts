@@ -50,7 +50,7 @@ export interface JoinOptions {
   /** Ladder timing: `rungTimeoutMs`, `upgradeIntervalMs`, `iceGraceMs`, `maxDataChannelBuffer`. */
   ladder?: Partial<LadderOptions>;
   /** Signaling tuning: backoff, give-up time, outbox bounds, ack cadence, connect timeout; and injection points for tests. */
-  signaling?: Omit<SignalingOptions, "url" | "token" | "meta" | "fetch">;
+  signaling?: Omit<SignalingOptions, "url" | "token" | "meta" | "fetch" | "presence">;
   /**
    * On `pagehide` (a reload, a navigation, a closed tab) send `leave`, so the
    * others see `peer-left` `leave` at once instead of a ghost peer for the

@@ -48,6 +48,8 @@ export interface WelcomeFrame {
   cseq?: number;
   /** The room's relay session endpoint and this peer's token; absent when no relay offers the `sfu` rung. */
   sfu?: unknown;
+  /** `"off"` when this peer joined with `presence=off` (then `peers` is empty); absent otherwise. */
+  presence?: "off";
 }
 
 export interface PeerJoinedFrame {

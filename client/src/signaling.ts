@@ -114,6 +114,13 @@ export interface SignalingOptions {
   ackDelayMs?: number;
   /** A connection attempt that has not produced `welcome` by then is abandoned and retried. */
   connectTimeoutMs?: number;
+  /**
+   * `"off"` joins with `presence=off`, for large rooms: this connection is sent no `peer-joined` or
+   * `peer-left` and an empty `welcome.peers`, while the others still see it join and leave and can
+   * signal it by id. A room admits at most `PRESENCE_MAX_PEERS` peers with presence on (error
+   * `presence_full`). Default `"on"`. `Room` needs presence; this is for `SignalingConnection` users.
+   */
+  presence?: "on" | "off";
 }
 
 export type SignalingState = "connecting" | "open" | "reconnecting" | "closed";
@@ -151,6 +158,7 @@ const SERVER_CODES: ReadonlySet<string> = new Set<ServerErrorCode>([
   "unauthorized",
   "resume_failed",
   "room_full",
+  "presence_full",
   "internal",
 ]);
 
@@ -407,6 +415,7 @@ export class SignalingConnection {
     // This client handles `relays-changed` (the room pushes relay failover to it) and reads
     // `acked` on the frames it is sent (the room's acks ride on them, v1.2).
     url.searchParams.set("caps", "relays,acks");
+    if (this.options.presence === "off") url.searchParams.set("presence", "off");
     if (this.resumeTokenValue !== undefined) {
       url.searchParams.set("resume", this.resumeTokenValue);
       url.searchParams.set("last_seq", String(this.lastSeqValue));

@@ -53,6 +53,7 @@ test("join URL carries meta and token; connect resolves with the first welcome",
   assert.deepEqual(JSON.parse(url.searchParams.get("meta")), { name: "ann" });
   assert.equal(url.searchParams.get("token"), "jwt");
   assert.equal(url.searchParams.get("resume"), null);
+  assert.equal(url.searchParams.get("presence"), null);
   server.last.accept();
   server.last.receive(welcome());
   const frame = await ready;
@@ -278,6 +279,16 @@ test("a refused first connection rejects connect with the server's error", async
   await assert.rejects(ready, { code: "room_full", source: "server" });
   mock.timers.tick(60_000);
   assert.equal(server.sockets.length, 1);
+});
+
+test("presence: off asks the room for no presence; presence_full refuses the join", async () => {
+  const { server, conn } = setup({ presence: "off" });
+  const ready = conn.connect();
+  assert.equal(server.last.url.searchParams.get("presence"), "off");
+  server.last.accept();
+  server.last.receive({ type: "error", code: "presence_full", message: "join with presence=off" });
+  server.last.drop(4002);
+  await assert.rejects(ready, { code: "presence_full", source: "server" });
 });
 
 test("a first connection that closes without a frame rejects with connect_failed", async () => {

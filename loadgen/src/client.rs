@@ -76,6 +76,8 @@ pub struct Config {
     pub ack_every: u32,
     /// Protocol v1.1 acked client frames.
     pub cseq: bool,
+    /// Join with `presence=off`; partners are found in [`Shared::directory`].
+    pub presence_off: bool,
     /// Forced drop period per client.
     pub drop_every: Option<Duration>,
     /// TCP connect + upgrade + welcome timeout.
@@ -113,6 +115,8 @@ pub struct Shared {
     pub unacked: AtomicU64,
     /// Signalled when a client joined or failed.
     pub settled: Notify,
+    /// Peer ids of this process's clients by index, for `presence_off` (the rooms send no presence).
+    pub directory: std::sync::Mutex<std::collections::HashMap<ClientIdx, String>>,
 }
 
 /// A 4003 "going away" close and the resume that followed.
@@ -346,7 +350,12 @@ impl Client {
             Mode::V1 => {
                 let meta = wire::urlencode(&format!(r#"{{"c":{}}}"#, self.idx));
                 // v1.1 clients read `acked` on the frames they are sent (v1.2, `caps=acks`).
-                let caps = if self.cfg.cseq { "&caps=acks" } else { "" };
+                let caps = match (self.cfg.cseq, self.cfg.presence_off) {
+                    (true, true) => "&caps=acks&presence=off",
+                    (true, false) => "&caps=acks",
+                    (false, true) => "&presence=off",
+                    (false, false) => "",
+                };
                 match (&self.resume_token, resume) {
                     (Some(t), true) => format!(
                         "/v1/rooms/{}?meta={meta}{caps}&resume={}&last_seq={}",
@@ -450,6 +459,12 @@ impl Client {
         }
         self.peer_id.clone_from(&f.peer_id);
         self.resume_token.clone_from(&f.resume_token);
+        if self.cfg.presence_off
+            && let Some(id) = &f.peer_id
+            && let Ok(mut dir) = self.shared.directory.lock()
+        {
+            dir.insert(self.idx, id.clone());
+        }
         if let Some(hb) = f.heartbeat_ms
             && self.cfg.heartbeat_override.is_none()
         {
@@ -777,6 +792,24 @@ impl Client {
         }
     }
 
+    /// Without presence: the partners this process runs that have joined, nearest indices first.
+    fn learn_from_directory(&mut self) {
+        let found: Vec<(ClientIdx, String)> = {
+            let Ok(dir) = self.shared.directory.lock() else {
+                return;
+            };
+            let (idx, members) = (self.idx, self.members.clone());
+            let after = (idx.saturating_add(1)..members.end).chain(members.start..idx);
+            after
+                .filter_map(|c| dir.get(&c).map(|id| (c, id.clone())))
+                .take(known_cap(self.cfg.pattern))
+                .collect()
+        };
+        for (c, id) in found {
+            self.learn(c, &id);
+        }
+    }
+
     fn record(&mut self, p: Probe) {
         if !self.members.contains(&p.c) {
             self.report.foreign += 1;
@@ -985,6 +1018,9 @@ impl Client {
     }
 
     fn next_dest(&mut self) -> Option<(ClientIdx, String)> {
+        if self.cfg.presence_off && self.known.len() < known_cap(self.cfg.pattern) {
+            self.learn_from_directory();
+        }
         if self.known.is_empty() {
             return None;
         }

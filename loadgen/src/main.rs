@@ -70,6 +70,11 @@ struct Args {
     /// Protocol v1.1 acked client frames: `cseq` on every frame, an outbox resent after resume.
     #[arg(long)]
     cseq: bool,
+    /// Join with `presence=off` (large rooms): no presence is sent to the clients, which learn
+    /// their partners' peer ids from each other inside this process instead, so a client's
+    /// destinations are the members of its room that this loadgen process runs.
+    #[arg(long)]
+    presence_off: bool,
     /// Each client drops its connection every this many seconds (plus up to half of it, random)
     /// and resumes with `resume` + `last_seq`.
     #[arg(long)]
@@ -340,6 +345,7 @@ async fn run(args: &Args, nofile: u64) -> Summary {
         pad: wire::pad_for(args.payload_bytes),
         ack_every: args.ack_every.max(1),
         cseq: args.cseq,
+        presence_off: args.presence_off,
         drop_every: args
             .drop_every
             .filter(|s| *s > 0.0)

@@ -11,6 +11,11 @@ pub struct Limits {
     pub resume_window_ms: u64,
     /// Room capacity, away peers included (`MAX_PEERS`).
     pub max_peers: usize,
+    /// Peers that receive presence (`peer-joined`, `peer-left`, `welcome.peers`), away peers
+    /// included (`PRESENCE_MAX_PEERS`). Each join or leave costs one frame per such peer, so
+    /// this, not `max_peers`, bounds the cost of a join in a large room; peers that join with
+    /// `presence=off` do not count.
+    pub presence_max_peers: usize,
     /// Largest client frame in bytes (`MAX_FRAME_BYTES`).
     pub max_frame_bytes: usize,
     /// Sustained frames per second per peer (`RATE_PER_S`).
@@ -39,6 +44,7 @@ impl Default for Limits {
             heartbeat_ms: 30_000,
             resume_window_ms: 60_000,
             max_peers: 64,
+            presence_max_peers: 64,
             max_frame_bytes: 64 * 1024,
             rate_per_s: 50,
             rate_burst: 100,

@@ -34,6 +34,8 @@ pub enum ErrorCode {
     RateLimited,
     /// The room is at capacity.
     RoomFull,
+    /// The room has `PRESENCE_MAX_PEERS` peers that receive presence; join with `presence=off`.
+    PresenceFull,
     /// Authentication is required or the token is invalid.
     Unauthorized,
     /// A resume token was wrong or expired, or the requested frames are gone.
@@ -62,7 +64,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation and stats.
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::BadJson,
         ErrorCode::InvalidFrame,
         ErrorCode::UnknownType,
@@ -71,6 +73,7 @@ impl ErrorCode {
         ErrorCode::UnknownPeer,
         ErrorCode::RateLimited,
         ErrorCode::RoomFull,
+        ErrorCode::PresenceFull,
         ErrorCode::Unauthorized,
         ErrorCode::ResumeFailed,
         ErrorCode::QueueFull,
@@ -96,6 +99,7 @@ impl ErrorCode {
             ErrorCode::UnknownPeer => "unknown_peer",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::RoomFull => "room_full",
+            ErrorCode::PresenceFull => "presence_full",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::ResumeFailed => "resume_failed",
             ErrorCode::QueueFull => "queue_full",
@@ -121,7 +125,7 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::UpgradeRequired => 426,
             ErrorCode::RateLimited => 429,
-            ErrorCode::RoomFull | ErrorCode::QueueFull => 503,
+            ErrorCode::RoomFull | ErrorCode::PresenceFull | ErrorCode::QueueFull => 503,
             ErrorCode::Internal => 500,
             _ => 400,
         }
@@ -397,8 +401,11 @@ pub enum ServerFrame<'a> {
         resume_token: &'a str,
         /// The room's name.
         room: &'a str,
-        /// The other peers present.
+        /// The other peers present (empty for a peer that joined with `presence=off`).
         peers: Vec<PeerInfo<'a>>,
+        /// `"off"` for a peer that joined with `presence=off`; absent otherwise.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        presence: Option<&'static str>,
         /// RTCPeerConnection `iceServers`.
         ice_servers: &'a [crate::ice::IceServer],
         /// Ping period the client should use.

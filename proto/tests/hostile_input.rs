@@ -107,6 +107,7 @@ fn garbage_never_panics_and_the_room_keeps_routing() {
                 fresh_trace: TraceId::from_random([id; 8]),
                 user: None,
                 reads_acked: true,
+                presence_off: false,
             },
             now,
         );

@@ -38,6 +38,8 @@ struct Harness {
     limits: Limits,
     /// Whether the clients joining from now on say `caps=acks` (v1.2).
     reads_acked: bool,
+    /// Whether the clients joining from now on say `presence=off`.
+    presence_off: bool,
 }
 
 struct Client {
@@ -51,6 +53,7 @@ fn limits() -> Limits {
         heartbeat_ms: 1000,
         resume_window_ms: 5000,
         max_peers: 4,
+        presence_max_peers: 4,
         max_frame_bytes: 256,
         rate_per_s: 10,
         rate_burst: 20,
@@ -96,6 +99,7 @@ impl Harness {
             logs: Vec::new(),
             limits,
             reads_acked: false,
+            presence_off: false,
         }
     }
 
@@ -198,6 +202,7 @@ impl Harness {
                 fresh_trace: TraceId::from_random([n; 8]),
                 user: None,
                 reads_acked: self.reads_acked,
+                presence_off: self.presence_off,
             },
             now,
         );
@@ -1593,4 +1598,93 @@ fn a_busy_room_still_deletes_acknowledged_rows_every_5_s() {
     // 8 s of traffic, busy all along: the acknowledged rows went at the 5 s cadence.
     let left = rows_of(&h, &b.peer);
     assert!(left.len() < 20, "rows kept: {left:?}");
+}
+
+/// `presence=off`: no presence is sent to the peer, yet the others see it come and go, and
+/// frames reach it both ways; it keeps the choice across hibernation and a resume.
+#[test]
+fn presence_off_peer_gets_no_presence_but_is_announced_and_reachable() {
+    let mut h = Harness::new();
+    let a = h.join(T0);
+    h.presence_off = true;
+    let conn = h.join_with("{}", None, T0);
+    let w = h.take(conn).remove(0);
+    assert_eq!(w["type"], "welcome");
+    assert_eq!(w["peers"], json!([]), "a is present but not listed");
+    assert_eq!(w["presence"], "off");
+    let v = Client {
+        conn,
+        peer: PeerId::parse(w["peer_id"].as_str().unwrap()).unwrap(),
+        token: w["resume_token"].as_str().unwrap().to_owned(),
+    };
+    let joined = h.take(a.conn);
+    assert_eq!(joined[0]["type"], "peer-joined");
+    assert_eq!(joined[0]["peer_id"], v.peer.as_str());
+    h.presence_off = false;
+    let b = h.join(T0);
+    assert!(h.take(v.conn).is_empty(), "no peer-joined for b");
+    assert_eq!(h.types(a.conn), vec!["peer-joined"]);
+    // Reachable by id both ways.
+    h.send(&a, signal_to(&v.peer, json!("to v")), T0);
+    assert_eq!(h.take(v.conn)[0]["payload"], "to v");
+    h.send(&v, signal_to(&a.peer, json!("from v")), T0);
+    assert_eq!(h.take(a.conn)[0]["payload"], "from v");
+    // Away, b leaves: nothing is queued for v; a welcome after hibernation still says off.
+    h.room.handle_close(v.conn, false, T0.plus(5));
+    h.pump();
+    h.send(&b, json!({"type":"leave"}), T0.plus(6));
+    assert_eq!(h.types(a.conn), vec!["peer-left"]);
+    h.hibernate(T0.plus(7));
+    let conn = h.join_with(
+        "{}",
+        Some(ResumeRequest {
+            token: ResumeToken::presented(&v.token),
+            last_seq: Some(1),
+        }),
+        T0.plus(8),
+    );
+    let frames = h.take(conn);
+    assert_eq!(frames.len(), 1, "a welcome and no presence: {frames:?}");
+    assert_eq!(frames[0]["resumed"], true);
+    assert_eq!(frames[0]["presence"], "off");
+    assert_eq!(frames[0]["peers"], json!([]));
+}
+
+/// `PRESENCE_MAX_PEERS` bounds the peers that receive presence; `presence=off` peers still
+/// join up to `MAX_PEERS`, and a welcome with presence omits the `presence` field.
+#[test]
+fn presence_max_peers_refuses_presence_but_not_presence_off() {
+    let mut h = Harness::with(Limits {
+        presence_max_peers: 2,
+        ..limits()
+    });
+    let a = h.join(T0);
+    let _b = h.join(T0);
+    let conn = h.join_with("{}", None, T0);
+    assert_eq!(h.error_code(conn), "presence_full");
+    assert_eq!(h.closed.get(&conn.0), Some(&close_code::ROOM_FULL));
+    h.presence_off = true;
+    let v = h.join(T0);
+    let _w = h.join(T0);
+    assert_eq!(h.room.stats().peers_connected, 4);
+    // MAX_PEERS still holds for them.
+    let conn = h.join_with("{}", None, T0);
+    assert_eq!(h.error_code(conn), "room_full");
+    // A peer with presence leaving makes room for one.
+    h.send(&a, json!({"type":"leave"}), T0);
+    h.presence_off = false;
+    let conn = h.join_with("{}", None, T0);
+    let w = h.take(conn).remove(0);
+    assert_eq!(w["type"], "welcome");
+    assert!(w.get("presence").is_none(), "{w}");
+    let listed: Vec<&str> = w["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["peer_id"].as_str().unwrap())
+        .collect();
+    assert!(
+        listed.contains(&v.peer.as_str()),
+        "presence=off peers are listed to others"
+    );
 }

@@ -129,6 +129,10 @@ pub struct Join {
     /// The client joined with `caps=acks` (v1.2): it reads `acked` on delivered frames, so the
     /// room's `ack` to it may ride on a sequenced frame it is sent anyway.
     pub reads_acked: bool,
+    /// The client joined with `presence=off`: it is sent no `peer-joined`/`peer-left` and an
+    /// empty `welcome.peers` (others still see it join and leave). Ignored on a resume: the
+    /// peer keeps what it joined with.
+    pub presence_off: bool,
 }
 
 /// `?resume=<token>&last_seq=<n>`.
@@ -263,6 +267,9 @@ pub struct PeerRecord {
     /// The live socket's client reads `acked` on delivered frames (`caps=acks`, v1.2).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub reads_acked: bool,
+    /// The peer joined with `presence=off` (receives no presence).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub presence_off: bool,
 }
 
 /// Counters reported by the stats endpoint; persisted so they survive hibernation.
@@ -640,6 +647,7 @@ impl Room {
             fresh_trace,
             user,
             reads_acked,
+            presence_off,
         } = join;
         if let Some(req) = resume {
             match self.try_resume(conn, req, reads_acked, now) {
@@ -656,6 +664,20 @@ impl Room {
                 conn,
                 code: close_code::ROOM_FULL,
                 reason: "room full".into(),
+            });
+            return;
+        }
+        if !presence_off
+            && self.peers.values().filter(|p| !p.rec.presence_off).count()
+                >= self.cfg.limits.presence_max_peers
+        {
+            let msg =
+                "the room has as many peers with presence as it allows; join with presence=off";
+            self.send_error(conn, None, ErrorInfo::new(ErrorCode::PresenceFull, msg));
+            self.out.push(Output::Close {
+                conn,
+                code: close_code::ROOM_FULL,
+                reason: "presence full".into(),
             });
             return;
         }
@@ -680,6 +702,7 @@ impl Room {
             trace_id: fresh_trace,
             user,
             reads_acked,
+            presence_off,
         };
         let peer = Peer {
             rec,
@@ -1534,15 +1557,19 @@ impl Room {
         let Some(me) = self.peers.get(peer_id) else {
             return;
         };
-        let peers: Vec<PeerInfo<'_>> = self
-            .peers
-            .values()
-            .filter(|p| p.visible() && p.rec.peer_id != *peer_id)
-            .map(|p| PeerInfo {
-                peer_id: &p.rec.peer_id,
-                meta: p.meta.raw(),
-            })
-            .collect();
+        let presence_off = me.rec.presence_off;
+        let peers: Vec<PeerInfo<'_>> = if presence_off {
+            Vec::new()
+        } else {
+            self.peers
+                .values()
+                .filter(|p| p.visible() && p.rec.peer_id != *peer_id)
+                .map(|p| PeerInfo {
+                    peer_id: &p.rec.peer_id,
+                    meta: p.meta.raw(),
+                })
+                .collect()
+        };
         let l = &self.cfg.limits;
         let text = ServerFrame::Welcome {
             v: PROTOCOL_VERSION,
@@ -1551,6 +1578,7 @@ impl Room {
             resume_token: token.expose(),
             room: self.cfg.name.as_str(),
             peers,
+            presence: presence_off.then_some("off"),
             ice_servers: &ice_servers,
             heartbeat_ms: l.heartbeat_ms,
             resumed,
@@ -1588,10 +1616,11 @@ impl Room {
         }
     }
 
+    /// The peers told about `except` joining or leaving: visible ones that receive presence.
     fn others_visible(&self, except: &PeerId) -> Vec<PeerId> {
         self.peers
             .values()
-            .filter(|p| p.visible() && p.rec.peer_id != *except)
+            .filter(|p| p.visible() && !p.rec.presence_off && p.rec.peer_id != *except)
             .map(|p| p.rec.peer_id.clone())
             .collect()
     }

@@ -119,6 +119,7 @@ mod tests {
                 fresh_trace: TraceId::from_random([n; 8]),
                 user: None,
                 reads_acked: false,
+                presence_off: false,
             },
             Millis(1_000),
         );
