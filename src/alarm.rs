@@ -21,6 +21,22 @@ pub fn must_set(known: &KnownAlarm, want: Option<Millis>) -> bool {
     }
 }
 
+/// Whether [`clear`] would touch storage: an alarm may be set (set, or not read since the object
+/// woke).
+pub fn may_be_set(known: &KnownAlarm) -> bool {
+    known.get() != Some(None)
+}
+
+/// Deletes the alarm if one may be set: for an object with nothing left to wake for (an emptied
+/// room), which is then not rebuilt and its storage read just to find that out.
+pub async fn clear(state: &State, known: &KnownAlarm) -> Result<()> {
+    if may_be_set(known) {
+        state.storage().delete_alarm().await?;
+        known.set(Some(None));
+    }
+    Ok(())
+}
+
 /// Never at or before now: `Date.now()` stands still between I/O, and an alarm set for the
 /// time of the alarm being handled is deleted when its handler returns.
 fn clamp(want: Millis) -> Millis {

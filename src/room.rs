@@ -101,7 +101,7 @@ impl Room {
     ) -> std::result::Result<JsValue, JsValue> {
         let this = &self.inner;
         let wake_at = Inner::message(this, ws.into(), message.as_string())?;
-        if !crate::alarm::must_set(&this.alarm_at, wake_at) {
+        if !this.must_schedule(wake_at) {
             return Ok(JsValue::UNDEFINED);
         }
         let this = Rc::clone(this);
@@ -700,9 +700,29 @@ impl Inner {
         });
     }
 
-    /// Sets the alarm if the room needs to wake earlier than it is scheduled to.
+    /// Sets the alarm if the room needs to wake earlier than it is scheduled to; deletes it
+    /// when the room is empty (an emptied room is not woken again).
     async fn schedule(&self, wake_at: Option<Millis>) -> Result<()> {
+        if wake_at.is_none() && self.is_empty() {
+            return crate::alarm::clear(&self.state, &self.alarm_at).await;
+        }
         crate::alarm::wake_by(&self.state, &self.alarm_at, wake_at).await
+    }
+
+    /// Whether [`Inner::schedule`] would touch storage for `wake_at`.
+    fn must_schedule(&self, wake_at: Option<Millis>) -> bool {
+        if wake_at.is_none() && self.is_empty() {
+            return crate::alarm::may_be_set(&self.alarm_at);
+        }
+        crate::alarm::must_set(&self.alarm_at, wake_at)
+    }
+
+    /// Whether the room has no peers (connected or away); `false` before it is loaded.
+    fn is_empty(&self) -> bool {
+        self.core
+            .borrow()
+            .as_ref()
+            .is_some_and(core::Room::is_empty)
     }
 
     fn store(&self, sql: &SqlStorage, op: StoreOp) -> Result<()> {

@@ -1688,3 +1688,26 @@ fn presence_max_peers_refuses_presence_but_not_presence_off() {
         "presence=off peers are listed to others"
     );
 }
+
+/// An emptied room wants no wake-up (the shell then deletes its alarm): the sweep is only for
+/// connected peers, and an away peer's expiry is the only deadline left when none is.
+#[test]
+fn an_emptied_room_wants_no_wake_up() {
+    let (mut h, a, b) = Harness::pair();
+    let sweep = h.room.poll_timeout().unwrap();
+    assert!(sweep > T0);
+    h.room.handle_close(a.conn, false, T0.plus(10));
+    h.pump();
+    assert!(h.room.poll_timeout().is_some(), "b is still connected");
+    h.send(&b, json!({"type":"leave"}), T0.plus(20));
+    // Only a, away, is left: its expiry, not the sweep.
+    assert_eq!(
+        h.room.poll_timeout(),
+        Some(T0.plus(10).plus(limits().resume_window_ms))
+    );
+    h.room
+        .handle_sweep(&[], T0.plus(10).plus(limits().resume_window_ms));
+    h.pump();
+    assert!(h.room.is_empty());
+    assert_eq!(h.room.poll_timeout(), None);
+}

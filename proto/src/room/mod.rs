@@ -589,13 +589,18 @@ impl Room {
 
     /// When [`Room::handle_sweep`] should next run, if ever (the shell's alarm).
     pub fn poll_timeout(&self) -> Option<Millis> {
+        // The sweep reaps connected peers; with none left (the last one left or went away)
+        // it has nothing to do, and an emptied room need not wake again.
+        let sweep = self
+            .next_sweep
+            .filter(|_| self.peers.values().any(|p| p.rec.conn.is_some()));
         let expiry = self
             .peers
             .values()
             .filter_map(|p| p.rec.away_since)
             .map(|t| t.plus(self.cfg.limits.resume_window_ms))
             .min();
-        match (self.next_sweep, expiry) {
+        match (sweep, expiry) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
