@@ -23,3 +23,15 @@ for r in doc["steps"]:
                                  if r["failed"] and sum(reasons.values()) == r["failed"] else "")
     print(f"| {names.get(r['layout'], r['layout'])} | {r['clients']:,} | {r['connected']:,} | {failed} | "
           f"{r['rss_kib_before'] / 1024:.0f} | {r['rss_kib_held'] / 1024:.0f} | {per} | {r['join_seconds']:.0f} | {probe} | {p50} | {p99} |")
+# Rows added later from a run of some layouts only (SCALE_LAYOUTS) carry their own commit.
+later = {}
+for r in doc["steps"]:
+    if r.get("commit", m["commit"]) != m["commit"]:
+        later.setdefault((r["commit"], r["layout"]), []).append(r["clients"])
+knob = {"rooms": "SCALE_STEPS", "echo-rooms": "SCALE_STEPS", "large": "SCALE_LARGE_STEPS",
+        "large-quiet": "SCALE_QUIET_STEPS", "echo-large": "SCALE_ECHO_LARGE_STEPS"}
+for (commit, layout), steps in later.items():
+    print()
+    print(f"Rows \"{names.get(layout, layout)}\": commit `{commit}`, from `BENCH_NICE=-10 SCALE_LAYOUTS={layout} "
+          f"{knob.get(layout, 'SCALE_STEPS')}=\"{' '.join(map(str, steps))}\" bash scripts/bench-scaling.sh`, "
+          f"merged into this table and plot (docs/scaling.json).")

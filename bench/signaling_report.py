@@ -45,7 +45,9 @@ def pct(cpu_ms, run):
 
 print(f"Measured {machine['date']} on {machine['cpu']} ({machine['nproc']} cores, `nproc`), "
       f"Linux {machine['kernel']}, loopback in a network namespace; Switchboard at commit `{commit}`.")
-rounds_env = f"BENCH_ROUNDS={rounds} " if rounds > 1 else ""
+# The knobs the run was given, so the printed command reproduces it.
+rounds_env = "".join(f"{k}={os.environ[k]} " for k in ("BENCH_NICE", "BENCH_SECS", "BENCH_ROUNDS", "BENCH_LOADS")
+                     if os.environ.get(k))
 print(f"Command: `{rounds_env}bash scripts/bench-signaling.sh --write` ({secs} s of sending per row; a message "
       f"not delivered within {drain} s after the window counts as not delivered"
       + (f"; each load {rounds} rounds, the servers in turn, protocol v1 in the first round only" if rounds > 1 else "")

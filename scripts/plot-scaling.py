@@ -35,7 +35,9 @@ lat.set_yscale("log")
 for ax in (mem, lat, tot):
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-fig.suptitle(f"Connections on one workerd (wrangler dev), {m['date']}, {m['nproc']} cores, Linux {m['kernel']}, commit {m['commit']}",
+later = sorted({(r["commit"], labels.get(r["layout"], r["layout"])) for r in doc["steps"] if r.get("commit", m["commit"]) != m["commit"]})
+commits = f"commit {m['commit']}" + "".join(f"; {layout}: commit {c}" for c, layout in later)
+fig.suptitle(f"Connections on one workerd (wrangler dev), {m['date']}, {m['nproc']} cores, Linux {m['kernel']}, {commits}",
              fontsize=10)
 fig.tight_layout()
 fig.savefig(sys.argv[2], dpi=110)
