@@ -30,6 +30,8 @@ fuzz_target!(|data: &[u8]| {
                 fresh_trace: TraceId::from_random([id; 8]),
                 user: None,
                 reads_acked: true,
+                // One peer without presence, so frames also meet a room where not all get it.
+                presence_off: id == 2,
             },
             now,
         );

@@ -72,7 +72,8 @@ struct Args {
     cseq: bool,
     /// Join with `presence=off` (large rooms): no presence is sent to the clients, which learn
     /// their partners' peer ids from each other inside this process instead, so a client's
-    /// destinations are the members of its room that this loadgen process runs.
+    /// destinations are the members of its room that this loadgen process runs (`--mode v1`,
+    /// `--pattern signal` only).
     #[arg(long)]
     presence_off: bool,
     /// Each client drops its connection every this many seconds (plus up to half of it, random)
@@ -231,6 +232,12 @@ fn main() -> std::process::ExitCode {
         let s = procstat::sample(&args.server_pgid, Some(args.target.port()));
         println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
         return std::process::ExitCode::SUCCESS;
+    }
+    if args.presence_off && (args.pattern != Pattern::Signal || args.mode != Mode::V1) {
+        // A broadcast reaches every member, and a client without presence knows only the
+        // members of its own process: the expected deliveries could not be counted.
+        eprintln!("loadgen: --presence-off needs --mode v1 and --pattern signal");
+        return std::process::ExitCode::from(2);
     }
     let nofile = raise_nofile();
     let rt = if args.threads <= 1 {
