@@ -115,6 +115,9 @@ pub struct Shared {
     pub unacked: AtomicU64,
     /// Signalled when a client joined or failed.
     pub settled: Notify,
+    /// Clients whose send tick is running: a probe may still be sent. The drain ends early only
+    /// at 0, so a probe sent just after the window closed is waited for, not missed.
+    pub sending: AtomicU64,
     /// Peer ids of this process's clients by index, for `presence_off` (the rooms send no presence).
     pub directory: std::sync::Mutex<std::collections::HashMap<ClientIdx, String>>,
 }
@@ -579,6 +582,7 @@ impl Client {
                 }
             }
         }
+        self.stop_send_tick();
         self.report.unacked = self.outbox.len() as u64;
         self.report
     }
@@ -660,6 +664,18 @@ impl Client {
         let mut i = interval_at(Instant::now() + Duration::from_micros(offset_us), period);
         i.set_missed_tick_behavior(MissedTickBehavior::Delay);
         self.send_tick = Some(i);
+        self.shared.sending.fetch_add(1, Relaxed);
+    }
+
+    /// Stops sending probes (the window closed, or the client ends).
+    fn stop_send_tick(&mut self) {
+        if self.send_tick.take().is_some() {
+            // Release: the `expected` counts of this client's sends are visible to whoever
+            // reads `sending` with Acquire.
+            self.shared
+                .sending
+                .fetch_sub(1, std::sync::atomic::Ordering::Release);
+        }
     }
 
     /// One connection's life: returns how it ended.
@@ -683,7 +699,7 @@ impl Client {
             match phase {
                 Phase::Stop => return End::Stop,
                 Phase::Send => self.ensure_send_tick(),
-                Phase::Connect | Phase::Drain => self.send_tick = None,
+                Phase::Connect | Phase::Drain => self.stop_send_tick(),
             }
             let resend_at = self.resend_at.map(|(at, _)| at);
             let ack_at = self.unacked_since.map(|t| t + self.ack_period);

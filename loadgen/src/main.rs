@@ -453,7 +453,9 @@ async fn run(args: &Args, nofile: u64) -> Summary {
         (Instant::now() + Duration::from_secs_f64(args.drain_secs.max(0.0))).min(hard_deadline);
     // Drain: until every expected delivery arrived and every v1.1 frame could be acked, or time is up.
     while Instant::now() < drain_end {
-        if shared.delivered.load(Relaxed) >= shared.expected.load(Relaxed)
+        // `sending` first: a client still sending may yet raise `expected`.
+        if shared.sending.load(std::sync::atomic::Ordering::Acquire) == 0
+            && shared.delivered.load(Relaxed) >= shared.expected.load(Relaxed)
             && shared.unacked.load(Relaxed) == 0
         {
             break;
