@@ -353,12 +353,13 @@ impl Client {
             Mode::V1 => {
                 let meta = wire::urlencode(&format!(r#"{{"c":{}}}"#, self.idx));
                 // v1.1 clients read `acked` on the frames they are sent (v1.2, `caps=acks`).
-                let caps = match (self.cfg.cseq, self.cfg.presence_off) {
-                    (true, true) => "&caps=acks&presence=off",
-                    (true, false) => "&caps=acks",
-                    (false, true) => "&presence=off",
-                    (false, false) => "",
+                let acks = if self.cfg.cseq { "&caps=acks" } else { "" };
+                let presence = if self.cfg.presence_off {
+                    "&presence=off"
+                } else {
+                    ""
                 };
+                let caps = format!("{acks}{presence}");
                 match (&self.resume_token, resume) {
                     (Some(t), true) => format!(
                         "/v1/rooms/{}?meta={meta}{caps}&resume={}&last_seq={}",

@@ -664,13 +664,7 @@ impl Room {
         }
         if self.peers.len() >= self.cfg.limits.max_peers {
             let msg = "the room is at capacity";
-            self.send_error(conn, None, ErrorInfo::new(ErrorCode::RoomFull, msg));
-            self.out.push(Output::Close {
-                conn,
-                code: close_code::ROOM_FULL,
-                reason: "room full".into(),
-            });
-            return;
+            return self.refuse_full(conn, ErrorCode::RoomFull, msg, "room full");
         }
         if !presence_off
             && self.peers.values().filter(|p| !p.rec.presence_off).count()
@@ -678,13 +672,7 @@ impl Room {
         {
             let msg =
                 "the room has as many peers with presence as it allows; join with presence=off";
-            self.send_error(conn, None, ErrorInfo::new(ErrorCode::PresenceFull, msg));
-            self.out.push(Output::Close {
-                conn,
-                code: close_code::ROOM_FULL,
-                reason: "presence full".into(),
-            });
-            return;
+            return self.refuse_full(conn, ErrorCode::PresenceFull, msg, "presence full");
         }
         if self.peers.contains_key(&fresh_peer) {
             // 64 random bits collided: vanishingly rare, and the client can retry.
@@ -736,6 +724,16 @@ impl Room {
         self.announce_joined(&fresh_peer, now);
         self.log("join", Some(&fresh_peer), None);
         self.schedule_sweep(now);
+    }
+
+    /// Refuses a join the room has no place for: the error, then close 4002.
+    fn refuse_full(&mut self, conn: ConnId, code: ErrorCode, msg: &str, reason: &str) {
+        self.send_error(conn, None, ErrorInfo::new(code, msg));
+        self.out.push(Output::Close {
+            conn,
+            code: close_code::ROOM_FULL,
+            reason: reason.into(),
+        });
     }
 
     fn try_resume(
