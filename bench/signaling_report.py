@@ -46,12 +46,15 @@ def pct(cpu_ms, run):
 print(f"Measured {machine['date']} on {machine['cpu']} ({machine['nproc']} cores, `nproc`), "
       f"Linux {machine['kernel']}, loopback in a network namespace; Switchboard at commit `{commit}`.")
 # The knobs the run was given, so the printed command reproduces it.
-rounds_env = "".join(f"{k}={os.environ[k]} " for k in ("BENCH_NICE", "BENCH_SECS", "BENCH_ROUNDS", "BENCH_LOADS")
+rounds_env = "".join(f"{k}={os.environ[k]} " for k in ("BENCH_NICE", "BENCH_SECS", "BENCH_ROUNDS", "BENCH_LOADS", "BENCH_JOIN_CLIENTS", "BENCH_VIA")
                      if os.environ.get(k))
 print(f"Command: `{rounds_env}bash scripts/bench-signaling.sh --write` ({secs} s of sending per row; a message "
       f"not delivered within {drain} s after the window counts as not delivered"
       + (f"; each load {rounds} rounds, the servers in turn, protocol v1 in the first round only" if rounds > 1 else "")
-      + "). loadgen shares the machine; its own CPU per message is in the last column.")
+      + "). loadgen shares the machine; its own CPU per message is in the last column. "
+      + ("loadgen connects straight to the workerd that runs each Worker, past wrangler's proxy workerd."
+         if os.environ.get("BENCH_VIA", "direct") == "direct" else
+         "loadgen connects through wrangler's proxy workerd (`BENCH_VIA=proxy`)."))
 
 
 def load_of(r):

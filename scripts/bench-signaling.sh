@@ -17,7 +17,8 @@
 # BENCH_NICE=0 (priority of servers and loadgen; see bench/servers.sh), BENCH_ROUNDS=1 (each load
 # row is run this many times, the servers in turn, so the echo floor and the room are compared
 # round by round; the tables show the median and each round's figures; protocol v1 clients, which
-# are not the target, run in the first round only).
+# are not the target, run in the first round only), BENCH_VIA=direct (load straight to the workerd
+# that runs each Worker; `proxy`: through wrangler's proxy workerd, as a browser reaches it).
 # Runs itself inside a fresh network namespace (unshare -n): only loopback exists.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +34,7 @@ PAYLOAD=${BENCH_PAYLOAD:-200}
 JOIN_CLIENTS=${BENCH_JOIN_CLIENTS:-2000}
 CONNECT_RATE=${BENCH_CONNECT_RATE:-200}
 ROUNDS=${BENCH_ROUNDS:-1}
+VIA=${BENCH_VIA:-direct}
 export PATH="$HOME/.cargo/bin:$PATH"
 # Server state (--persist-to) on tmpfs: Durable Object storage here is a local SQLite file per
 # object, and this shared box's disk, not the runtime, would set the pace (see docs/BENCHMARKS.md).
@@ -48,6 +50,15 @@ SB_PORT=28787 ECHO_PORT=28788 PEERJS_PORT=28789
 start_switchboard $SB_PORT 29229; SB_PGID=$LAST_PGID
 start_echo $ECHO_PORT 29230; ECHO_PGID=$LAST_PGID
 start_peerjs $PEERJS_PORT; PEERJS_PGID=$LAST_PGID
+# Load goes straight to the workerd that runs each Worker (BENCH_VIA=direct), past wrangler's
+# proxy workerd: a `wrangler dev` part with no counterpart in production, which takes about 40 %
+# more CPU per message on top of the runtime's own and would share this box's two cores with it.
+SB_TARGET=$SB_PORT ECHO_TARGET=$ECHO_PORT
+if [ "$VIA" = direct ]; then
+  source "$ROOT/bench/inner-port.sh"
+  read -r SB_TARGET _ < <(inner_port "$SB_PGID" $SB_PORT) || { echo "no inner workerd port" >&2; exit 1; }
+  read -r ECHO_TARGET _ < <(inner_port "$ECHO_PGID" $ECHO_PORT) || { echo "no inner workerd port" >&2; exit 1; }
+fi
 
 # wait_idle PGID: until the group uses < 5 % of a core over a second (bounded: 60 s), so one
 # run's teardown (leaves, expiries) does not bill the next.
@@ -82,21 +93,21 @@ run() {
 for load in $LOADS; do
   clients=${load%x*} rate=${load#*x}
   for ROUND in $(seq 1 "$ROUNDS"); do
-    run "echo floor" echo $ECHO_PORT "$ECHO_PGID" "$clients" "$rate"
-    if [ "$ROUND" = 1 ]; then run "switchboard v1" v1 $SB_PORT "$SB_PGID" "$clients" "$rate"; fi
-    run "switchboard v1.1" v1 $SB_PORT "$SB_PGID" "$clients" "$rate" --cseq
+    run "echo floor" echo "$ECHO_TARGET" "$ECHO_PGID" "$clients" "$rate"
+    if [ "$ROUND" = 1 ]; then run "switchboard v1" v1 "$SB_TARGET" "$SB_PGID" "$clients" "$rate"; fi
+    run "switchboard v1.1" v1 "$SB_TARGET" "$SB_PGID" "$clients" "$rate" --cseq
     run "peerjs" peerjs $PEERJS_PORT "$PEERJS_PGID" "$clients" "$rate"
   done
 done
 ROUND=1
 # Join test: every client joins at 500/s (10 s timeout) and holds; none should fail.
-for s in "echo floor join|echo|$ECHO_PORT|$ECHO_PGID" "switchboard join|v1|$SB_PORT|$SB_PGID" "peerjs join|peerjs|$PEERJS_PORT|$PEERJS_PGID"; do
+for s in "echo floor join|echo|$ECHO_TARGET|$ECHO_PGID" "switchboard join|v1|$SB_TARGET|$SB_PGID" "peerjs join|peerjs|$PEERJS_PORT|$PEERJS_PGID"; do
   IFS='|' read -r label mode port pgid <<< "$s"
   RUN_SECS=1 RUN_DRAIN=0 RUN_CONNECT_RATE=500 RUN_CONNECT_TIMEOUT=10 run "$label" "$mode" "$port" "$pgid" "$JOIN_CLIENTS" 0
 done
 
 COMMIT=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src proto Cargo.toml wrangler.toml || echo "+changes")
-python3 "$ROOT/bench/signaling_report.py" "$RESULTS" "$COMMIT" "$SECS" "$DRAIN" "$ROUNDS" "$ROOT/target/bench-signaling.json" \
+BENCH_VIA=$VIA python3 "$ROOT/bench/signaling_report.py" "$RESULTS" "$COMMIT" "$SECS" "$DRAIN" "$ROUNDS" "$ROOT/target/bench-signaling.json" \
   > "$WORK/report.md"
 cat "$WORK/report.md"
 if [ "$WRITE" = 1 ]; then
