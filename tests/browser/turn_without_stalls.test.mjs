@@ -44,7 +44,8 @@ test("P2P blocked, TURN working: turn in under 3 s, and upgrade probes never sta
     const { a, b, idA, idB, tookMs } = await pairOnTurn(t, pages);
     t.diagnostic(`turn reached after ${tookMs} ms`);
     assert.ok(tookMs < 3000, `the pair reached turn after ${tookMs} ms`);
-    assert.equal(await selectedCandidateType(a, idB) === "relay" || await selectedCandidateType(b, idA) === "relay", true);
+    const types = [await selectedCandidateType(a, idB), await selectedCandidateType(b, idA)];
+    assert.ok(types.includes("relay"), `one end's selected local candidate is relayed: ${JSON.stringify(types)}`);
     const sampleA = await startVideoSampling(a, idB);
     const sampleB = await startVideoSampling(b, idA);
     const pcsBefore = (await pcsCreated(a)) + (await pcsCreated(b));
